@@ -1,0 +1,140 @@
+"""Configuration dataclasses of the Sugar model.
+
+`SugarConfig` is saved as `sugar_config.json` beside the backbone directory
+(see ARCHITECTURE.md). `TinyConfig` describes the random-init tiny LLaVA that
+`build_tiny` creates. Both are plain dataclasses: JSON in, JSON out, unknown
+keys rejected so that a typo in a config file is an error, not a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        ftype = known[name].type
+        if isinstance(value, dict) and isinstance(ftype, str) and ftype in _NESTED:
+            value = _from_dict(_NESTED[ftype], value, f"{what}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+@dataclass
+class PromptFormat:
+    """The prompt formats shared by training, the server and vLLM.
+
+    Every text that reaches the backbone is built from these strings by
+    `model.prompts`; the tokenizer's chat template renders the same strings,
+    so a vLLM server fed chat messages sees the identical prompt.
+    """
+
+    user_prefix: str = "USER: "
+    assistant_prefix: str = " ASSISTANT:"
+    slice_separator: str = "\n"
+    image_placeholder: str = "<image>"
+    # RAG context: documents numbered from 1, then the question
+    context_header: str = "Context:"
+    document_prefix: str = "[{i}] "
+    question_header: str = "Question: "
+
+
+@dataclass
+class SugarConfig:
+    """Everything beside the backbone that decides what vectors come out."""
+
+    # embedding
+    embed_dim: int = 128
+    pooling: str = "mean"  # "mean" | "last"
+    hidden_layer: int = -1  # index into hidden_states (-1: last layer)
+    head_norm: str = "batch"  # "batch" | "layer" | "none" (normalisation before the heads)
+    # alignment kernel (§4)
+    kernel_sigma: float = 1.0
+    kernel_gamma: float = 1.0
+    length_normalization: str = "mean_length"  # "mean_length" | "none"
+    # prompts
+    prompts: PromptFormat = field(default_factory=PromptFormat)
+    # bookkeeping
+    backbone_family: str = "llava"
+    format_version: int = FORMAT_VERSION
+    embedding_version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "last"):
+            raise ValueError(f"sugar_config.pooling must be 'mean' or 'last', got {self.pooling!r}")
+        if self.head_norm not in ("batch", "layer", "none"):
+            raise ValueError(f"sugar_config.head_norm: unknown {self.head_norm!r}")
+        if self.length_normalization not in ("mean_length", "none"):
+            raise ValueError(
+                f"sugar_config.length_normalization: unknown {self.length_normalization!r}"
+            )
+        if self.kernel_sigma <= 0:
+            raise ValueError("sugar_config.kernel_sigma must be > 0")
+        if self.kernel_gamma < 0:
+            raise ValueError("sugar_config.kernel_gamma must be >= 0")
+        if self.embed_dim <= 0:
+            raise ValueError("sugar_config.embed_dim must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SugarConfig:
+        cfg = _from_dict(cls, dict(data), "sugar_config")
+        if cfg.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"sugar_config: format_version {cfg.format_version} is newer than this code "
+                f"supports ({FORMAT_VERSION})"
+            )
+        return cfg
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def replace(self, **changes: Any) -> SugarConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class TinyConfig:
+    """A random-init tiny LLaVA: a small CLIP-style vision tower + a small Llama."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 4
+    vocab_size: int = 2048
+    max_positions: int = 2048
+    seed: int = 0
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TinyConfig:
+        return _from_dict(cls, dict(data), "tiny_config")
+
+
+_NESTED: dict[str, type] = {"PromptFormat": PromptFormat}

@@ -1,0 +1,168 @@
+"""The JSONL format for users' own data (one object per line, by "task").
+
+    document (no task):  {"id": str, "slices": [...], "metadata"?: {...}}
+    caption / vqa:       {"task": "caption"|"vqa", "slices": [...], "answer": str}
+                         (vqa: the question is the last text slice)
+    pair:                {"task": "pair", "query": sample, "positive": sample,
+                          "negatives"?: [sample, ...]}
+    rag:                 {"task": "rag", "context": [sample, ...], "query": sample, "answer": str}
+
+A sample is {"slices": [...]} with slices {"type": "text", "text": ...} or
+{"type": "image", "path"|"base64": ...}; image paths are relative to the
+JSONL file. Every bad line is reported with its line number (`JsonlError`
+lists them all); none is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .sample import DEFAULT_LIMITS, Sample, SampleError, SampleLimits
+
+TASKS = ("caption", "vqa", "pair", "rag")
+
+
+@dataclass
+class Document:
+    id: str
+    sample: Sample
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerativeRecord:
+    task: str  # "caption" | "vqa"
+    sample: Sample
+    answer: str
+
+
+@dataclass
+class PairRecord:
+    query: Sample
+    positive: Sample
+    negatives: list[Sample] = field(default_factory=list)
+    task: str = "pair"
+
+
+@dataclass
+class RagRecord:
+    context: list[Sample]
+    query: Sample
+    answer: str
+    task: str = "rag"
+
+
+Record = Document | GenerativeRecord | PairRecord | RagRecord
+
+
+class JsonlError(ValueError):
+    def __init__(self, path: Path, errors: list[tuple[int, str]]) -> None:
+        self.path, self.errors = path, errors
+        shown = "\n".join(f"  {path}:{line}: {msg}" for line, msg in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(f"{path}: {len(errors)} bad line(s)\n{shown}{more}")
+
+
+def _path_resolver(base: Path):
+    def resolve(value: str, where: str) -> bytes:
+        p = Path(value)
+        p = p if p.is_absolute() else base / p
+        try:
+            return p.read_bytes()
+        except OSError as e:
+            raise SampleError(where, f"cannot read image {value!r} ({e.strerror or e})") from None
+
+    return resolve
+
+
+def parse_record(obj: Any, base: Path, limits: SampleLimits = DEFAULT_LIMITS) -> Record:
+    if not isinstance(obj, dict):
+        raise SampleError("line", "must be a JSON object")
+    resolve = _path_resolver(base)
+
+    def sample(value: Any, where: str) -> Sample:
+        return Sample.from_dict(value, limits=limits, resolve_path=resolve, where=where)
+
+    def need(key: str, kind: type, what: str) -> Any:
+        if key not in obj:
+            raise SampleError(key, "missing")
+        if not isinstance(obj[key], kind):
+            raise SampleError(key, f"must be {what}")
+        return obj[key]
+
+    def only(*keys: str) -> None:
+        unknown = sorted(set(obj) - set(keys))
+        if unknown:
+            raise SampleError("line", f"unknown fields {unknown}")
+
+    task = obj.get("task")
+    if task is None:
+        only("id", "slices", "metadata")
+        doc_id = need("id", str, "a string")
+        s = sample({k: obj[k] for k in ("slices", "metadata") if k in obj}, "document")
+        return Document(id=doc_id, sample=Sample(s.slices, id=doc_id, metadata=s.metadata), metadata=s.metadata)
+    if task in ("caption", "vqa"):
+        only("task", "slices", "answer", "id", "metadata")
+        answer = need("answer", str, "a string")
+        s = sample({"slices": obj.get("slices")}, "sample")
+        if task == "vqa" and s.slices[-1].type != "text":
+            raise SampleError("slices", "a vqa sample ends with its question (a text slice)")
+        return GenerativeRecord(task=task, sample=s, answer=answer)
+    if task == "pair":
+        only("task", "query", "positive", "negatives")
+        negs = obj.get("negatives", [])
+        if not isinstance(negs, list):
+            raise SampleError("negatives", "must be a list")
+        return PairRecord(
+            query=sample(obj.get("query"), "query"),
+            positive=sample(obj.get("positive"), "positive"),
+            negatives=[sample(n, f"negatives[{i}]") for i, n in enumerate(negs)],
+        )
+    if task == "rag":
+        only("task", "context", "query", "answer")
+        ctx = need("context", list, "a list of samples")
+        return RagRecord(
+            context=[sample(c, f"context[{i}]") for i, c in enumerate(ctx)],
+            query=sample(obj.get("query"), "query"),
+            answer=need("answer", str, "a string"),
+        )
+    raise SampleError("task", f"unknown task {task!r} (expected one of {list(TASKS)} or none)")
+
+
+def iter_jsonl(
+    path: str | Path, limits: SampleLimits = DEFAULT_LIMITS
+) -> Iterator[tuple[int, Record | SampleError]]:
+    """(line number, record or the error of that line) for every non-blank line."""
+    path = Path(path)
+    base = path.parent
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, SampleError("line", f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            try:
+                yield lineno, parse_record(obj, base, limits)
+            except SampleError as e:
+                yield lineno, e
+
+
+def read_jsonl(path: str | Path, limits: SampleLimits = DEFAULT_LIMITS) -> list[Record]:
+    """All records; raises `JsonlError` listing every bad line (none skipped)."""
+    records: list[Record] = []
+    errors: list[tuple[int, str]] = []
+    for lineno, item in iter_jsonl(path, limits):
+        if isinstance(item, SampleError):
+            errors.append((lineno, str(item)))
+        else:
+            records.append(item)
+    if errors:
+        raise JsonlError(Path(path), errors)
+    return records

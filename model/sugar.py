@@ -1,0 +1,251 @@
+"""SugarModel: one checkpoint that embeds interleaved samples and generates.
+
+Checkpoint layout (ARCHITECTURE.md):
+
+    CKPT/backbone/          pure Hugging Face model directory (transformers and vLLM load it)
+    CKPT/heads.safetensors  the projector heads (+ normalisation statistics)
+    CKPT/sugar_config.json  SugarConfig (embedding dim, pooling, layer, σ, γ, prompts, versions)
+    CKPT/training.json      data, steps, seed, metrics, code version
+
+`embedding_version` is a content hash of everything that decides the vectors
+(backbone and head weights, pooling, layer, prompts): it changes exactly when
+the vectors would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .backbone import Backbone, EncodedBatch, load_backbone
+from .config import SugarConfig
+from .heads import SliceHeads, pool_slices, summary_vector
+from .kernels import sugar_similarity
+from .prompts import embedding_prompt
+from .sample import Sample
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_DIR = "backbone"
+HEADS_FILE = "heads.safetensors"
+CONFIG_FILE = "sugar_config.json"
+TRAINING_FILE = "training.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is missing or corrupt; `path` names the file."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+@dataclass
+class SliceEmbeddings:
+    """slices: [B, m, D] (zeros where mask is False); mask, is_image: [B, m]; summary: [B, D]."""
+
+    slices: torch.Tensor
+    mask: torch.Tensor
+    is_image: torch.Tensor
+    summary: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.slices.shape[0]
+
+    def item(self, b: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(slice vectors [m_b, D], summary [D], modalities) of sample b."""
+        n = int(self.mask[b].sum())
+        mods = ["image" if f else "text" for f in self.is_image[b, :n].tolist()]
+        return self.slices[b, :n], self.summary[b], mods
+
+
+class SugarModel(nn.Module):
+    def __init__(self, backbone: Backbone, config: SugarConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.lm = backbone.model  # registered as a submodule (parameters, .train(), .to())
+        self.config = config
+        self.heads = SliceHeads(backbone.hidden_size, config.embed_dim, config.head_norm)
+
+    # ------------------------------------------------------------ embedding
+    def encode(self, samples: Sequence[Sample]) -> EncodedBatch:
+        prompts = [embedding_prompt(s, self.config.prompts) for s in samples]
+        return self.backbone.encode(prompts, padding_side="right")
+
+    def embed_batch(self, batch: EncodedBatch) -> SliceEmbeddings:
+        """Differentiable: one forward pass, pooled per slice, projected, normalised."""
+        batch = batch.to(self.backbone.device)
+        hidden = self.backbone.hidden_states(batch, self.config.hidden_layer)
+        m = batch.slice_mask.shape[1]
+        pooled = pool_slices(hidden, batch.token_slice, m, self.config.pooling)
+        slices = self.heads(pooled.float(), batch.slice_mask, batch.slice_is_image)
+        return SliceEmbeddings(
+            slices=slices,
+            mask=batch.slice_mask,
+            is_image=batch.slice_is_image,
+            summary=summary_vector(slices, batch.slice_mask),
+        )
+
+    @torch.no_grad()
+    def embed(self, samples: Sequence[Sample], batch_size: int = 32) -> SliceEmbeddings:
+        """Inference: batches of `batch_size`, padded to the longest sample overall."""
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [
+                self.embed_batch(self.encode(samples[i : i + batch_size]))
+                for i in range(0, len(samples), batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        return concat_embeddings(parts)
+
+    def similarity(self, q: SliceEmbeddings, d: SliceEmbeddings) -> torch.Tensor:
+        """[Bq, Bd] ranking similarity: GA kernel + the configured length normalisation."""
+        c = self.config
+        return sugar_similarity(
+            q.slices, d.slices, q.mask, d.mask, c.kernel_sigma, c.kernel_gamma,
+            c.length_normalization,
+        )
+
+    # ------------------------------------------------------------ checkpoint I/O
+    def compute_embedding_version(self) -> str:
+        h = hashlib.sha256()
+        c = self.config
+        h.update(
+            json.dumps(
+                [c.embed_dim, c.pooling, c.hidden_layer, c.head_norm, c.prompts.__dict__],
+                sort_keys=True,
+            ).encode()
+        )
+        for module in (self.lm, self.heads):
+            for name, t in sorted(module.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save_pretrained(self, path: str | Path, training: dict[str, Any] | None = None) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.embedding_version = self.compute_embedding_version()
+        self.backbone.save(path / BACKBONE_DIR)
+        heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
+        save_file(heads, str(path / HEADS_FILE), metadata={"format": "pt"})
+        self.config.save(path / CONFIG_FILE)
+        (path / TRAINING_FILE).write_text(json.dumps(training or {}, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> SugarModel:
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(path, "checkpoint directory not found")
+        config = read_sugar_config(path)
+        bdir = path / BACKBONE_DIR
+        if not bdir.is_dir():
+            raise CheckpointError(bdir, "missing backbone directory")
+        for f in sorted(bdir.glob("*.safetensors")) + [path / HEADS_FILE]:
+            check_safetensors(f)
+        try:
+            backbone = load_backbone(bdir, dtype=dtype, device=device)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(bdir, f"cannot load backbone ({e})") from e
+        model = cls(backbone, config)
+        heads = load_file(str(path / HEADS_FILE))
+        try:
+            model.heads.load_state_dict(heads)
+        except RuntimeError as e:
+            raise CheckpointError(path / HEADS_FILE, f"does not match the config ({e})") from None
+        model.heads.to(device)
+        model.eval()
+        return model
+
+    @property
+    def embedding_version(self) -> str:
+        return self.config.embedding_version
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+
+def read_sugar_config(path: Path) -> SugarConfig:
+    f = path / CONFIG_FILE
+    if not f.is_file():
+        raise CheckpointError(f, "missing")
+    try:
+        return SugarConfig.from_dict(json.loads(f.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f, f"corrupt JSON ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f, f"invalid ({e})") from None
+
+
+def read_training_info(path: str | Path) -> dict[str, Any]:
+    f = Path(path) / TRAINING_FILE
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f, f"corrupt JSON ({e})") from None
+
+
+def check_safetensors(f: Path) -> None:
+    if not f.is_file():
+        raise CheckpointError(f, "missing")
+    try:
+        with safe_open(str(f), "pt") as fh:
+            for k in fh.keys():  # noqa: SIM118 - safe_open has no iterator
+                fh.get_slice(k)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f, f"corrupt safetensors file ({e})") from None
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != size:
+        raise CheckpointError(f, f"truncated or padded: {size} bytes, expected {8 + header_len + end}")
+
+
+def concat_embeddings(parts: Sequence[SliceEmbeddings]) -> SliceEmbeddings:
+    m = max(p.slices.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = m - t.shape[1]
+        if extra == 0:
+            return t
+        shape = (t.shape[0], extra, *t.shape[2:])
+        return torch.cat([t, t.new_zeros(shape)], 1)
+
+    return SliceEmbeddings(
+        slices=torch.cat([pad(p.slices) for p in parts]),
+        mask=torch.cat([pad(p.mask) for p in parts]),
+        is_image=torch.cat([pad(p.is_image) for p in parts]),
+        summary=torch.cat([p.summary for p in parts]),
+    )
+
+
+def build_tiny_model(config: SugarConfig | None = None, tiny: Any = None, corpus=()) -> SugarModel:
+    """A random-init tiny SugarModel (tests, smoke runs, the start of `sugar train`)."""
+    from .tiny import build_tiny
+
+    config = config or SugarConfig()
+    backbone = build_tiny(tiny, corpus=corpus, fmt=config.prompts)
+    with torch.random.fork_rng():
+        torch.manual_seed(getattr(tiny, "seed", 0))
+        model = SugarModel(backbone, config)
+    model.eval()
+    return model

@@ -1,0 +1,126 @@
+"""`sugar`: the command line. A thin layer that imports model/, training/,
+index/ and server/ and orchestrates them; no layer imports it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("sugar")
+
+
+def sugar_home() -> Path:
+    return Path(os.environ.get("SUGAR_HOME", Path.home() / ".sugar")).expanduser()
+
+
+class _OrderedSlices(argparse.Action):
+    """--text/--image append to one list so the slice order is the command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parts = getattr(namespace, "parts", None) or []
+        parts.append((self.dest, values))
+        namespace.parts = parts
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="embed one interleaved sample and print its vectors")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: a random-init tiny model)")
+    p.add_argument("--text", action=_OrderedSlices, dest="text", help="a text slice (repeatable)")
+    p.add_argument("--image", action=_OrderedSlices, dest="image", type=Path, help="an image slice (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the full vectors as JSON")
+    p.set_defaults(func=cmd_embed, parts=[])
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (ratios measured side by side in one run)")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    k = bsub.add_parser("kernels", help="GA kernel vs tslearn vs naive loop vs bare matmul")
+    k.add_argument("--json", type=Path, help="also write the records to this file")
+    k.add_argument("--quick", action="store_true", help="a small grid (seconds), for smoke tests")
+    k.add_argument("--threads", type=int, default=2, help="torch/numba threads (default 2)")
+    k.set_defaults(func=cmd_bench_kernels)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sugar", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_embed(sub)
+    _add_bench(sub)
+    return parser
+
+
+def _load_model(checkpoint: Path | None):
+    from model.sugar import SugarModel, build_tiny_model
+
+    if checkpoint is not None:
+        return SugarModel.from_pretrained(checkpoint)
+    logger.warning("no --checkpoint: using a random-init tiny model (vectors are not meaningful)")
+    return build_tiny_model()
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from model.sample import Sample
+
+    if not args.parts:
+        raise SystemExit("sugar embed: give at least one --text or --image")
+    parts = []
+    for kind, value in args.parts:
+        if kind == "text":
+            parts.append(value)
+        else:
+            try:
+                parts.append(Path(value).read_bytes())
+            except OSError as e:
+                raise SystemExit(f"sugar embed: cannot read image {value}: {e.strerror}") from None
+    sample = Sample.build(parts)
+    model = _load_model(args.checkpoint)
+    emb = model.embed([sample])
+    vecs, summary, mods = emb.item(0)
+    if args.json:
+        print(json.dumps({
+            "embedding_version": model.embedding_version,
+            "slices": [{"type": t, "embedding": v.tolist()} for t, v in zip(mods, vecs, strict=True)],
+            "embedding": summary.tolist(),
+        }))
+        return 0
+    print(f"{len(mods)} slices, D={vecs.shape[1]}, embedding version {model.embedding_version or '-'}")
+    for i, (t, v) in enumerate(zip(mods, vecs, strict=True)):
+        head = " ".join(f"{x:+.3f}" for x in v[:8].tolist())
+        print(f"  slice {i} [{t:5s}] |e|={float(v.norm()):.3f}  {head} ...")
+    head = " ".join(f"{x:+.3f}" for x in summary[:8].tolist())
+    print(f"  summary g      |g|={float(summary.norm()):.3f}  {head} ...")
+    return 0
+
+
+def cmd_bench_kernels(args: argparse.Namespace) -> int:
+    from .bench_kernels import run
+
+    records = run(quick=args.quick, threads=args.threads)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random models and generated images (seconds, CPU only)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+TEST_TINY = dict(
+    image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
+    text_hidden=64, text_layers=2, text_heads=2, text_kv_heads=2, vocab_size=512,
+    max_positions=512,
+)
+
+
+def make_image(seed: int = 0, size: tuple[int, int] = (40, 30)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from model.config import SugarConfig, TinyConfig
+    from model.sugar import build_tiny_model
+
+    return build_tiny_model(SugarConfig(embed_dim=32), TinyConfig(**TEST_TINY))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    tiny_model.save_pretrained(path, training={"note": "random init, tests"})
+    return path
