@@ -97,6 +97,28 @@ class Backbone(ABC):
             return out.last_hidden_state
         return out.hidden_states[layer]
 
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int = 16, temperature: float = 0.0,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Decode a batch of rendered prompts (left padding, KV cache); greedy at temperature 0."""
+        batch = self.encode(prompts, padding_side="left").to(self.device)
+        sampling = temperature > 0
+        out = self.model.generate(
+            **batch.model_inputs(),
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            **kwargs,
+        )
+        new = out[:, batch.input_ids.shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
     @abstractmethod
     def save(self, path: str | Path) -> None: ...
 

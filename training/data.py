@@ -1,0 +1,248 @@
+"""Training and evaluation data: the synthetic world, Fashion-MNIST, users' JSONL.
+
+Training draws from finite pools (scenes with fixed rendering seeds, their
+minimal-pair twins, pages, knowledge documents), so every distinct slice has
+one teacher feature computed once and cached. Two kinds of example:
+
+- `GenExample`: a user message (optionally with RAG context documents) and
+  the answer: carries the generative loss;
+- `PairExample`: query, positive, optional hard negatives: carries the
+  discriminative loss.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from model.jsonl import Document, GenerativeRecord, PairRecord, RagRecord, read_jsonl
+from model.sample import Sample, Slice
+
+from .world import (
+    ATTRIBUTES,
+    Knowledge,
+    Scene,
+    WorldSplit,
+    interleaved_document,
+    interleaved_query,
+    knowledge_base,
+    vqa_for,
+)
+
+logger = logging.getLogger(__name__)
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = (
+    "T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+    "ankle boot",
+)
+FASHION_DESCRIPTIONS = (
+    "a T-shirt or top", "a pair of trousers", "a pullover", "a dress", "a coat", "a sandal",
+    "a shirt", "a sneaker", "a bag", "an ankle boot",
+)
+
+
+@dataclass
+class GenExample:
+    query: Sample
+    answer: str
+    kind: str
+    documents: list[Sample] = field(default_factory=list)
+
+
+@dataclass
+class PairExample:
+    query: Sample
+    positive: Sample
+    kind: str
+    negatives: list[Sample] = field(default_factory=list)
+
+
+def text(s: str) -> Sample:
+    return Sample([Slice.of_text(s)])
+
+
+def image_sample(img: Image.Image, **kw) -> Sample:
+    return Sample([Slice.of_image(img)], **kw)
+
+
+# --------------------------------------------------------------- Fashion-MNIST
+
+
+def fashion_available(root: Path = FASHION_DIR) -> bool:
+    return (root / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+def load_fashion(split: str, root: Path = FASHION_DIR, limit: int | None = None):
+    """(images [N, 28, 28] uint8, labels [N]) for "train" or "test" (the official t10k)."""
+    prefix = "train" if split == "train" else "t10k"
+    with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def fashion_image(arr: np.ndarray) -> Image.Image:
+    # dark product on black: invert to a catalog-style white background
+    return Image.fromarray(255 - arr, mode="L").convert("RGB")
+
+
+def fashion_catalog_doc(label: int) -> Sample:
+    name = FASHION_CLASSES[label]
+    return Sample([Slice.of_text(f"Catalog entry: {name}. This category shows {FASHION_DESCRIPTIONS[label]}.")],
+                  id=f"fashion-{label}", metadata={"kind": "fashion-category", "label": name})
+
+
+# ---------------------------------------------------------------- the pools
+
+
+class SyntheticPools:
+    """Finite pools of one split: scenes + twins, pages, knowledge, fashion items."""
+
+    def __init__(self, split: str, seed: int, n_scenes: int, n_pages: int, n_houses: int,
+                 n_fashion: int = 0, image_size: int = 64) -> None:
+        self.split = WorldSplit(split, seed)
+        self.image_size = image_size
+        rng = self.split.rng("pools")
+        self.scenes: list[Scene] = [self.split.scene(rng) for _ in range(n_scenes)]
+        self.twins: list[dict[str, Scene]] = []
+        for sc in self.scenes:
+            tw = {}
+            # two minimal-pair twins per scene keep the pool (and teacher work) small
+            for attr in rng.sample(ATTRIBUTES, 2):
+                t = self.split.twin(sc, attr, rng)
+                if t is not None:
+                    tw[attr] = t
+            self.twins.append(tw)
+        self.pages = [interleaved_document(self.split, rng, i) for i in range(n_pages)]
+        self.houses: list[Knowledge] = knowledge_base(self.split, n_houses)
+        self._images: dict[tuple, Image.Image] = {}
+        self.fashion: tuple[np.ndarray, np.ndarray] | None = None
+        if n_fashion and fashion_available():
+            imgs, labels = load_fashion("train" if split == "train" else "test")
+            idx = np.random.default_rng(seed).permutation(len(labels))[:n_fashion]
+            self.fashion = (imgs[idx], labels[idx])
+
+    def image(self, scene: Scene) -> Image.Image:
+        key = (scene.key, scene.seed)
+        img = self._images.get(key)
+        if img is None:
+            img = self._images[key] = scene.render(self.image_size)
+        return img
+
+    def scene_sample(self, scene: Scene) -> Sample:
+        return image_sample(self.image(scene))
+
+    # ----------------------------------------------------------- generative
+    def gen_example(self, rng: random.Random, kinds: dict[str, float]) -> GenExample:
+        kind = rng.choices(list(kinds), list(kinds.values()))[0]
+        if kind == "fashion" and self.fashion is None:
+            kind = "vqa"
+        if kind == "caption":
+            sc = rng.choice(self.scenes)
+            return GenExample(Sample([Slice.of_image(self.image(sc)), Slice.of_text("Describe the image.")]),
+                              sc.caption(), "caption")
+        if kind == "vqa":
+            sc = rng.choice(self.scenes)
+            qtype, q, a = vqa_for(sc, rng)
+            return GenExample(Sample([Slice.of_image(self.image(sc)), Slice.of_text(q)]), a, f"vqa-{qtype}")
+        if kind == "rag":
+            return self.rag_example(rng, k=rng.choice([1, 2, 3, 4, 5]))
+        if kind == "fashion":
+            imgs, labels = self.fashion  # type: ignore[misc]
+            i = rng.randrange(len(labels))
+            return GenExample(Sample([Slice.of_image(fashion_image(imgs[i])),
+                                      Slice.of_text("What item is this?")]),
+                              FASHION_CLASSES[labels[i]], "fashion")
+        raise ValueError(f"unknown generative kind {kind!r}")
+
+    def rag_example(self, rng: random.Random, k: int, position: int | None = None) -> GenExample:
+        house = rng.choice(self.houses)
+        distractors = rng.sample([h for h in self.houses if h is not house], k - 1)
+        pos = rng.randrange(k) if position is None else position
+        ctx = [h.document() for h in distractors]
+        ctx.insert(pos, house.document())
+        _, q, a = house.question(rng)
+        return GenExample(text(q), a, "rag", documents=ctx)
+
+    # ----------------------------------------------------------- pairs
+    def pair_example(self, rng: random.Random, kinds: dict[str, float], hard_negatives: float) -> PairExample:
+        kind = rng.choices(list(kinds), list(kinds.values()))[0]
+        if kind == "fashion" and self.fashion is None:
+            kind = "caption"
+        if kind == "caption":
+            i = rng.randrange(len(self.scenes))
+            sc = self.scenes[i]
+            negs = []
+            if self.twins[i] and rng.random() < hard_negatives:
+                negs = [self.scene_sample(rng.choice(list(self.twins[i].values())))]
+            return PairExample(text(sc.caption()), self.scene_sample(sc), "caption", negs)
+        if kind == "page":
+            doc, scenes = rng.choice(self.pages)
+            return PairExample(interleaved_query(scenes, rng), doc, "page")
+        if kind == "knowledge":
+            house = rng.choice(self.houses)
+            _, q, _ = house.question(rng)
+            return PairExample(text(q), house.document(), "knowledge")
+        if kind == "fashion":
+            imgs, labels = self.fashion  # type: ignore[misc]
+            i = rng.randrange(len(labels))
+            return PairExample(image_sample(fashion_image(imgs[i])), fashion_catalog_doc(int(labels[i])),
+                               "fashion")
+        raise ValueError(f"unknown pair kind {kind!r}")
+
+
+# ------------------------------------------------------------------ user data
+
+
+class JsonlPools:
+    """Users' own JSONL (see model.jsonl): caption/vqa/rag -> generative, pair -> pairs.
+
+    Documents (no task) become pairs of (their text slices, the whole document)
+    when they have both text and images; otherwise they are ignored for
+    training (and counted in the log).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        records = read_jsonl(path)
+        self.gen: list[GenExample] = []
+        self.pairs: list[PairExample] = []
+        skipped = 0
+        for r in records:
+            if isinstance(r, GenerativeRecord):
+                *body, last = r.sample.slices
+                if r.task == "caption":
+                    q = Sample([*r.sample.slices, Slice.of_text("Describe the image.")])
+                else:
+                    q = Sample([*body, last])
+                self.gen.append(GenExample(q, r.answer, r.task))
+            elif isinstance(r, RagRecord):
+                self.gen.append(GenExample(r.query, r.answer, "rag", documents=r.context))
+            elif isinstance(r, PairRecord):
+                self.pairs.append(PairExample(r.query, r.positive, "pair", r.negatives))
+            elif isinstance(r, Document):
+                texts = [s for s in r.sample.slices if s.type == "text"]
+                if texts and len(texts) < len(r.sample.slices):
+                    self.pairs.append(PairExample(Sample(texts), r.sample, "document"))
+                else:
+                    skipped += 1
+        if skipped:
+            logger.info("%s: %d documents without both text and images not used for training", path, skipped)
+        if not self.gen and not self.pairs:
+            raise ValueError(f"{path}: no training examples (need caption/vqa/rag/pair lines)")
+        logger.info("%s: %d generative and %d pair examples", path, len(self.gen), len(self.pairs))
+
+    def gen_example(self, rng: random.Random, kinds=None) -> GenExample:
+        return rng.choice(self.gen) if self.gen else None  # type: ignore[return-value]
+
+    def pair_example(self, rng: random.Random, kinds=None, hard_negatives: float = 0.0) -> PairExample:
+        return rng.choice(self.pairs) if self.pairs else None  # type: ignore[return-value]

@@ -1,0 +1,336 @@
+"""`sugar eval`: the paper's evaluation at small scale, on the held-out test split.
+
+- interleaved retrieval: query text (figure descriptions, in order) -> the page
+  that shows them; R@1/5/10 and MRR ranked by the GA kernel s̄, by raw s and
+  by summary-vector cosine; a page counts as relevant when its figures
+  contain the described scenes in that order (several pages can);
+- fine-grained: minimal-pair accuracy per attribute (MMVP-style: both
+  captions must pick their own image);
+- generative: VQA exact match per question type; Fashion-MNIST item accuracy
+  (generated) and image -> category retrieval R@1 on the official test split;
+- RAG: knowledge questions about held-out houses without retrieval, with the
+  model's own top-k retrieval, and with the gold document;
+- position curve: accuracy vs position of the gold document among k = 5.
+
+Writes a nested JSON, a markdown report and PNG plots; returns the dict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.prompts import generation_prompt
+from model.sample import Sample
+from model.sugar import SliceEmbeddings, SugarModel
+
+from .data import (
+    FASHION_CLASSES,
+    SyntheticPools,
+    fashion_available,
+    fashion_catalog_doc,
+    fashion_image,
+    image_sample,
+    load_fashion,
+    text,
+)
+from .world import ATTRIBUTES, vqa_for
+
+logger = logging.getLogger(__name__)
+
+VQA_TYPES = ("color", "shape", "size", "count", "position", "texture", "relation")
+
+
+@dataclass
+class EvalConfig:
+    seed: int = 1234
+    n_scenes: int = 600
+    n_pages: int = 500  # the retrieval gallery
+    n_queries: int = 300
+    n_houses: int = 120
+    n_vqa_per_type: int = 60
+    n_fashion: int = 500
+    rag_k: int = 3
+    position_k: int = 5
+    batch_size: int = 32
+
+    @classmethod
+    def quick(cls) -> EvalConfig:
+        return cls(n_scenes=80, n_pages=60, n_queries=30, n_houses=20, n_vqa_per_type=6,
+                   n_fashion=40, batch_size=16)
+
+
+def _rank_metrics(sim: torch.Tensor, relevant: list[set[int]]) -> dict[str, float]:
+    order = torch.argsort(sim, dim=1, descending=True)
+    ranks = []
+    for i, rel in enumerate(relevant):
+        hits = [r for r, j in enumerate(order[i].tolist()) if j in rel]
+        ranks.append(hits[0] + 1 if hits else 10**9)
+    ranks_a = np.array(ranks)
+    return {"r@1": float((ranks_a <= 1).mean()), "r@5": float((ranks_a <= 5).mean()),
+            "r@10": float((ranks_a <= 10).mean()), "mrr": float((1.0 / ranks_a).mean())}
+
+
+def _embed(model: SugarModel, samples: list[Sample], bs: int) -> SliceEmbeddings:
+    return model.embed(samples, batch_size=bs)
+
+
+def _cosine(q: SliceEmbeddings, d: SliceEmbeddings) -> torch.Tensor:
+    return q.summary @ d.summary.T
+
+
+def _generate(model: SugarModel, prompts, bs: int, max_new_tokens: int = 8) -> list[str]:
+    out: list[str] = []
+    for a in range(0, len(prompts), bs):
+        out.extend(model.backbone.generate(prompts[a : a + bs], max_new_tokens=max_new_tokens))
+    return out
+
+
+def _match(pred: str, answer: str) -> bool:
+    return pred.strip().strip(".").lower() == answer.strip().lower()
+
+
+class Evaluator:
+    def __init__(self, model: SugarModel, cfg: EvalConfig | None = None) -> None:
+        self.model = model
+        self.cfg = cfg or EvalConfig()
+        c = self.cfg
+        image_size = model.backbone.processor.image_processor.crop_size["height"]
+        self.pools = SyntheticPools("test", c.seed, c.n_scenes, c.n_pages, c.n_houses, 0,
+                                    max(64, image_size))
+        self.rng = random.Random(c.seed)
+
+    def sim(self, q: SliceEmbeddings, d: SliceEmbeddings, normalization: str | None = None) -> torch.Tensor:
+        from model.kernels import sugar_similarity
+
+        c = self.model.config
+        return sugar_similarity(q.slices, d.slices, q.mask, d.mask, c.kernel_sigma, c.kernel_gamma,
+                                normalization or c.length_normalization)
+
+    # ----------------------------------------------------------- retrieval
+    def retrieval(self) -> dict:
+        p, c = self.pools, self.cfg
+        docs = [doc for doc, _ in p.pages]
+        captions = [[sc.caption() for sc in scenes] for _, scenes in p.pages]
+        idx = list(range(len(docs)))
+        self.rng.shuffle(idx)
+        queries, relevant = [], []
+        for i in idx[: c.n_queries]:
+            q = _query_from(p.pages[i][1], self.rng)
+            qc = [s.text for s in q.slices]
+            queries.append(q)
+            relevant.append({j for j, caps in enumerate(captions) if _contains_run(caps, qc)})
+        qe, de = _embed(self.model, queries, c.batch_size), _embed(self.model, docs, c.batch_size)
+        out = {
+            "retrieval": _rank_metrics(self.sim(qe, de), relevant),
+            "retrieval_raw_s": _rank_metrics(self.sim(qe, de, "none"), relevant),
+            "retrieval_cosine": _rank_metrics(_cosine(qe, de), relevant),
+        }
+        out["retrieval"]["gallery"] = len(docs)
+        out["retrieval"]["queries"] = len(queries)
+        return out
+
+    # ----------------------------------------------------------- minimal pairs
+    def minimal_pairs(self) -> dict:
+        p = self.pools
+        cases = [(sc, tw[a], a) for sc, tw in zip(p.scenes, p.twins, strict=True) for a in tw]
+        caps = [text(c.caption()) for sc, tw, _ in cases for c in (sc, tw)]
+        imgs = [p.scene_sample(c) for sc, tw, _ in cases for c in (sc, tw)]
+        te, ie = _embed(self.model, caps, self.cfg.batch_size), _embed(self.model, imgs, self.cfg.batch_size)
+        # single-slice samples: s̄ is the same as the local log-kernel ordering
+        s = self.sim(te, ie)
+        per: dict[str, list[int]] = defaultdict(list)
+        for k, (_, _, attr) in enumerate(cases):
+            a, b = 2 * k, 2 * k + 1
+            ok = s[a, a] > s[a, b] and s[b, b] > s[b, a]
+            per[attr].append(int(ok))
+        res = {attr: float(np.mean(v)) for attr, v in per.items()}
+        res["overall"] = float(np.mean([x for v in per.values() for x in v]))
+        res["pairs"] = len(cases)
+        return {"minimal_pairs": res}
+
+    # ----------------------------------------------------------- VQA
+    def vqa(self) -> dict:
+        p, c = self.pools, self.cfg
+        by_type: dict[str, list[tuple[Sample, str]]] = defaultdict(list)
+        for sc in p.scenes:
+            for _ in range(4):
+                qtype, q, a = vqa_for(sc, self.rng)
+                if len(by_type[qtype]) < c.n_vqa_per_type:
+                    by_type[qtype].append((Sample([*p.scene_sample(sc).slices, *text(q).slices]), a))
+        items = [(t, s, a) for t, lst in by_type.items() for s, a in lst]
+        fmt = self.model.config.prompts
+        preds = _generate(self.model, [generation_prompt(s, fmt) for _, s, _ in items], c.batch_size)
+        per: dict[str, list[int]] = defaultdict(list)
+        for (t, _, a), pred in zip(items, preds, strict=True):
+            per[t].append(int(_match(pred, a)))
+        res = {t: float(np.mean(v)) for t, v in per.items()}
+        res["overall"] = float(np.mean([x for v in per.values() for x in v]))
+        return {"vqa": res}
+
+    # ----------------------------------------------------------- Fashion-MNIST
+    def fashion(self) -> dict:
+        if not fashion_available():
+            logger.info("Fashion-MNIST not found (apt install dataset-fashion-mnist): skipped")
+            return {}
+        c = self.cfg
+        imgs, labels = load_fashion("test")
+        idx = np.random.default_rng(c.seed).permutation(len(labels))[: c.n_fashion]
+        samples = [image_sample(fashion_image(imgs[i])) for i in idx]
+        fmt = self.model.config.prompts
+        prompts = [generation_prompt(Sample([*s.slices, *text("What item is this?").slices]), fmt)
+                   for s in samples]
+        preds = _generate(self.model, prompts, c.batch_size)
+        acc = float(np.mean([_match(pr, FASHION_CLASSES[labels[i]]) for pr, i in zip(preds, idx, strict=True)]))
+        qe = _embed(self.model, samples, c.batch_size)
+        de = _embed(self.model, [fashion_catalog_doc(k) for k in range(10)], c.batch_size)
+        top = self.sim(qe, de).argmax(1).numpy()
+        r1 = float(np.mean(top == labels[idx]))
+        return {"fashion_mnist": {"vqa": acc, "retrieval": {"r@1": r1}, "n": len(idx)}}
+
+    # ----------------------------------------------------------- RAG
+    def rag(self) -> dict:
+        p, c = self.pools, self.cfg
+        fmt = self.model.config.prompts
+        houses = p.houses
+        qs = []
+        for h in houses:
+            _, q, a = h.question(self.rng)
+            qs.append((h, q, a))
+        docs = [h.document() for h in houses]
+        de = _embed(self.model, docs, c.batch_size)
+        qe = _embed(self.model, [text(q) for _, q, _ in qs], c.batch_size)
+        top = torch.topk(self.sim(qe, de), k=c.rag_k, dim=1).indices.tolist()
+        gold_index = {h.name: i for i, h in enumerate(houses)}
+        prompts_none = [generation_prompt(text(q), fmt) for _, q, _ in qs]
+        prompts_own = [generation_prompt(text(q), fmt, [docs[j] for j in top[i]]) for i, (_, q, _) in enumerate(qs)]
+        prompts_gold = [generation_prompt(text(q), fmt, [docs[gold_index[h.name]]]) for h, q, _ in qs]
+        res = {}
+        for name, prompts in (("no_retrieval", prompts_none), ("own_retrieval", prompts_own),
+                              ("gold", prompts_gold)):
+            preds = _generate(self.model, prompts, c.batch_size)
+            res[name] = float(np.mean([_match(pr, a) for pr, (_, _, a) in zip(preds, qs, strict=True)]))
+        res["retrieval_r@1"] = float(np.mean([top[i][0] == gold_index[h.name] for i, (h, _, _) in enumerate(qs)]))
+        res["k"] = c.rag_k
+        # position curve: gold at each position among k documents
+        curve = []
+        k = c.position_k
+        for pos in range(k):
+            prompts, answers = [], []
+            for i, (h, q, a) in enumerate(qs):
+                rng = random.Random(f"{c.seed}:{i}")
+                others = rng.sample([d for j, d in enumerate(docs) if j != gold_index[h.name]], k - 1)
+                ctx = others[:pos] + [docs[gold_index[h.name]]] + others[pos:]
+                prompts.append(generation_prompt(text(q), fmt, ctx))
+                answers.append(a)
+            preds = _generate(self.model, prompts, c.batch_size)
+            curve.append(float(np.mean([_match(pr, a) for pr, a in zip(preds, answers, strict=True)])))
+        return {"rag": res, "position_curve": curve}
+
+    def run(self) -> dict:
+        out: dict = {}
+        for part in (self.retrieval, self.minimal_pairs, self.vqa, self.fashion, self.rag):
+            logger.info("eval: %s", part.__name__)
+            out.update(part())
+        return out
+
+
+def _query_from(scenes, rng: random.Random) -> Sample:
+    from .world import interleaved_query
+
+    return interleaved_query(scenes, rng)
+
+
+def _contains_run(doc_caps: list[str], query_caps: list[str]) -> bool:
+    n = len(query_caps)
+    return any(doc_caps[i : i + n] == query_caps for i in range(len(doc_caps) - n + 1))
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat(v, key + "."))
+        elif isinstance(v, (int, float)):
+            out[key] = v
+    return out
+
+
+def summary_table(results: dict) -> str:
+    keys = ["retrieval.r@1", "retrieval.r@5", "retrieval.r@10", "retrieval.mrr",
+            "retrieval_cosine.r@1", "retrieval_raw_s.r@1", "minimal_pairs.overall",
+            *[f"minimal_pairs.{a}" for a in ATTRIBUTES], "vqa.overall",
+            *[f"vqa.{t}" for t in VQA_TYPES], "fashion_mnist.vqa", "fashion_mnist.retrieval.r@1",
+            "rag.no_retrieval", "rag.own_retrieval", "rag.gold", "rag.retrieval_r@1"]
+    f = flat(results)
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {f[k]:.3f} |" for k in keys if k in f]
+    if "position_curve" in results:
+        lines.append("| position_curve (k=5) | " + ", ".join(f"{v:.2f}" for v in results["position_curve"]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: dict, out_dir: Path, title: str = "Sugar evaluation") -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "eval.md").write_text(f"# {title}\n\n{summary_table(results)}\n\n"
+                                     "Plots: eval_bars.png, position_curve.png\n")
+    plot_results(results, out_dir)
+
+
+def plot_results(results: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("minimal_pairs", "minimal-pair accuracy"), ("vqa", "VQA exact match")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for ax, (key, title) in zip(axes[:2], groups, strict=True):
+        d = {k: v for k, v in results.get(key, {}).items() if isinstance(v, float)}
+        ax.bar(list(d), list(d.values()), color="#4a7ebb")
+        ax.set_ylim(0, 1)
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=45)
+    r = {name: results.get(name, {}) for name in ("retrieval", "retrieval_raw_s", "retrieval_cosine")}
+    ks = ["r@1", "r@5", "r@10", "mrr"]
+    for i, (name, d) in enumerate(r.items()):
+        axes[2].bar([x + i * 0.27 for x in range(4)], [d.get(k, 0) for k in ks], width=0.27, label=name)
+    axes[2].set_xticks([x + 0.27 for x in range(4)], ks)
+    axes[2].set_ylim(0, 1)
+    axes[2].legend(fontsize=7)
+    axes[2].set_title("interleaved retrieval")
+    fig.tight_layout()
+    fig.savefig(out_dir / "eval_bars.png", dpi=100)
+    plt.close(fig)
+    if "position_curve" in results:
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        curve = results["position_curve"]
+        ax.plot(range(1, len(curve) + 1), curve, marker="o")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("position of the relevant document")
+        ax.set_ylabel("accuracy")
+        ax.set_title("RAG position sensitivity (k=5)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "position_curve.png", dpi=100)
+        plt.close(fig)
+
+
+def evaluate(checkpoint: str | Path, out_dir: str | Path | None = None, cfg: EvalConfig | None = None) -> dict:
+    model = SugarModel.from_pretrained(checkpoint)
+    with torch.no_grad():
+        results = Evaluator(model, cfg).run()
+    results["checkpoint"] = str(checkpoint)
+    write_report(results, Path(out_dir) if out_dir else Path(checkpoint) / "eval")
+    return results

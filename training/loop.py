@@ -1,0 +1,623 @@
+"""The training loop: accelerate (CPU by default, DDP under torchrun/accelerate launch).
+
+Split into small pieces: `build_model` (tiny or HF backbone + LoRA),
+`build_teachers` (cached, checked on minimal pairs, weight 0 when blind),
+`Trainer.batch` (deterministic per (seed, step, rank): resuming replays the
+same batches), `Trainer.step` (forward, named losses, backward, optimiser),
+`Trainer.save_state` / `load_state` (exact resume), `Trainer.finish`
+(checkpoint, metrics JSONL, loss-curve PNG).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from model.backbone import EncodedBatch, load_backbone
+from model.config import SugarConfig, TinyConfig
+from model.prompts import Prompt, answer_text, chat_prompt, rag_parts
+from model.sample import Sample
+from model.sugar import SliceEmbeddings, SugarModel
+from model.teachers import CachedTeacher, TripleKernel, load_teacher
+
+from .config import TrainConfig
+from .data import GenExample, JsonlPools, PairExample, SyntheticPools
+from .losses import ContrastiveLoss, GenerativeLoss, StructureLoss, student_similarity
+from .world import ATTRIBUTES
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "loss_curves.png"
+
+
+# ------------------------------------------------------------------ model
+
+
+def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
+    sugar_cfg = SugarConfig.from_dict({**SugarConfig().to_dict(), **cfg.sugar})
+    if cfg.backbone == "tiny":
+        from model.tiny import build_tiny
+
+        tiny = TinyConfig.from_dict({**TinyConfig().to_dict(), **cfg.tiny, "seed": cfg.seed})
+        backbone = build_tiny(tiny, corpus=corpus, fmt=sugar_cfg.prompts)
+    else:
+        backbone = load_backbone(cfg.backbone)
+    torch.manual_seed(cfg.seed)
+    model = SugarModel(backbone, sugar_cfg)
+    if cfg.lora_rank > 0:
+        apply_lora(model, cfg)
+    return model
+
+
+def apply_lora(model: SugarModel, cfg: TrainConfig) -> None:
+    """LoRA adapters on the language model; vision tower frozen; heads fully trained."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lm = model.lm
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                        target_modules=list(cfg.lora_targets), lora_dropout=0.0)
+    inject_adapter_in_model(config, lm.model.language_model)
+    for n, p in lm.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(True)
+
+
+def merge_lora(model: SugarModel) -> None:
+    """Fold LoRA weights into the base layers so backbone/ is a plain HF model."""
+    from peft.tuners.lora import LoraLayer
+
+    lm = model.lm.model.language_model
+    for name, module in list(lm.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = lm.get_submodule(parent_name) if parent_name else lm
+            setattr(parent, child, module.get_base_layer())
+
+
+# ------------------------------------------------------------------ teachers
+
+
+def build_teachers(cfg: TrainConfig, cache_dir: Path) -> TripleKernel | None:
+    if cfg.beta <= 0 or not cfg.use_disc:
+        logger.info("structure loss off (β=%s, ablation %s): no teachers loaded", cfg.beta, cfg.ablation)
+        return None
+    teachers: dict[str, Any] = {}
+    for role in ("text", "image", "cross"):
+        t = load_teacher(role, cfg.teachers.get(role))
+        teachers[role] = CachedTeacher(t, cache_dir) if t is not None else None
+    if not any(teachers.values()):
+        logger.info("no teachers configured: structure loss off")
+        return None
+    return TripleKernel(teachers["text"], teachers["image"], teachers["cross"],
+                        weights=cfg.teacher_weights, sigma=cfg.teacher_sigma)
+
+
+def teacher_minimal_pair_accuracy(triple: TripleKernel, pools: SyntheticPools, n: int = 60) -> dict:
+    """Per teacher and attribute: does the teacher put a re-rendered (image) or
+    paraphrased (text) anchor closer to its scene than to the minimal-pair twin?"""
+    report: dict[str, dict[str, float]] = {}
+    rng = random.Random(0)
+    for role in triple.active:
+        teacher = triple.teachers[role]
+        assert teacher is not None
+        per_attr: dict[str, float] = {}
+        for attr in ATTRIBUTES:
+            cases = [(sc, tw[attr]) for sc, tw in zip(pools.scenes, pools.twins, strict=True) if attr in tw]
+            cases = cases[:n]
+            if not cases:
+                continue
+            correct = 0
+            for sc, twin in cases:
+                if teacher.supports("image") and role != "text":
+                    anchor = pools.scene_sample(type(sc)(**{**sc.__dict__, "seed": rng.randrange(1 << 30)}))
+                    a, p, q = (anchor.slices[0], pools.scene_sample(sc).slices[0],
+                               pools.scene_sample(twin).slices[0])
+                else:
+                    from model.sample import Slice
+
+                    a, p, q = (Slice.of_text(sc.caption(1)), Slice.of_text(sc.caption()),
+                               Slice.of_text(twin.caption()))
+                f = teacher.encode_slices([a, p, q])
+                correct += int(float(f[0] @ f[1]) > float(f[0] @ f[2]))
+            per_attr[attr] = correct / len(cases)
+        per_attr["overall"] = sum(per_attr.values()) / max(1, len(per_attr))
+        report[role] = per_attr
+    return report
+
+
+# ------------------------------------------------------------------ batches
+
+
+@dataclass
+class Batch:
+    gen: list[GenExample]
+    pairs: list[PairExample]
+
+
+def gen_prompt(ex: GenExample, fmt, eos: str) -> Prompt:
+    """The generation prompt plus the answer; spans[0] covers the answer (the labels)."""
+    p = chat_prompt([("user", rag_parts(ex.documents, ex.query, fmt))], fmt, eos=eos)
+    start = len(p.text)
+    p.text += answer_text(ex.answer, eos)
+    p.spans = [(start, len(p.text))]
+    p.modalities = ["text"]
+    return p
+
+
+def encode_gen(model: SugarModel, examples: list[GenExample]) -> tuple[EncodedBatch, torch.Tensor]:
+    bb = model.backbone
+    prompts = [gen_prompt(e, model.config.prompts, bb.eos_token) for e in examples]
+    batch = bb.encode(prompts, padding_side="right")
+    labels = torch.where(batch.token_slice == 0, batch.input_ids, torch.full_like(batch.input_ids, -100))
+    return batch, labels
+
+
+def sample_key(s: Sample) -> str:
+    return "|".join(sl.content_hash() for sl in s.slices)
+
+
+class TrainModule(nn.Module):
+    """What DDP wraps: one forward for the LM pass and the embedding passes."""
+
+    def __init__(self, model: SugarModel, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.nce = ContrastiveLoss(cfg.temperature, cfg.learn_temperature)
+
+    def forward(self, gen: EncodedBatch | None, embed: list[EncodedBatch]):
+        logits = None
+        if gen is not None:
+            logits = self.model.lm(**gen.to(self.model.backbone.device).model_inputs()).logits
+        # the temperature leaves forward too: DDP must see every parameter used here
+        return logits, [self.model.embed_batch(b) for b in embed], self.nce.scale
+
+
+def gather_embeddings(e: SliceEmbeddings, group=None) -> SliceEmbeddings:
+    """All ranks' embeddings, gradients kept (every rank sees the global batch)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return e
+    from torch.distributed.nn.functional import all_gather
+
+    group = group or dist.group.WORLD
+    m = torch.tensor([e.slices.shape[1]])
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    m = int(m)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = m - t.shape[1]
+        return t if extra == 0 else torch.cat([t, t.new_zeros(t.shape[0], extra, *t.shape[2:])], 1)
+
+    def plain(t: torch.Tensor) -> torch.Tensor:  # bool masks travel as uint8 (gloo)
+        u = t.to(torch.uint8).contiguous()
+        out = [torch.zeros_like(u) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, u, group=group)
+        return torch.cat(out).to(t.dtype)
+
+    return SliceEmbeddings(
+        slices=torch.cat(all_gather(pad(e.slices), group=group)),
+        mask=plain(pad(e.mask)),
+        is_image=plain(pad(e.is_image)),
+        summary=torch.cat(all_gather(e.summary, group=group)),
+    )
+
+
+def _rows(e: SliceEmbeddings, a: int, b: int) -> SliceEmbeddings:
+    return SliceEmbeddings(e.slices[a:b], e.mask[a:b], e.is_image[a:b], e.summary[a:b])
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, cache_dir: str | Path | None = None) -> None:
+        from accelerate import Accelerator
+
+        self.cfg = cfg.ablated()
+        self.out = Path(out_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.out / "teacher-cache"
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.accel = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            gradient_accumulation_steps=self.cfg.grad_accum,
+            mixed_precision="bf16" if self.cfg.bf16 else "no",
+        )
+        self.rank, self.world_size = world()
+        # embedding collectives run on a group of their own (see GlobalBatchNorm)
+        self.group = dist.new_group(backend="gloo") if self.world_size > 1 else None
+        self.t0 = time.time()
+        self.metrics: list[dict] = []
+        self._setup()
+
+    # -------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        c = self.cfg
+        if c.data:
+            self.pools: Any = JsonlPools(c.data)
+            corpus = [e.answer for e in self.pools.gen]
+        else:
+            self.pools = SyntheticPools("train", c.seed, c.n_scenes, c.n_pages, c.n_houses,
+                                       c.n_fashion, c.image_size)
+            corpus = [sc.caption() for sc in self.pools.scenes[:500]]
+            corpus += [f"The banner of House {h.name}" for h in self.pools.houses]
+        self.model = build_model(c, corpus)
+        for mod in self.model.heads.modules():
+            if hasattr(mod, "process_group"):
+                mod.process_group = self.group
+        self.triple = build_teachers(c, self.cache_dir)
+        self.teacher_report: dict = {}
+        if self.triple is not None and isinstance(self.pools, SyntheticPools):
+            self.teacher_report = teacher_minimal_pair_accuracy(self.triple, self.pools)
+            for role, acc in self.teacher_report.items():
+                logger.info("teacher %s minimal-pair accuracy: %s", role,
+                            {k: round(v, 3) for k, v in acc.items()})
+                if acc["overall"] < c.teacher_min_accuracy:
+                    self.triple.set_weight(role, 0.0, f"(minimal-pair accuracy {acc['overall']:.2f} "
+                                                      f"< {c.teacher_min_accuracy})")
+            if not self.triple.active:
+                self.triple = None
+        self.gen_loss = GenerativeLoss()
+        self.struct_loss = StructureLoss(c.teacher_temperature)
+        self.module = TrainModule(self.model, c)
+        self.model.train()
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        # the module is not wrapped in DDP: its forward and backward run collectives
+        # of their own (embedding gather, global batch statistics) whose order DDP's
+        # overlapped bucket all-reduce would interleave differently on each rank.
+        # Gradients are averaged with one all-reduce per optimiser step instead
+        # (`sync_gradients`): the same arithmetic as DDP, done after backward.
+        # (the scheduler stays unwrapped: accelerate would step it once per process)
+        self.module.to(self.accel.device)
+        self.optimizer = self.accel.prepare(self.optimizer)
+        self.accel.register_for_checkpointing(self.scheduler, self.module)
+        self.start_step = 0
+
+    def _lr_lambda(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup:
+            return (step + 1) / c.warmup
+        progress = (step - c.warmup) / max(1, c.steps - c.warmup)
+        return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def precompute_teachers(self) -> None:
+        """Teacher features for every distinct slice of the pools, once (cached on disk)."""
+        if self.triple is None or not isinstance(self.pools, SyntheticPools):
+            return
+        from model.sample import Slice
+
+        slices = []
+        p = self.pools
+        for sc, tw in zip(p.scenes, p.twins, strict=True):
+            slices.append(p.scene_sample(sc).slices[0])
+            slices.extend(p.scene_sample(t).slices[0] for t in tw.values())
+            slices.append(Slice.of_text(sc.caption()))
+        for doc, scenes in p.pages:
+            slices.extend(doc.slices)
+            slices.extend(Slice.of_text(sc.caption()) for sc in scenes)
+        for h in p.houses:
+            slices.extend(h.document().slices)
+            slices.extend(Slice.of_text(q) for q in h.questions())
+        if p.fashion is not None:
+            from .data import fashion_catalog_doc, fashion_image
+
+            slices.extend(Slice.of_image(fashion_image(a)) for a in p.fashion[0])
+            slices.extend(fashion_catalog_doc(k).slices[0] for k in range(10))
+        chunk = 256
+        for a in tqdm(range(0, len(slices), chunk), desc="teacher features", unit="chunk",
+                      disable=self.rank != 0):
+            for role in self.triple.active:
+                self.triple.teachers[role].encode_slices(slices[a : a + chunk])  # type: ignore[union-attr]
+        if self.rank == 0:
+            self.triple.flush()
+
+    # -------------------------------------------------------------- batches
+    def batch(self, step: int) -> Batch:
+        """This rank's share of the global batch of `step` (deterministic, contiguous shards)."""
+        c = self.cfg
+        rng = random.Random(f"{c.seed}:{step}")
+        gen = [self.pools.gen_example(rng, c.gen_kinds) for _ in range(c.gen_batch)] if c.use_gen else []
+        pairs = ([self.pools.pair_example(rng, c.pair_kinds, c.hard_negatives) for _ in range(c.pair_batch)]
+                 if c.use_disc else [])
+        gen = [g for g in gen if g is not None]
+        pairs = [p for p in pairs if p is not None]
+
+        def shard(xs: list) -> list:
+            n = len(xs) // self.world_size
+            return xs[self.rank * n : (self.rank + 1) * n]
+
+        return Batch(shard(gen), shard(pairs))
+
+    # -------------------------------------------------------------- one step
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        model = self.model
+        gen_enc = labels = None
+        if batch.gen:
+            gen_enc, labels = encode_gen(model, batch.gen)
+        embed: list[EncodedBatch] = []
+        negs = [n for p in batch.pairs for n in p.negatives]
+        if batch.pairs:
+            # queries, positives and hard negatives in one pass: the batch statistics
+            # before the heads cover every slice of the step (queries and documents
+            # normalised alike), and every rank runs the same collectives
+            embed = [model.encode([p.query for p in batch.pairs] + [p.positive for p in batch.pairs]
+                                  + negs)]
+        logits, embs, scale = self.module(gen_enc, embed)
+        if embs:
+            B = len(batch.pairs)
+            e = embs[0]
+            embs = [_rows(e, 0, B), _rows(e, B, 2 * B)] + ([_rows(e, 2 * B, 2 * B + len(negs))] if negs else [])
+        out: dict[str, torch.Tensor] = {}
+        if logits is not None:
+            n_tok = (labels[:, 1:] != -100).sum().float()
+            if self.world_size > 1:
+                dist.all_reduce(n_tok, group=self.group)
+            out.update(self.gen_loss(logits, labels.to(logits.device),
+                                     normalizer=float(n_tok.clamp_min(1))))
+        if embs:
+            out.update(self._disc_losses(batch, embs, negs, scale))
+        return out
+
+    def _disc_losses(self, batch: Batch, embs: list[SliceEmbeddings], negs: list[Sample],
+                     scale: torch.Tensor) -> dict:
+        c = self.cfg
+        sugar = self.model.config
+        q, d = gather_embeddings(embs[0], self.group), gather_embeddings(embs[1], self.group)
+        docs = d
+        neg = self._gather_negatives(embs[2] if len(embs) > 2 else None, len(negs), embs[1])
+        if neg is not None:
+            from model.sugar import concat_embeddings
+
+            docs = concat_embeddings([d, neg])
+        sim = student_similarity(q, docs, c.use_ga, sugar.kernel_sigma, sugar.kernel_gamma,
+                                 sugar.length_normalization)
+        pairs_all = self._global_pairs(batch)
+        doc_samples = [p.positive for p in pairs_all] + (
+            [n for p in pairs_all for n in p.negatives] if docs is not d else [])
+        keys = [sample_key(s) for s in doc_samples]
+        pos_keys = keys[: len(pairs_all)]
+        q_keys = [sample_key(p.query) for p in pairs_all]
+        same = torch.tensor([[kd == pk for kd in keys] for pk in pos_keys])
+        # a column whose query twin is identical is a positive too (duplicate captions)
+        for i, qi in enumerate(q_keys):
+            for j, qj in enumerate(q_keys):
+                if i != j and qi == qj:
+                    same[i, j] = True
+        module = self.module.module if hasattr(self.module, "module") else self.module
+        out = module.nce(sim, same, scale)
+        if self.triple is not None and c.beta > 0:
+            t_qd = self.triple.similarity([p.query for p in pairs_all], doc_samples)
+            mask_qd = ~same
+            mask_qd[:, : len(pairs_all)] |= torch.eye(len(pairs_all), dtype=torch.bool)
+            s_dd = student_similarity(d, d, c.use_ga, sugar.kernel_sigma, sugar.kernel_gamma,
+                                      sugar.length_normalization)
+            t_dd = self.triple.similarity([p.positive for p in pairs_all], [p.positive for p in pairs_all])
+            eye = torch.eye(len(pairs_all), dtype=torch.bool)
+            struct_qd = self.struct_loss(sim * scale, t_qd, mask_qd)["struct_loss"]
+            struct_dd = self.struct_loss(s_dd * scale, t_dd, ~eye)["struct_loss"]
+            out["struct_loss"] = 0.5 * (struct_qd + struct_dd)
+        return out
+
+    def _gather_negatives(self, local: SliceEmbeddings | None, n_local: int,
+                          filler: SliceEmbeddings) -> SliceEmbeddings | None:
+        """Hard negatives of every rank, in global pair order.
+
+        Ranks may hold different numbers: each pads to the largest count with
+        copies of a row it has, all_gather moves equal shapes, and the padding
+        rows are dropped again (their gradient is zero).
+        """
+        if self.world_size == 1:
+            return local if n_local else None
+        from model.sugar import concat_embeddings
+
+        n = torch.tensor([n_local])
+        dist.all_reduce(n, op=dist.ReduceOp.MAX, group=self.group)
+        n_max = int(n)
+        if n_max == 0:
+            return None
+        parts = [local] if n_local else []
+        src = local if n_local else filler
+        for _ in range(n_max - n_local):
+            parts.append(_rows(src, 0, 1))
+        padded = concat_embeddings(parts)
+        flags = torch.tensor([1] * n_local + [0] * (n_max - n_local), dtype=torch.uint8)
+        gathered = gather_embeddings(padded, self.group)
+        all_flags = [torch.zeros_like(flags) for _ in range(self.world_size)]
+        dist.all_gather(all_flags, flags, group=self.group)
+        keep = torch.cat(all_flags).nonzero()[:, 0]
+        return SliceEmbeddings(gathered.slices[keep], gathered.mask[keep], gathered.is_image[keep],
+                               gathered.summary[keep])
+
+    def _global_pairs(self, batch: Batch) -> list[PairExample]:
+        if self.world_size == 1:
+            return batch.pairs
+        objs: list[Any] = [None] * self.world_size
+        dist.all_gather_object(objs, [(p.query, p.positive, p.negatives, p.kind) for p in batch.pairs],
+                               group=self.group)
+        return [PairExample(q, d, k, n) for part in objs for (q, d, n, k) in part]
+
+    def total(self, losses: dict[str, torch.Tensor], gen_scale: float = 1.0) -> torch.Tensor:
+        """L = L_g + λ (L_nce + β L_struct).
+
+        Under data parallelism each rank holds a partial sum of the global L_g and
+        the whole (gathered) L_d: `gen_scale` = world size makes DDP's gradient
+        average equal the single-process gradient of L.
+        """
+        c = self.cfg
+        total = losses.get("gen_loss", torch.zeros(())) * gen_scale
+        disc = losses.get("nce_loss", torch.zeros(())) + c.beta * losses.get("struct_loss", torch.zeros(()))
+        return total + c.lam * disc
+
+    def step(self, step: int) -> dict[str, float]:
+        batch = self.batch(step)
+        with self.accel.accumulate(self.module):
+            losses = self.losses(batch)
+            self.accel.backward(self.total(losses, gen_scale=self.world_size))
+            if self.accel.sync_gradients:
+                self.sync_gradients()
+            if self.accel.sync_gradients and self.cfg.grad_clip:
+                self.accel.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        rec = {k: self._global_value(k, v) for k, v in losses.items()}
+        rec["loss"] = float(self.total({k: torch.tensor(v) for k, v in rec.items()}))
+        rec["lr"] = self.scheduler.get_last_lr()[0]
+        module = self.module.module if hasattr(self.module, "module") else self.module
+        rec["temperature"] = float(1.0 / module.nce.scale.detach())
+        rec["step"] = step
+        rec["elapsed_s"] = round(time.time() - self.t0, 2)
+        return rec
+
+    def sync_gradients(self) -> None:
+        """Average gradients over ranks: one flat all-reduce (DDP's arithmetic)."""
+        if self.world_size == 1:
+            return
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        # a parameter no rank touched keeps grad None (the optimiser skips it, as
+        # it would in one process); one touched anywhere is averaged everywhere
+        used = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8)
+        dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        params = [p for p, u in zip(params, used.tolist(), strict=True) if u]
+        if not params:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for p, g in zip(params, _unflatten_dense_tensors(flat, grads), strict=True):
+            p.grad = g
+
+    def _global_value(self, name: str, v: torch.Tensor) -> float:
+        v = v.detach().float().clone()
+        if self.world_size > 1 and name == "gen_loss":
+            dist.all_reduce(v, group=self.group)  # partial sums of the global mean
+        return float(v)
+
+    # -------------------------------------------------------------- state
+    def save_state(self, step: int) -> None:
+        state = self.out / STATE_DIR
+        self.accel.save_state(str(state))
+        if self.rank == 0:
+            (state / "trainer.json").write_text(json.dumps({"step": step}))
+            with open(self.out / METRICS_FILE, "w") as f:
+                for rec in self.metrics:
+                    f.write(json.dumps(rec) + "\n")
+
+    def load_state(self) -> bool:
+        state = self.out / STATE_DIR
+        if not (state / "trainer.json").is_file():
+            return False
+        self.accel.load_state(str(state))
+        self.start_step = json.loads((state / "trainer.json").read_text())["step"] + 1
+        if (self.out / METRICS_FILE).is_file():
+            self.metrics = [json.loads(line) for line in (self.out / METRICS_FILE).read_text().splitlines()
+                            if line.strip()]
+            self.metrics = [m for m in self.metrics if m["step"] < self.start_step]
+        logger.info("resumed from %s at step %d", state, self.start_step)
+        return True
+
+    # -------------------------------------------------------------- run
+    def run(self, resume: bool = False) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_state()
+        self.precompute_teachers()
+        bar = tqdm(range(self.start_step, self.cfg.steps), desc=f"train[{self.cfg.ablation}]",
+                   initial=self.start_step, total=self.cfg.steps, disable=self.rank != 0)
+        for step in bar:
+            rec = self.step(step)
+            self.metrics.append(rec)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k.endswith("_loss")})
+            if (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.cfg.steps:
+                self.save_state(step)
+        return self.finish()
+
+    def finish(self) -> Path:
+        self.accel.wait_for_everyone()
+        if self.rank != 0:
+            return self.out
+        model = self.model
+        model.eval()
+        if self.cfg.lora_rank > 0:
+            merge_lora(model)
+        with open(self.out / METRICS_FILE, "w") as f:
+            for rec in self.metrics:
+                f.write(json.dumps(rec) + "\n")
+        plot_curves(self.metrics, self.out / CURVES_FILE)
+        info = {
+            "config": self.cfg.to_dict(),
+            "steps": self.cfg.steps,
+            "seed": self.cfg.seed,
+            "data": self.cfg.data or "built-in synthetic world (+ Fashion-MNIST when present)",
+            "final": self.metrics[-1] if self.metrics else {},
+            "teacher_minimal_pair_accuracy": self.teacher_report,
+            "teacher_weights": dict(self.triple.weights) if self.triple else {},
+            "wall_time_s": round(time.time() - self.t0, 1),
+            "code_version": code_version(),
+            "world_size": self.world_size,
+        }
+        model.save_pretrained(self.out, training=info)
+        logger.info("checkpoint written to %s (%.0f s)", self.out, time.time() - self.t0)
+        return self.out
+
+
+def plot_curves(metrics: list[dict], path: Path) -> None:
+    if not metrics:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k for m in metrics for k in m if k.endswith("_loss")})
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4 * (len(names) + 1), 3.2))
+    steps = [m["step"] for m in metrics]
+    for ax, name in zip(axes, [*names, "loss"], strict=True):
+        ax.plot(steps, [m.get(name, float("nan")) for m in metrics])
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def code_version() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
+          cache_dir: str | Path | None = None) -> Path:
+    return Trainer(cfg, out_dir, cache_dir).run(resume=resume)
