@@ -44,6 +44,13 @@ def _add_bench(sub) -> None:
     k.add_argument("--quick", action="store_true", help="a small grid (seconds), for smoke tests")
     k.add_argument("--threads", type=int, default=2, help="torch/numba threads (default 2)")
     k.set_defaults(func=cmd_bench_kernels)
+    ix = bsub.add_parser("index", help="ANN build/QPS/recall vs exact, latency, GA rerank cost")
+    ix.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ix.add_argument("--dim", type=int, default=128)
+    ix.add_argument("--type", default="hnsw", choices=["hnsw", "ivf", "flat"])
+    ix.add_argument("--queries", type=int, default=200)
+    ix.add_argument("--json", type=Path)
+    ix.set_defaults(func=cmd_bench_index)
 
 
 def _add_train(sub) -> None:
@@ -128,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_train(sub)
     _add_eval(sub)
+    from .index_cmd import add_parser as _add_index
+
+    _add_index(sub)
     _add_bench(sub)
     return parser
 
@@ -179,6 +189,15 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
     from .bench_kernels import run
 
     records = run(quick=args.quick, threads=args.threads)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_index(args: argparse.Namespace) -> int:
+    from .bench_index import run
+
+    records = run(args.sizes, args.dim, args.type, args.queries)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

@@ -1,0 +1,398 @@
+"""`DocumentIndex`: a durable FAISS index of interleaved documents, two-stage retrieval.
+
+Layout of an index directory:
+    store.sqlite (+ -wal, -shm)   the document store: the source of truth
+    faiss.index, faiss.meta.json  the latest vector snapshot (checksum, change seq)
+
+Invariants:
+- a write returns only after the store committed it (durable); the vector
+  index is updated in memory after the commit, and snapshotted every
+  `snapshot_every` writes and on close — never rewritten per add;
+- on open, a valid snapshot is loaded and every change the store committed
+  after it is replayed; a missing, truncated or corrupt snapshot is rebuilt
+  from the store (logged);
+- one id space: FAISS ids are the store's `fid`s; an index records its
+  dimension and embedding version and refuses vectors of another;
+- writes are serialised (store lock); searches run in parallel.
+
+Search: stage 1 FAISS top-K' on the summary vectors g; stage 2 rerank of the
+K' candidates by the GA-kernel similarity over slice vectors (model.kernels),
+with metadata equality filters applied exactly (an exact scan over the
+matching documents when the filter is selective).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.kernels import sugar_similarity
+from model.sample import Sample
+
+from .store import DocumentStore, StoredDocument
+from .vectors import SNAPSHOT, VectorIndex, VectorSettings
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STORE_FILE = "store.sqlite"
+
+
+class IndexError_(ValueError):
+    """A request the index refuses (wrong dimension, other embedding version, bad id)."""
+
+
+@dataclass
+class KernelSettings:
+    sigma: float = 1.0
+    gamma: float = 1.0
+    normalization: str = "mean_length"
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    ann_score: float
+    metadata: dict[str, Any]
+    fid: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "ann_score": self.ann_score, "metadata": self.metadata}
+
+
+@dataclass
+class Embedded:
+    """One document's vectors: slices [m, D], summary [D]."""
+
+    vectors: np.ndarray
+    summary: np.ndarray
+
+
+class DocumentIndex:
+    def __init__(
+        self,
+        path: str | Path,
+        dim: int | None = None,
+        embedding_version: str | None = None,
+        settings: VectorSettings | None = None,
+        kernel: KernelSettings | None = None,
+        snapshot_every: int = 1000,
+    ) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.store = DocumentStore(self.path / STORE_FILE)
+        self.settings = settings or VectorSettings()
+        self.snapshot_every = snapshot_every
+        self._writes_since_snapshot = 0
+        self._maintenance = threading.Lock()
+        self._init_meta(dim, embedding_version, kernel)
+        self.vectors = self._open_vectors()
+
+    # ------------------------------------------------------------ open
+    def _init_meta(self, dim: int | None, version: str | None, kernel: KernelSettings | None) -> None:
+        s = self.store
+        stored_dim = s.get_meta("dim")
+        if stored_dim is None:
+            if dim is None:
+                raise IndexError_(f"{self.path}: no index here (give a dimension to create one)")
+            k = kernel or KernelSettings()
+            s.set_meta({"dim": dim, "embedding_version": version or "", "format_version": FORMAT_VERSION,
+                        "index_type": self.settings.type, "kernel": json.dumps(k.__dict__)})
+        else:
+            if dim is not None and int(stored_dim) != dim:
+                raise IndexError_(f"{self.path}: index dimension {stored_dim} does not match {dim}")
+            stored_version = s.get_meta("embedding_version") or ""
+            if version and stored_version and version != stored_version:
+                raise IndexError_(
+                    f"{self.path}: built with embedding version {stored_version}, not {version}"
+                    " (re-embed it: sugar index reembed)")
+            if version and not stored_version:
+                s.set_meta({"embedding_version": version})
+            if int(s.get_meta("format_version") or 1) > FORMAT_VERSION:
+                raise IndexError_(f"{self.path}: written by a newer version of this software")
+        self.dim = int(s.get_meta("dim"))  # type: ignore[arg-type]
+        self.embedding_version = s.get_meta("embedding_version") or ""
+        self.kernel = KernelSettings(**json.loads(s.get_meta("kernel") or "{}"))
+        if kernel is not None:
+            self.kernel = kernel
+
+    def _open_vectors(self) -> VectorIndex:
+        try:
+            vi, seq = VectorIndex.load(self.path, self.settings)
+        except FileNotFoundError:
+            return self._rebuild_from_store("no snapshot yet" if self.store.count() else None)
+        except ValueError as e:
+            return self._rebuild_from_store(f"snapshot rejected: {e}")
+        changes = self.store.changes_after(seq)
+        if changes:
+            adds = [fid for _, op, fid in changes if op == "add"]
+            dels = [fid for _, op, fid in changes if op == "del"]
+            live = self.store.summaries_of(adds, self.embedding_version)
+            present = vi.ids()
+            vi.remove([f for f in dels if f in present or f in live])
+            new = [f for f in adds if f in live and f not in present]
+            if new:
+                vi.add(np.array(new, np.int64), np.stack([live[f] for f in new]))
+            logger.info("%s: replayed %d changes committed after the snapshot", self.path, len(changes))
+        return vi
+
+    def _rebuild_from_store(self, reason: str | None) -> VectorIndex:
+        if reason:
+            logger.warning("%s: rebuilding the vector index from the store (%s)", self.path, reason)
+        fids, vecs = [], []
+        for f, v in self.store.summaries(self.embedding_version):
+            fids.append(f)
+            vecs.append(v)
+        fid_a = np.concatenate(fids) if fids else np.zeros(0, np.int64)
+        vec_a = np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32)
+        vi = VectorIndex.build(self.dim, self.settings, fid_a, vec_a)
+        vi.save(self.path, self.store.last_seq())
+        return vi
+
+    # ------------------------------------------------------------ writes
+    def _check(self, emb: Embedded, version: str | None) -> None:
+        if emb.vectors.ndim != 2 or emb.vectors.shape[1] != self.dim or emb.summary.shape != (self.dim,):
+            raise IndexError_(
+                f"vector dimension {emb.summary.shape[-1]} does not match the index ({self.dim})")
+        if version is not None and self.embedding_version and version != self.embedding_version:
+            raise IndexError_(f"embedding version {version} does not match the index "
+                              f"({self.embedding_version}); re-embed or use the matching checkpoint")
+
+    def add(self, docs: Sequence[tuple[Sample, Embedded]], version: str | None = None,
+            upsert: bool = False) -> list[str]:
+        """Store documents (one transaction) and index them; returns their ids.
+
+        A document without an id gets a generated one. Without `upsert`, an
+        existing id raises KeyError and nothing of the batch is written.
+        """
+        rows = []
+        for sample, emb in docs:
+            self._check(emb, version)
+            if len(emb.vectors) != len(sample.slices):
+                raise IndexError_(f"{len(emb.vectors)} slice vectors for {len(sample.slices)} slices")
+            doc_id = sample.id or uuid.uuid4().hex
+            rows.append((doc_id, sample, emb.vectors, emb.summary))
+        ids = [r[0] for r in rows]
+        if len(set(ids)) != len(ids):
+            raise IndexError_("duplicate ids in one batch")
+        added, deleted = self.store.write(rows, version or self.embedding_version, replace=upsert)
+        self._apply(added, deleted)
+        return ids
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete documents; KeyError (nothing deleted) if any id is unknown."""
+        added, deleted = self.store.write([], self.embedding_version, replace=False, delete_ids=ids)
+        self._apply(added, deleted)
+
+    def _apply(self, added: list[tuple[int, np.ndarray]], deleted: list[int]) -> None:
+        self.vectors.remove(deleted)
+        if added:
+            self.vectors.add(np.array([f for f, _ in added], np.int64), np.stack([v for _, v in added]))
+        self._writes_since_snapshot += 1
+        if self._writes_since_snapshot >= self.snapshot_every:
+            self.snapshot()
+        if self.vectors.needs_rebuild():
+            self.rebuild()
+
+    def snapshot(self) -> None:
+        with self._maintenance, self.store.write_lock:
+            self.vectors.save(self.path, self.store.last_seq())
+            self._writes_since_snapshot = 0
+
+    def rebuild(self, index_type: str | None = None) -> None:
+        """Rebuild the vector index from the store (drops tombstones; can change type)."""
+        with self.store.write_lock:
+            if index_type:
+                self.settings.type = index_type
+                self.store.set_meta({"index_type": index_type})
+            self.vectors = self._rebuild_from_store(None)
+
+    def close(self) -> None:
+        self.snapshot()
+        self.store.close()
+
+    def __enter__(self) -> DocumentIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ reads
+    def get(self, doc_id: str, with_images: bool = True) -> StoredDocument | None:
+        return self.store.get(doc_id, self.dim, with_images)
+
+    def list_ids(self, offset: int = 0, limit: int = 100) -> list[str]:
+        return self.store.ids(offset, limit)
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def search(
+        self,
+        query: Embedded,
+        k: int = 10,
+        k_prime: int | None = None,
+        filters: dict[str, Any] | None = None,
+        rerank: bool = True,
+        exact_filter_limit: int = 20_000,
+    ) -> list[Hit]:
+        """Top-k documents: ANN on g, then GA rerank over slice vectors (`rerank`)."""
+        if query.summary.shape != (self.dim,) or query.vectors.shape[1] != self.dim:
+            raise IndexError_(f"query dimension {query.summary.shape[-1]} does not match the index ({self.dim})")
+        if k <= 0:
+            return []
+        k_prime = max(k, k_prime or 5 * k)
+        if filters:
+            allowed = self.store.matching_fids(filters)
+            if not allowed:
+                return []
+            if len(allowed) <= exact_filter_limit:
+                cands = self._exact(query.summary, allowed, k_prime)
+            else:
+                cands = self._ann_filtered(query.summary, set(allowed), k_prime)
+        else:
+            scores, fids = self.vectors.search(query.summary[None, :], k_prime)
+            cands = [(int(f), float(s)) for f, s in zip(fids[0], scores[0], strict=True) if f >= 0]
+        docs = self.store.get_by_fids([f for f, _ in cands], self.dim)
+        cands = [(f, s) for f, s in cands if f in docs]  # deleted since the ANN step
+        if not cands:
+            return []
+        if rerank:
+            scores = self.rerank(query, [docs[f] for f, _ in cands])
+        else:
+            scores = [s for _, s in cands]
+        hits = [Hit(docs[f].id, float(sc), float(ann), docs[f].metadata, f)
+                for (f, ann), sc in zip(cands, scores, strict=True)]
+        hits.sort(key=lambda h: -h.score)
+        return hits[:k]
+
+    def _exact(self, q: np.ndarray, fids: list[int], k: int) -> list[tuple[int, float]]:
+        vecs = self.store.summaries_of(fids)
+        f = np.array(list(vecs), np.int64)
+        s = np.stack([vecs[i] for i in f]) @ q
+        order = np.argsort(-s)[:k]
+        return [(int(f[i]), float(s[i])) for i in order]
+
+    def _ann_filtered(self, q: np.ndarray, allowed: set[int], k: int) -> list[tuple[int, float]]:
+        want = k * 4
+        while True:
+            scores, fids = self.vectors.search(q[None, :], want)
+            out = [(int(f), float(s)) for f, s in zip(fids[0], scores[0], strict=True) if f in allowed]
+            if len(out) >= k or want >= self.vectors.count:
+                return out[:k]
+            want *= 4
+
+    def rerank(self, query: Embedded, docs: Sequence[StoredDocument]) -> list[float]:
+        """s̄(q, d) for each candidate (batched GA kernel)."""
+        m = max(len(d.vectors) for d in docs)
+        D = self.dim
+        cand = np.zeros((len(docs), m, D), np.float32)
+        mask = np.zeros((len(docs), m), bool)
+        for i, d in enumerate(docs):
+            cand[i, : len(d.vectors)] = d.vectors
+            mask[i, : len(d.vectors)] = True
+        k = self.kernel
+        with torch.no_grad():
+            s = sugar_similarity(torch.from_numpy(query.vectors[None].astype(np.float32)),
+                                 torch.from_numpy(cand), None, torch.from_numpy(mask), k.sigma, k.gamma,
+                                 k.normalization)
+        return s[0].tolist()
+
+    # ------------------------------------------------------------ maintenance
+    def stats(self) -> dict[str, Any]:
+        files = [p for p in self.path.iterdir() if p.is_file()]
+        return {
+            "count": self.store.count(),
+            "dim": self.dim,
+            "type": self.vectors.kind,
+            "vectors": self.vectors.count,
+            "tombstones": len(self.vectors.tombstones),
+            "embedding_version": self.embedding_version,
+            "embedding_versions": self.store.version_counts(),
+            "size_bytes": sum(p.stat().st_size for p in files),
+            "path": str(self.path),
+        }
+
+    def verify(self) -> tuple[bool, list[str]]:
+        """FAISS and the store agree: same ids, same count, same vectors (sampled)."""
+        problems = []
+        store_ids, faiss_ids = self.store.fids(self.embedding_version), self.vectors.ids()
+        if store_ids != faiss_ids:
+            problems.append(f"ids differ: {len(store_ids - faiss_ids)} only in the store, "
+                            f"{len(faiss_ids - store_ids)} only in FAISS")
+        if self.vectors.count != len(store_ids):
+            problems.append(f"count differs: store {len(store_ids)}, FAISS {self.vectors.count}")
+        sample = sorted(store_ids & faiss_ids)[:: max(1, len(store_ids) // 200)]
+        if sample and self.vectors.kind == "flat":
+            stored = self.store.summaries_of(sample)
+            for f in sample:
+                v = self.vectors.index.reconstruct(int(f))
+                if not np.allclose(v, stored[f], atol=1e-6):
+                    problems.append(f"vector of fid {f} differs between FAISS and the store")
+                    break
+        versions = self.store.version_counts()
+        if len(versions) > 1:
+            problems.append(f"mixed embedding versions (an unfinished re-embedding?): {versions}")
+        return not problems, problems
+
+    def export(self, path: str | Path) -> int:
+        """JSONL of every document (slices with base64 images, metadata); returns the count."""
+        import base64
+
+        n = 0
+        with open(path, "w") as f:
+            offset = 0
+            while ids := self.store.ids(offset, 500):
+                for doc_id in ids:
+                    d = self.get(doc_id)
+                    assert d is not None
+                    slices = [s if s["type"] == "text" else
+                              {"type": "image", "base64": base64.b64encode(d.images[s["hash"]]).decode()}
+                              for s in d.slices]
+                    f.write(json.dumps({"id": d.id, "slices": slices, "metadata": d.metadata}) + "\n")
+                    n += 1
+                offset += len(ids)
+        return n
+
+    def reembed(self, embed: Callable[[list[Sample]], list[Embedded]], version: str, dim: int,
+                batch_size: int = 32, progress: Callable[[int, int], None] | None = None) -> int:
+        """Re-embed every document from its stored slices with another checkpoint.
+
+        The index switches to `version` (and `dim`) first, so searches never mix
+        versions: the vector index holds only documents already re-embedded.
+        Each batch commits, so an interrupted run resumes where it stopped.
+        """
+        with self.store.write_lock:
+            self.store.set_meta({"embedding_version": version, "dim": dim})
+            self.embedding_version, self.dim = version, dim
+            self.vectors = self._rebuild_from_store(None)
+        total = self.store.count()
+        done = len(self.store.fids(version))
+        if progress:
+            progress(done, total)
+        while batch := self.store.samples_with_version_not(version, batch_size):
+            embs = embed(batch)
+            for e in embs:
+                self._check(e, None)
+            added, deleted = self.store.update_vectors(
+                [(d.id, e.vectors, e.summary) for d, e in zip(batch, embs, strict=True)], version)  # type: ignore[misc]
+            self._apply(added, [])
+            done += len(batch)
+            if progress:
+                progress(done, total)
+        self.snapshot()
+        return done
+
+
+def snapshot_path(index_dir: str | Path) -> Path:
+    return Path(index_dir) / SNAPSHOT

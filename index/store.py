@@ -1,0 +1,343 @@
+"""The document store: SQLite in WAL mode, the source of truth of an index.
+
+Tables:
+    meta     key/value: dim, embedding_version, format_version, index settings
+    docs     one row per live document; `fid` (INTEGER PRIMARY KEY) is the id the
+             vector index uses; `id` the user's string id; slices as JSON with
+             images referenced by content hash; slice vectors [m, D] and the
+             summary vector as float32 blobs
+    blobs    content-addressed image bytes (PNG), shared between documents
+    changes  append-only log (seq, op, fid) of every add/delete: the vector index
+             snapshot records the last seq it contains and replays the rest on open
+
+A write is one transaction: once `commit()` returns (WAL, synchronous=FULL)
+the document survives a crash; that commit is the acknowledgement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.sample import Sample, Slice, decode_image, encode_png
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+    fid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    metadata TEXT NOT NULL,
+    slices TEXT NOT NULL,
+    n_slices INTEGER NOT NULL,
+    vectors BLOB NOT NULL,
+    summary BLOB NOT NULL,
+    embedding_version TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (hash TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL CHECK (op IN ('add', 'del')),
+    fid INTEGER NOT NULL
+);
+"""
+
+
+@dataclass
+class StoredDocument:
+    id: str
+    fid: int
+    slices: list[dict[str, Any]]  # {"type": "text", "text"} | {"type": "image", "hash"}
+    metadata: dict[str, Any]
+    vectors: np.ndarray  # [m, D]
+    summary: np.ndarray  # [D]
+    embedding_version: str
+    images: dict[str, bytes] = field(default_factory=dict)
+
+    def to_sample(self) -> Sample:
+        out = []
+        for s in self.slices:
+            if s["type"] == "text":
+                out.append(Slice.of_text(s["text"]))
+            else:
+                out.append(Slice.of_image(decode_image(self.images[s["hash"]], "stored image")))
+        return Sample(out, id=self.id, metadata=self.metadata)
+
+
+def blob_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class DocumentStore:
+    """Thread-safe: writes serialise on a lock; each thread reads on its own connection."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self.write_lock = threading.RLock()
+        with self.write_lock:
+            c = self.conn
+            c.executescript(SCHEMA)
+            c.commit()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=FULL")
+            c.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = c
+        return c
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+    # ---------------------------------------------------------------- meta
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, items: dict[str, Any]) -> None:
+        with self.write_lock:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            for k, v in items.items():
+                c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, str(v)))
+            c.execute("COMMIT")
+
+    # ---------------------------------------------------------------- writes
+    def write(
+        self,
+        docs: Sequence[tuple[str, Sample, np.ndarray, np.ndarray]],
+        version: str,
+        replace: bool,
+        delete_ids: Sequence[str] = (),
+    ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+        """One transaction: delete `delete_ids`, then insert `docs` (id, sample, vectors, summary).
+
+        With `replace`, an existing id is deleted first (upsert); otherwise an
+        existing id raises KeyError and nothing is written. Returns the added
+        (fid, summary) and the deleted fids, for the vector index.
+        """
+        added: list[tuple[int, np.ndarray]] = []
+        deleted: list[int] = []
+        with self.write_lock:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for doc_id in delete_ids:
+                    fid = self._delete(c, doc_id)
+                    if fid is None:
+                        raise KeyError(doc_id)
+                    deleted.append(fid)
+                for doc_id, sample, vectors, summary in docs:
+                    old = c.execute("SELECT fid FROM docs WHERE id = ?", (doc_id,)).fetchone()
+                    if old is not None:
+                        if not replace:
+                            raise KeyError(doc_id)
+                        self._delete(c, doc_id)
+                        deleted.append(old[0])
+                    slices = self._slice_rows(c, sample)
+                    cur = c.execute(
+                        "INSERT INTO docs (id, metadata, slices, n_slices, vectors, summary,"
+                        " embedding_version, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (doc_id, json.dumps(sample.metadata, sort_keys=True), json.dumps(slices),
+                         len(slices), np.ascontiguousarray(vectors, np.float32).tobytes(),
+                         np.ascontiguousarray(summary, np.float32).tobytes(), version, time.time()),
+                    )
+                    fid = int(cur.lastrowid)  # type: ignore[arg-type]
+                    c.execute("INSERT INTO changes (op, fid) VALUES ('add', ?)", (fid,))
+                    added.append((fid, np.asarray(summary, np.float32)))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return added, deleted
+
+    def _delete(self, c: sqlite3.Connection, doc_id: str) -> int | None:
+        row = c.execute("SELECT fid FROM docs WHERE id = ?", (doc_id,)).fetchone()
+        if row is None:
+            return None
+        c.execute("DELETE FROM docs WHERE fid = ?", (row[0],))
+        c.execute("INSERT INTO changes (op, fid) VALUES ('del', ?)", (row[0],))
+        return int(row[0])
+
+    def _slice_rows(self, c: sqlite3.Connection, sample: Sample) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for s in sample.slices:
+            if s.type == "text":
+                rows.append({"type": "text", "text": s.text})
+            else:
+                data = encode_png(s.image)  # type: ignore[arg-type]
+                h = blob_hash(data)
+                c.execute("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (h, data))
+                rows.append({"type": "image", "hash": h})
+        return rows
+
+    def update_vectors(self, rows: Sequence[tuple[str, np.ndarray, np.ndarray]], version: str
+                       ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+        """Re-embedding: new vectors for existing ids (new fids, one transaction)."""
+        added, deleted = [], []
+        with self.write_lock:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for doc_id, vectors, summary in rows:
+                    old = c.execute("SELECT fid, id, metadata, slices, n_slices, created FROM docs"
+                                    " WHERE id = ?", (doc_id,)).fetchone()
+                    if old is None:
+                        continue
+                    c.execute("DELETE FROM docs WHERE fid = ?", (old[0],))
+                    c.execute("INSERT INTO changes (op, fid) VALUES ('del', ?)", (old[0],))
+                    cur = c.execute(
+                        "INSERT INTO docs (id, metadata, slices, n_slices, vectors, summary,"
+                        " embedding_version, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (old[1], old[2], old[3], old[4], np.ascontiguousarray(vectors, np.float32).tobytes(),
+                         np.ascontiguousarray(summary, np.float32).tobytes(), version, old[5]),
+                    )
+                    fid = int(cur.lastrowid)  # type: ignore[arg-type]
+                    c.execute("INSERT INTO changes (op, fid) VALUES ('add', ?)", (fid,))
+                    added.append((fid, np.asarray(summary, np.float32)))
+                    deleted.append(int(old[0]))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return added, deleted
+
+    # ---------------------------------------------------------------- reads
+    def _row_to_doc(self, row, dim: int, with_images: bool) -> StoredDocument:
+        fid, doc_id, metadata, slices, n, vectors, summary, version = row
+        doc = StoredDocument(
+            id=doc_id, fid=fid, slices=json.loads(slices), metadata=json.loads(metadata),
+            vectors=np.frombuffer(vectors, np.float32).reshape(n, dim),
+            summary=np.frombuffer(summary, np.float32), embedding_version=version,
+        )
+        if with_images:
+            for s in doc.slices:
+                if s["type"] == "image" and s["hash"] not in doc.images:
+                    doc.images[s["hash"]] = self.blob(s["hash"])
+        return doc
+
+    _COLS = "fid, id, metadata, slices, n_slices, vectors, summary, embedding_version"
+
+    def get(self, doc_id: str, dim: int, with_images: bool = True) -> StoredDocument | None:
+        row = self.conn.execute(f"SELECT {self._COLS} FROM docs WHERE id = ?", (doc_id,)).fetchone()
+        return self._row_to_doc(row, dim, with_images) if row else None
+
+    def get_by_fids(self, fids: Sequence[int], dim: int, with_images: bool = False) -> dict[int, StoredDocument]:
+        out: dict[int, StoredDocument] = {}
+        fids = list(fids)
+        for a in range(0, len(fids), 500):
+            chunk = fids[a : a + 500]
+            q = f"SELECT {self._COLS} FROM docs WHERE fid IN ({','.join('?' * len(chunk))})"
+            for row in self.conn.execute(q, chunk):
+                out[row[0]] = self._row_to_doc(row, dim, with_images)
+        return out
+
+    def blob(self, h: str) -> bytes:
+        row = self.conn.execute("SELECT data FROM blobs WHERE hash = ?", (h,)).fetchone()
+        if row is None:
+            raise KeyError(f"image blob {h} missing from the store")
+        return row[0]
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+
+    def fids(self, version: str | None = None) -> set[int]:
+        if version is None:
+            return {r[0] for r in self.conn.execute("SELECT fid FROM docs")}
+        return {r[0] for r in self.conn.execute("SELECT fid FROM docs WHERE embedding_version = ?", (version,))}
+
+    def ids(self, offset: int = 0, limit: int = 100) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM docs ORDER BY fid LIMIT ? OFFSET ?",
+                                                 (limit, offset))]
+
+    def summaries(self, version: str, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(fids [n], summary vectors [n, D]) of every live document of `version`, in chunks."""
+        last = -1
+        while True:
+            rows = self.conn.execute(
+                "SELECT fid, summary FROM docs WHERE fid > ? AND embedding_version = ? ORDER BY fid LIMIT ?",
+                (last, version, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield (np.array([r[0] for r in rows], np.int64),
+                   np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+
+    def summaries_of(self, fids: Sequence[int], version: str | None = None) -> dict[int, np.ndarray]:
+        out = {}
+        fids = list(fids)
+        for a in range(0, len(fids), 500):
+            chunk = fids[a : a + 500]
+            q = f"SELECT fid, summary, embedding_version FROM docs WHERE fid IN ({','.join('?' * len(chunk))})"
+            out.update({r[0]: np.frombuffer(r[1], np.float32) for r in self.conn.execute(q, chunk)
+                        if version is None or r[2] == version})
+        return out
+
+    def samples_with_version_not(self, version: str, limit: int) -> list[Sample]:
+        """Documents still to re-embed (slices and metadata only), oldest first."""
+        out = []
+        rows = self.conn.execute("SELECT id, slices, metadata FROM docs WHERE embedding_version != ?"
+                                 " ORDER BY fid LIMIT ?", (version, limit)).fetchall()
+        for doc_id, slices, metadata in rows:
+            parts = []
+            for s in json.loads(slices):
+                if s["type"] == "text":
+                    parts.append(Slice.of_text(s["text"]))
+                else:
+                    parts.append(Slice.of_image(decode_image(self.blob(s["hash"]), "stored image")))
+            out.append(Sample(parts, id=doc_id, metadata=json.loads(metadata)))
+        return out
+
+    def last_seq(self) -> int:
+        row = self.conn.execute("SELECT MAX(seq) FROM changes").fetchone()
+        return int(row[0] or 0)
+
+    def changes_after(self, seq: int) -> list[tuple[int, str, int]]:
+        return list(self.conn.execute("SELECT seq, op, fid FROM changes WHERE seq > ? ORDER BY seq", (seq,)))
+
+    def matching_fids(self, filters: dict[str, Any]) -> list[int]:
+        """fids whose metadata equals `filters` on every key (JSON equality)."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for k, v in filters.items():
+            if isinstance(v, (dict, list)):
+                continue  # compared in Python below (JSON text formatting may differ)
+            clauses.append("json_extract(metadata, ?) IS ?")
+            args.append("$." + json.dumps(k))
+            args.append(_sql_value(v))
+        where = " AND ".join(clauses) or "1"
+        sql = f"SELECT fid, metadata FROM docs WHERE {where}"
+        out = []
+        for fid, meta in self.conn.execute(sql, args):
+            m = json.loads(meta)
+            if all(k in m and m[k] == v for k, v in filters.items()):  # exact JSON types
+                out.append(fid)
+        return out
+
+    def version_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT embedding_version, COUNT(*) FROM docs GROUP BY 1").fetchall())
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+
+
+def _sql_value(v: Any) -> Any:
+    return int(v) if isinstance(v, bool) else v

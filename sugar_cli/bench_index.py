@@ -1,0 +1,149 @@
+"""`sugar bench index`: the vector index side by side with exact search, in one run.
+
+Random unit vectors (summary vectors) at each size; queries are perturbed
+data points. For the ANN type and the exact flat index: build time, memory
+(serialised size), batch QPS, recall@10 against exact, single-query latency
+p50/p99. Then the GA rerank stage for K' = 50 / 100 (query 4 slices, documents
+4 slices, D dims) per query, and end-to-end `DocumentIndex.search` (ANN + store
+fetch + rerank, query embedding excluded) where the size allows a real store.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import faiss
+import numpy as np
+import torch
+
+from index.vectors import VectorIndex, VectorSettings
+
+M_SLICES = 4
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _pct(ts, p):
+    return float(np.percentile(np.array(ts) * 1e3, p))
+
+
+def _single_latency(vi: VectorIndex, queries: np.ndarray, k: int) -> list[float]:
+    ts = []
+    for q in queries:
+        t = time.perf_counter()
+        vi.search(q[None], k)
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
+def _one_size(n: int, d: int, kind: str, nq: int, rng) -> dict:
+    data = _unit(rng, n, d)
+    idx = rng.integers(0, n, nq)
+    queries = data[idx] + 0.3 * _unit(rng, nq, d) / np.sqrt(1.0)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    fids = np.arange(n, dtype=np.int64)
+    settings = VectorSettings(type=kind)
+    t = time.perf_counter()
+    exact = VectorIndex.build(d, VectorSettings(type="flat"), fids, data, kind="flat")
+    t_exact = time.perf_counter() - t
+    t = time.perf_counter()
+    ann = VectorIndex.build(d, settings, fids, data, kind=kind)
+    t_ann = time.perf_counter() - t
+    out = {"n": n, "dim": d, "type": kind}
+    for name, vi, tb in (("exact", exact, t_exact), (kind, ann, t_ann)):
+        t = time.perf_counter()
+        _, ids = vi.search(queries, 10)
+        t_batch = time.perf_counter() - t
+        lat = _single_latency(vi, queries[: min(nq, 200)], 10)
+        out[name] = {"build_s": tb, "bytes": int(faiss.serialize_index(vi.index).nbytes),
+                     "qps": nq / t_batch, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "ids": ids}
+    truth = out["exact"].pop("ids")
+    got = out[kind].pop("ids")
+    out[kind]["recall@10"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)]))
+    return out
+
+
+def _rerank_cost(d: int, rng) -> dict:
+    from model.kernels import sugar_similarity
+
+    res = {}
+    q = torch.from_numpy(_unit(rng, M_SLICES, d))[None]
+    for kp in (50, 100):
+        cands = torch.from_numpy(_unit(rng, kp * M_SLICES, d)).view(kp, M_SLICES, d)
+        sugar_similarity(q, cands)
+        ts = []
+        for _ in range(50):
+            t = time.perf_counter()
+            with torch.no_grad():
+                sugar_similarity(q, cands)
+            ts.append(time.perf_counter() - t)
+        res[kp] = {"p50_ms": _pct(ts, 50), "p99_ms": _pct(ts, 99)}
+    return res
+
+
+def _end_to_end(n: int, d: int, kind: str, nq: int, rng) -> dict:
+    from index import DocumentIndex, Embedded
+    from model.sample import Sample, Slice
+
+    with tempfile.TemporaryDirectory() as tmp:
+        idx = DocumentIndex(tmp, dim=d, embedding_version="bench", settings=VectorSettings(type=kind),
+                            snapshot_every=10**9)
+        t = time.perf_counter()
+        batch = 2000
+        for a in range(0, n, batch):
+            rows = []
+            for i in range(a, min(n, a + batch)):
+                v = _unit(rng, M_SLICES, d)
+                g = v.sum(0)
+                rows.append((Sample([Slice.of_text(f"doc {i}")] * M_SLICES, id=f"d{i}"),
+                             Embedded(v, (g / np.linalg.norm(g)).astype(np.float32))))
+            idx.add(rows, version="bench")
+        t_ingest = time.perf_counter() - t
+        ts = {50: [], 100: []}
+        for kp in ts:
+            for _ in range(min(nq, 100)):
+                v = _unit(rng, M_SLICES, d)
+                g = v.sum(0)
+                q = Embedded(v, (g / np.linalg.norm(g)).astype(np.float32))
+                t = time.perf_counter()
+                idx.search(q, k=10, k_prime=kp)
+                ts[kp].append(time.perf_counter() - t)
+        idx.store.close()
+    return {"ingest_docs_per_s": n / t_ingest,
+            **{f"search_k'{kp}_p50_ms": _pct(v, 50) for kp, v in ts.items()},
+            **{f"search_k'{kp}_p99_ms": _pct(v, 99) for kp, v in ts.items()}}
+
+
+def run(sizes: list[int], dim: int, kind: str, nq: int, e2e_max: int = 100_000) -> dict:
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    records = {"ann": [], "rerank": None, "end_to_end": {}}
+    print(f"vector index ({kind}) vs exact flat, D={dim}, {nq} queries, k=10")
+    hdr = (f"{'n':>9} | {'build s':>8} {'exact':>7} | {'MB':>6} {'exact':>6} | {'QPS':>8} {'exact':>8} "
+           f"{'x':>5} | {'p50 ms':>6} {'p99 ms':>6} {'exact p50':>9} | {'recall@10':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    for n in sizes:
+        r = _one_size(n, dim, kind, nq, rng)
+        records["ann"].append(r)
+        a, e = r[kind], r["exact"]
+        print(f"{n:>9} | {a['build_s']:8.2f} {e['build_s']:7.2f} | {a['bytes'] / 2**20:6.1f} "
+              f"{e['bytes'] / 2**20:6.1f} | {a['qps']:8.0f} {e['qps']:8.0f} {a['qps'] / e['qps']:5.1f} | "
+              f"{a['p50_ms']:6.2f} {a['p99_ms']:6.2f} {e['p50_ms']:9.2f} | {a['recall@10']:9.3f}")
+    rr = _rerank_cost(dim, rng)
+    records["rerank"] = rr
+    print(f"GA rerank per query ({M_SLICES}-slice query and documents): "
+          + ", ".join(f"K'={kp}: p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms" for kp, v in rr.items()))
+    for n in sizes:
+        if n > e2e_max:
+            continue
+        r = _end_to_end(n, dim, kind if n >= 50_000 else "flat", nq, rng)
+        records["end_to_end"][n] = r
+        print(f"end-to-end DocumentIndex.search at {n}: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    return records

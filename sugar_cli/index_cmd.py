@@ -1,0 +1,221 @@
+"""`sugar index …`: build, search and maintain a document index from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("index", help="build, search and maintain a document index")
+    isub = p.add_subparsers(dest="index_cmd", required=True)
+
+    a = isub.add_parser("add", help="embed and add the documents of a JSONL file")
+    a.add_argument("--index", type=Path, required=True)
+    a.add_argument("--checkpoint", type=Path, required=True)
+    a.add_argument("--data", type=Path, required=True, help="JSONL of documents ({id, slices, metadata})")
+    a.add_argument("--upsert", action="store_true", help="replace documents whose id exists")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--type", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
+                   help="vector index type when the index is created")
+    a.set_defaults(func=cmd_add)
+
+    s = isub.add_parser("search", help="two-stage search: ANN on g, GA-kernel rerank")
+    s.add_argument("--index", type=Path, required=True)
+    s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--query", required=True, help="query text")
+    s.add_argument("--image", type=Path, action="append", default=[], help="query image(s), after the text")
+    s.add_argument("-k", type=int, default=5)
+    s.add_argument("--k-prime", type=int, help="ANN candidates to rerank (default 5k)")
+    s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="metadata equality filter (VALUE parsed as JSON when it parses)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_search)
+
+    st = isub.add_parser("stats", help="count, dim, type, size on disk")
+    st.add_argument("--index", type=Path, required=True)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stats)
+
+    v = isub.add_parser("verify", help="exit 0 only when FAISS and the store agree")
+    v.add_argument("--index", type=Path, required=True)
+    v.set_defaults(func=cmd_verify)
+
+    d = isub.add_parser("delete", help="delete documents by id")
+    d.add_argument("--index", type=Path, required=True)
+    d.add_argument("ids", nargs="+")
+    d.set_defaults(func=cmd_delete)
+
+    r = isub.add_parser("rebuild", help="rebuild the vector index from the store")
+    r.add_argument("--index", type=Path, required=True)
+    r.add_argument("--type", choices=["auto", "flat", "hnsw", "ivf"])
+    r.set_defaults(func=cmd_rebuild)
+
+    e = isub.add_parser("export", help="write every document as JSONL (images base64)")
+    e.add_argument("--index", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True)
+    e.set_defaults(func=cmd_export)
+
+    im = isub.add_parser("import", help="add an exported JSONL (same as add)")
+    im.add_argument("--index", type=Path, required=True)
+    im.add_argument("--checkpoint", type=Path, required=True)
+    im.add_argument("--data", type=Path, required=True)
+    im.add_argument("--upsert", action="store_true")
+    im.add_argument("--batch-size", type=int, default=32)
+    im.add_argument("--type", default="auto", choices=["auto", "flat", "hnsw", "ivf"])
+    im.set_defaults(func=cmd_add)
+
+    re = isub.add_parser("reembed", help="re-embed every document with another checkpoint (resumable)")
+    re.add_argument("--index", type=Path, required=True)
+    re.add_argument("--checkpoint", type=Path, required=True)
+    re.add_argument("--batch-size", type=int, default=32)
+    re.set_defaults(func=cmd_reembed)
+
+
+def _open(path: Path):
+    from index import DocumentIndex, IndexError_
+
+    try:
+        return DocumentIndex(path)
+    except IndexError_ as e:
+        raise SystemExit(f"sugar index: {e}") from None
+
+
+def read_documents(path: Path):
+    from model.jsonl import Document, iter_jsonl
+    from model.sample import SampleError
+
+    docs, errors = [], []
+    for line, rec in iter_jsonl(path):
+        if isinstance(rec, SampleError):
+            errors.append(f"{path}:{line}: {rec}")
+        elif not isinstance(rec, Document):
+            errors.append(f"{path}:{line}: a {rec.task!r} record is not a document (no 'task' for documents)")
+        else:
+            docs.append(rec.sample)
+    if errors:
+        raise SystemExit("sugar index: bad lines\n  " + "\n  ".join(errors[:20]))
+    return docs
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from index import IndexError_, VectorSettings
+    from index.embedding import add_samples, open_for_model
+    from model.sugar import SugarModel
+
+    docs = read_documents(args.data)
+    model = SugarModel.from_pretrained(args.checkpoint)
+    try:
+        idx = open_for_model(args.index, model, settings=VectorSettings(type=args.type))
+    except IndexError_ as e:
+        raise SystemExit(f"sugar index: {e}") from None
+    with tqdm(total=len(docs), desc="indexing", unit="doc") as bar:
+        try:
+            ids = add_samples(idx, model, docs, args.batch_size, upsert=args.upsert, progress=bar.update)
+        except KeyError as e:
+            raise SystemExit(f"sugar index: document id {e} exists (use --upsert)") from None
+    idx.close()
+    print(f"added {len(ids)} documents; index now holds {idx.count()}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from index import IndexError_
+    from index.embedding import embed_samples, open_for_model
+    from model.sample import Sample
+    from model.sugar import SugarModel
+
+    model = SugarModel.from_pretrained(args.checkpoint)
+    try:
+        idx = open_for_model(args.index, model)
+    except IndexError_ as e:
+        raise SystemExit(f"sugar index: {e}") from None
+    parts: list = [args.query]
+    for img in args.image:
+        parts.append(img.read_bytes())
+    query = embed_samples(model, [Sample.build(parts)])[0]
+    filters = {}
+    for f in args.filter:
+        k, _, v = f.partition("=")
+        try:
+            filters[k] = json.loads(v)
+        except json.JSONDecodeError:
+            filters[k] = v
+    hits = idx.search(query, k=args.k, k_prime=args.k_prime, filters=filters or None)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits]))
+    else:
+        for rank, h in enumerate(hits, 1):
+            print(f"{rank:3d}. {h.id}  score={h.score:+.4f}  ann={h.ann_score:+.4f}  {json.dumps(h.metadata)}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    st = _open(args.index).stats()
+    if args.json:
+        print(json.dumps(st))
+    else:
+        for k, v in st.items():
+            print(f"{k:20s} {v}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    ok, problems = _open(args.index).verify()
+    if ok:
+        print("ok: FAISS and the store agree")
+        return 0
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    return 1
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    idx = _open(args.index)
+    try:
+        idx.delete(args.ids)
+    except KeyError as e:
+        raise SystemExit(f"sugar index: no document {e} (nothing deleted)") from None
+    idx.close()
+    print(f"deleted {len(args.ids)}")
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    idx = _open(args.index)
+    idx.rebuild(args.type)
+    idx.close()
+    print(f"rebuilt: {idx.stats()['type']}, {idx.count()} documents")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    n = _open(args.index).export(args.out)
+    print(f"exported {n} documents to {args.out}")
+    return 0
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from index.embedding import embed_samples
+    from model.sugar import SugarModel
+
+    model = SugarModel.from_pretrained(args.checkpoint)
+    idx = _open(args.index)
+    bar = tqdm(total=idx.count(), desc="re-embedding", unit="doc")
+
+    def progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    n = idx.reembed(lambda s: embed_samples(model, s, args.batch_size), model.embedding_version,
+                    model.embed_dim, args.batch_size, progress)
+    bar.close()
+    idx.close()
+    print(f"re-embedded {n} documents with {model.embedding_version}")
+    return 0
