@@ -128,6 +128,71 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve /embed /retrieve /generate and the OpenAI-compatible API")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint (default: $SUGAR_HOME/checkpoints/tiny, "
+                   "trained first if missing)")
+    p.add_argument("--index", type=Path, help="index directory (default: $SUGAR_HOME/index/default, "
+                   "built from the built-in collection if missing)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY (except /health, /ready)")
+    p.add_argument("--engine", choices=["hf", "vllm"], help="generation engine (default hf)")
+    p.add_argument("--vllm-url", help="the vLLM OpenAI server (engine vllm)")
+    p.add_argument("--no-batching", action="store_true", help="embed each request alone (benchmarks)")
+    p.set_defaults(func=cmd_serve)
+
+
+def ensure_default(home: Path) -> tuple[Path, Path]:
+    """The built-in default: train the tiny checkpoint and index the built-in collection if missing."""
+    from tqdm import tqdm
+
+    ckpt, index = home / "checkpoints" / "tiny", home / "index" / "default"
+    if not (ckpt / "sugar_config.json").is_file():
+        from training.config import preset
+        from training.loop import train
+
+        logger.info("no default checkpoint at %s: training the tiny preset (a few minutes)", ckpt)
+        train(preset("tiny"), ckpt, cache_dir=home / "cache" / "teachers")
+    if not (index / "store.sqlite").is_file():
+        from index.embedding import add_samples, open_for_model
+        from model.sugar import SugarModel
+        from training.data import builtin_documents
+
+        logger.info("building the default index at %s", index)
+        model = SugarModel.from_pretrained(ckpt)
+        docs = builtin_documents()
+        idx = open_for_model(index, model)
+        with tqdm(total=len(docs), desc="indexing", unit="doc") as bar:
+            add_samples(idx, model, docs, progress=bar.update)
+        idx.close()
+    return ckpt, index
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import Settings, StartupError, check_startup
+
+    overrides = {k: v for k, v in {
+        "checkpoint": args.checkpoint, "index": args.index, "host": args.host, "port": args.port,
+        "api_key": args.api_key, "engine": args.engine, "vllm_url": args.vllm_url}.items() if v is not None}
+    settings = Settings(**overrides)
+    if settings.checkpoint is None and settings.index is None:
+        settings.checkpoint, settings.index = ensure_default(sugar_home())
+    try:
+        check_startup(settings)
+    except StartupError as e:
+        raise SystemExit(f"sugar serve: {e}") from None
+    app = create_app(settings, batching=not args.no_batching)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    except StartupError as e:
+        raise SystemExit(f"sugar serve: {e}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sugar", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -135,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_serve(sub)
     from .index_cmd import add_parser as _add_index
 
     _add_index(sub)

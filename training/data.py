@@ -246,3 +246,14 @@ class JsonlPools:
 
     def pair_example(self, rng: random.Random, kinds=None, hard_negatives: float = 0.0) -> PairExample:
         return rng.choice(self.pairs) if self.pairs else None  # type: ignore[return-value]
+
+
+def builtin_documents(seed: int = 7, n_houses: int = 200, n_pages: int = 300) -> list[Sample]:
+    """The built-in collection served by default: knowledge documents of invented
+    houses (the RAG test's held-out names), interleaved pages, Fashion-MNIST categories."""
+    pools = SyntheticPools("test", seed, 0, n_pages, n_houses, 0)
+    docs = [h.document() for h in pools.houses]
+    docs += [doc for doc, _ in pools.pages]
+    if fashion_available():
+        docs += [fashion_catalog_doc(k) for k in range(len(FASHION_CLASSES))]
+    return docs

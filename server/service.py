@@ -1,0 +1,226 @@
+"""The service: embedding, retrieval, RAG generation and documents, without HTTP.
+
+Routers convert wire schemas to these calls and the results back; nothing
+here builds a response. Heavy state (model, index, engine) is created once
+at start-up and reached through the app state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from index import DocumentIndex, Embedded, Hit
+from index.embedding import embed_samples
+from model.prompts import Part, rag_parts
+from model.sample import Sample, SampleError, SampleLimits
+from model.sugar import SugarModel
+
+from .batching import EmbeddingBatcher, GenerationLimiter
+from .engine import Engine, EngineError, GenerationResult
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class NotFound(KeyError):
+    pass
+
+
+class Conflict(KeyError):
+    pass
+
+
+class BadRequest(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+@dataclass
+class RagPlan:
+    messages: list[tuple[str, list[Part]]]
+    used: list[Hit] = field(default_factory=list)
+    dropped: list[Hit] = field(default_factory=list)
+    prompt_tokens: int = 0
+    retrieval_ms: float = 0.0
+
+
+class SugarService:
+    def __init__(self, settings: Settings, model: SugarModel, index: DocumentIndex, engine: Engine,
+                 batching: bool = True, on_batch=None) -> None:
+        self.settings, self.model, self.index, self.engine = settings, model, index, engine
+        self.limits = SampleLimits(
+            max_slices=settings.max_slices, max_text_chars=settings.max_text_chars,
+            max_image_pixels=settings.max_image_pixels, max_image_bytes=settings.max_image_bytes,
+            image_formats=tuple(f.upper() for f in settings.image_formats),
+        )
+        self.batcher = EmbeddingBatcher(self._embed_sync, settings.embed_max_batch, settings.embed_max_wait_ms,
+                                        settings.embed_queue_size, enabled=batching, on_batch=on_batch)
+        self.generations = GenerationLimiter(settings.gen_queue_size)
+        self._ready_at = 0.0
+        self._ready_error: str | None = "not checked yet"
+
+    async def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        await self.engine.close()
+        self.index.close()
+
+    # ------------------------------------------------------------ input
+    def parse(self, raw: dict[str, Any], where: str) -> Sample:
+        return Sample.from_dict(raw, limits=self.limits, resolve_path=self._read_path,
+                                resolve_url=self._fetch_url, where=where)
+
+    def _read_path(self, value: str, where: str) -> bytes:
+        if not self.settings.allow_paths:
+            raise SampleError(where, "local paths are not allowed (the operator has not allow-listed any)")
+        real = Path(os.path.realpath(value))
+        for root in self.settings.allow_paths:
+            base = Path(os.path.realpath(root))
+            if real == base or base in real.parents:
+                break
+        else:
+            raise SampleError(where, "path is outside the allow-listed directories")
+        try:
+            size = real.stat().st_size
+            if size > self.limits.max_image_bytes:
+                raise SampleError(where, f"{size} bytes exceed the limit of {self.limits.max_image_bytes}")
+            return real.read_bytes()
+        except OSError as e:
+            raise SampleError(where, f"cannot read ({e.strerror})") from None
+
+    def _fetch_url(self, value: str, where: str) -> bytes:
+        if not self.settings.allow_urls:
+            raise SampleError(where, "image URLs are not allowed (the operator has not allow-listed any)")
+        u = urlparse(value)
+        if u.scheme not in ("http", "https"):
+            raise SampleError(where, f"URL scheme {u.scheme!r} is not allowed")
+        if not any(value.startswith(p) for p in self.settings.allow_urls):
+            raise SampleError(where, "URL is not in the allow-list")
+        import httpx
+
+        try:
+            with httpx.stream("GET", value, timeout=10.0, follow_redirects=False) as r:
+                if r.status_code != 200:
+                    raise SampleError(where, f"URL answered {r.status_code}")
+                data = b""
+                for chunk in r.iter_bytes():
+                    data += chunk
+                    if len(data) > self.limits.max_image_bytes:
+                        raise SampleError(where, f"image exceeds {self.limits.max_image_bytes} bytes")
+                return data
+        except httpx.HTTPError as e:
+            raise SampleError(where, f"cannot fetch ({type(e).__name__})") from None
+
+    # ------------------------------------------------------------ embedding
+    def _embed_sync(self, samples: list[Sample]) -> list[Embedded]:
+        return embed_samples(self.model, samples, batch_size=self.settings.embed_max_batch)
+
+    async def embed(self, samples: list[Sample]) -> list[Embedded]:
+        return await self.batcher.submit(samples)
+
+    async def store(self, samples: list[Sample], embeddings: list[Embedded], upsert: bool) -> list[str]:
+        def write() -> list[str]:
+            return self.index.add(list(zip(samples, embeddings, strict=True)),
+                                  version=self.model.embedding_version, upsert=upsert)
+
+        try:
+            return await asyncio.to_thread(write)
+        except KeyError as e:
+            raise Conflict(f"document {e} already exists (use PUT /documents/{{id}} to replace it)") from None
+
+    # ------------------------------------------------------------ retrieval
+    async def retrieve(self, query: Sample, k: int, k_prime: int | None = None,
+                       filters: dict[str, Any] | None = None) -> list[Hit]:
+        if k > self.settings.max_k:
+            raise BadRequest("k", f"{k} exceeds the limit of {self.settings.max_k}")
+        if k_prime is not None and k_prime > 10 * self.settings.max_k:
+            raise BadRequest("k_prime", f"{k_prime} exceeds the limit of {10 * self.settings.max_k}")
+        [emb] = await self.embed([query])
+        return await asyncio.to_thread(self.index.search, emb, k, k_prime, filters)
+
+    # ------------------------------------------------------------ generation
+    def max_tokens(self, requested: int | None) -> int:
+        n = requested or self.settings.default_max_tokens
+        if n > self.settings.max_tokens_limit:
+            raise BadRequest("max_tokens", f"{n} exceeds the limit of {self.settings.max_tokens_limit}")
+        return n
+
+    async def plan(self, history: list[tuple[str, list[Part]]], query: Sample, max_tokens: int,
+                   retrieval: bool, k: int | None, filters: dict[str, Any] | None) -> RagPlan:
+        """Retrieve for the last user turn, then fit the documents into the context budget:
+        documents are dropped from the end of the ranking until the prompt fits."""
+        t0 = time.perf_counter()
+        hits: list[Hit] = []
+        k = self.settings.retrieval_k if k is None else k
+        if retrieval and k > 0:
+            hits = await self.retrieve(query, k, None, filters)
+        retrieval_ms = (time.perf_counter() - t0) * 1e3
+        docs = await asyncio.to_thread(lambda: [self.index.get(h.id).to_sample() for h in hits])  # type: ignore[union-attr]
+        budget = self.engine.max_context() - max_tokens
+        fmt = self.model.config.prompts
+        used = len(hits)
+        while True:
+            messages = [*history, ("user", rag_parts(docs[:used], query, fmt))]
+            n = self.prompt_tokens(messages)
+            if n <= budget or used == 0:
+                break
+            used -= 1
+        if n > budget:
+            raise BadRequest("max_tokens", f"the prompt takes {n} tokens and max_tokens {max_tokens}: more than "
+                             f"the context of {self.engine.max_context()}")
+        return RagPlan(messages, hits[:used], hits[used:], n, retrieval_ms)
+
+    def prompt_tokens(self, messages) -> int:
+        from model.prompts import chat_prompt
+
+        bb = self.model.backbone
+        return bb.prompt_length(chat_prompt(messages, self.model.config.prompts, eos=bb.eos_token))
+
+    async def generate(self, plan: RagPlan, max_tokens: int, temperature: float) -> GenerationResult:
+        self.generations.acquire()
+        try:
+            return await asyncio.wait_for(self.engine.generate(plan.messages, max_tokens, temperature),
+                                          self.settings.gen_timeout_s)
+        except asyncio.TimeoutError:
+            raise EngineError(f"generation timed out after {self.settings.gen_timeout_s} s") from None
+        finally:
+            self.generations.release()
+
+    # ------------------------------------------------------------ documents
+    async def get_document(self, doc_id: str):
+        d = await asyncio.to_thread(self.index.get, doc_id)
+        if d is None:
+            raise NotFound(f"no document {doc_id!r}")
+        return d
+
+    async def delete_document(self, doc_id: str) -> None:
+        try:
+            await asyncio.to_thread(self.index.delete, [doc_id])
+        except KeyError:
+            raise NotFound(f"no document {doc_id!r}") from None
+
+    # ------------------------------------------------------------ readiness
+    async def ready(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self._ready_at > self.settings.ready_cache_s:
+            self._ready_at = now
+            try:
+                [e] = await self.embed([Sample.build(["canary"])])
+                if e.summary.shape != (self.index.dim,):
+                    raise EngineError("canary embedding has the wrong dimension")
+                await asyncio.wait_for(self.engine.check(), self.settings.vllm_timeout_s)
+                self._ready_error = None
+            except Exception as e:  # any failure turns /ready red, with the reason
+                self._ready_error = f"{type(e).__name__}: {e}"
+        return {"model": self.model.embedding_version, "index_documents": self.index.count(),
+                "engine": self.engine.name, "error": self._ready_error}

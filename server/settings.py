@@ -1,0 +1,73 @@
+"""Server settings: pydantic-settings, every field also from SUGAR_<NAME> and `.env`.
+
+Kept apart from the model config (sugar_config.json). Start-up refuses
+nonsense with a clear message: a missing checkpoint, an index built by
+another embedding version or with another dimension (`check_startup`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUGAR_", env_file=".env", extra="ignore")
+
+    checkpoint: Path | None = None
+    index: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    metrics_public: bool = False  # open /metrics to a scraper without the API key
+    engine: str = "hf"  # "hf" (in-process transformers) | "vllm"
+    vllm_url: str = "http://127.0.0.1:8001"
+    vllm_model: str | None = None  # the served model name (default: what /v1/models lists first)
+    vllm_max_model_len: int | None = None  # the context budget when engine = vllm
+    vllm_timeout_s: float = 60.0
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    served_model_name: str = "sugar"
+    # what a request may name (never read/fetched unless allow-listed)
+    allow_paths: list[Path] = Field(default_factory=list)
+    allow_urls: list[str] = Field(default_factory=list)  # URL prefixes
+    # limits, enforced before work is done
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_image_bytes: int = 16 * 1024 * 1024
+    image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+    max_slices: int = 64
+    max_text_chars: int = 16_384
+    max_samples_per_request: int = 64
+    max_k: int = 100
+    max_tokens_limit: int = 512
+    default_max_tokens: int = 64
+    # batching and backpressure
+    embed_queue_size: int = 256  # queued samples; beyond it: 429
+    embed_max_batch: int = 32
+    embed_max_wait_ms: float = 5.0
+    gen_queue_size: int = 64  # generation requests waiting or running; beyond it: 429
+    gen_timeout_s: float = 120.0
+    retrieval_k: int = 3
+    ready_cache_s: float = 5.0
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        if v not in ("hf", "vllm"):
+            raise ValueError("engine must be 'hf' or 'vllm'")
+        return v
+
+
+class StartupError(RuntimeError):
+    """The server refuses to start; the message says why."""
+
+
+def check_startup(settings: Settings) -> None:
+    if settings.checkpoint is None:
+        raise StartupError("no checkpoint given (--checkpoint or SUGAR_CHECKPOINT)")
+    if not (settings.checkpoint / "sugar_config.json").is_file():
+        raise StartupError(f"{settings.checkpoint}: not a Sugar checkpoint (sugar_config.json missing)")
+    if settings.index is None:
+        raise StartupError("no index given (--index or SUGAR_INDEX)")
