@@ -44,7 +44,7 @@ def test_api_never_5xx_and_matches_schema(app):
 
         @given(case=op.as_strategy())
         @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def run(case):
+        def run(case, op=op):
             response = case.call(headers=headers)
             if response.status_code >= 500:
                 failures.append(f"{op.label}: {response.status_code} {response.text[:200]}")
