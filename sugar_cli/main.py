@@ -51,6 +51,22 @@ def _add_bench(sub) -> None:
     ix.add_argument("--queries", type=int, default=200)
     ix.add_argument("--json", type=Path)
     ix.set_defaults(func=cmd_bench_index)
+    sv = bsub.add_parser("server", help="load generator on loopback: /embed /retrieve /generate")
+    sv.add_argument("--url", help="an already running server (default: start our own)")
+    sv.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
+    sv.add_argument("--index", type=Path, help="default: the built-in default index")
+    sv.add_argument("--endpoints", nargs="+", default=["embed", "retrieve", "generate"],
+                    choices=["embed", "retrieve", "generate"])
+    sv.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    sv.add_argument("--seconds", type=float, default=10.0, help="per endpoint and concurrency level")
+    sv.add_argument("--max-requests", type=int, default=2000, help="per endpoint and concurrency level")
+    sv.add_argument("--soak", type=float, default=0.0, help="seconds of /embed at concurrency 64 (RSS, errors)")
+    sv.add_argument("--engine", choices=["hf", "vllm"])
+    sv.add_argument("--vllm-url")
+    sv.add_argument("--api-key")
+    sv.add_argument("--no-compare", action="store_true", help="skip the --no-batching server")
+    sv.add_argument("--json", type=Path)
+    sv.set_defaults(func=cmd_bench_server)
 
 
 def _add_train(sub) -> None:
@@ -264,6 +280,19 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     from .bench_index import run
 
     records = run(args.sizes, args.dim, args.type, args.queries)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_server(args: argparse.Namespace) -> int:
+    from .bench_server import run
+
+    ckpt, index = args.checkpoint, args.index
+    if ckpt is None or index is None:
+        ckpt, index = ensure_default(sugar_home())
+    records = run(ckpt, index, args.url, args.endpoints, args.concurrency, args.seconds, args.max_requests,
+                  args.soak, args.api_key, args.engine, args.vllm_url, not args.no_compare)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

@@ -340,3 +340,19 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SUGAR_ENGINE", "tgi")
     with pytest.raises(ValueError, match="engine must be"):
         Settings(_env_file=None)
+
+
+def test_bench_server_small(tiny_ckpt, tmp_path, capsys):
+    from sugar_cli.main import main
+
+    seed_index(tmp_path / "ix", tiny_ckpt, n=4)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "server", "--checkpoint", str(tiny_ckpt), "--index", str(tmp_path / "ix"),
+                 "--endpoints", "embed", "retrieve", "--concurrency", "1", "32", "--seconds", "2",
+                 "--max-requests", "64", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["runs"]["batching"]
+    assert {r["endpoint"] for r in rows} == {"embed", "retrieve"}
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows)
+    assert data["batching_gain"]["model"]["gain"] > 0
+    assert "micro-batching at concurrency 32" in capsys.readouterr().out

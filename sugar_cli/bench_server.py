@@ -1,0 +1,179 @@
+"""`sugar bench server`: a bounded load generator on loopback, side by side in one run.
+
+It starts its own servers (`sugar serve` subprocesses on 127.0.0.1: one
+micro-batching, one with --no-batching) unless given --url, then for each
+endpoint and concurrency level sends requests for a bounded time and count:
+throughput, p50/p99 latency, errors (a 429 counts as one). It also measures
+the model's own batch-32 / batch-1 embedding gain in-process, so the
+micro-batching gain at concurrency 32 is reported as a fraction of it, and
+optionally a soak at concurrency 64 with the server's RSS before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+QUERIES = ["a large red circle on the left", "What colour is the banner of House Vell?",
+           "three small blue squares", "a striped green triangle above a yellow star"]
+
+
+def _payload(endpoint: str, i: int) -> dict:
+    q = {"slices": [{"type": "text", "text": QUERIES[i % len(QUERIES)] + f" #{i}"}]}
+    if endpoint == "embed":
+        return {"samples": [q]}
+    if endpoint == "retrieve":
+        return {"query": q, "k": 5}
+    return {"query": q, "max_tokens": 8, "retrieval": {"k": 2}}
+
+
+async def _load(url: str, endpoint: str, concurrency: int, seconds: float, max_requests: int,
+                headers: dict) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    sent = 0
+    stop_at = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=url, timeout=120.0, headers=headers,
+                                 limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+        async def worker(w: int) -> None:
+            nonlocal errors, sent
+            while time.perf_counter() < stop_at and sent < max_requests:
+                sent += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.post("/" + endpoint, json=_payload(endpoint, sent))
+                    ok = r.status_code == 200
+                except Exception:  # counted, the run goes on
+                    ok = False
+                if ok:
+                    lat.append(time.perf_counter() - t)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        wall = time.perf_counter() - t0
+    arr = np.array(lat) * 1e3 if lat else np.array([np.nan])
+    return {"endpoint": endpoint, "concurrency": concurrency, "requests": len(lat), "errors": errors,
+            "rps": len(lat) / wall, "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+
+
+def _start_server(checkpoint: Path, index: Path, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "sugar_cli", "serve", "--checkpoint", str(checkpoint), "--index", str(index),
+           "--port", str(port), *extra]
+    env = {**os.environ, "SUGAR_THREADS": os.environ.get("SUGAR_THREADS", "2")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    import httpx
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not become ready in 180 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _rss(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def _model_gain(checkpoint: Path) -> dict:
+    from model.sample import Sample
+    from model.sugar import SugarModel
+
+    model = SugarModel.from_pretrained(checkpoint)
+    samples = [Sample.build([QUERIES[i % 4] + f" #{i}"]) for i in range(64)]
+    model.embed(samples[:4], batch_size=4)
+    t = time.perf_counter()
+    model.embed(samples[:32], batch_size=1)
+    t1 = (time.perf_counter() - t) / 32
+    t = time.perf_counter()
+    for _ in range(2):
+        model.embed(samples, batch_size=32)
+    t32 = (time.perf_counter() - t) / 128
+    return {"batch1_per_s": 1 / t1, "batch32_per_s": 1 / t32, "gain": t1 / t32}
+
+
+def _print(rows: list[dict], title: str) -> None:
+    print(title)
+    print(f"{'endpoint':>9} {'conc':>5} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'ok':>6} {'errors':>6}")
+    for r in rows:
+        print(f"{r['endpoint']:>9} {r['concurrency']:>5} | {r['rps']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} | "
+              f"{r['requests']:>6} {r['errors']:>6}")
+
+
+def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], concurrency: list[int],
+        seconds: float, max_requests: int, soak: float, api_key: str | None, engine: str | None,
+        vllm_url: str | None, compare_batching: bool) -> dict:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    out: dict = {"runs": {}}
+    extra = []
+    if api_key:
+        extra += ["--api-key", api_key]
+    if engine:
+        extra += ["--engine", engine]
+    if vllm_url:
+        extra += ["--vllm-url", vllm_url]
+    variants = [("batching", extra)] + ([("no-batching", [*extra, "--no-batching"])] if compare_batching else [])
+    for name, flags in variants:
+        proc = None
+        target = url
+        if target is None or name != "batching":
+            port = 18000 + len(out["runs"])
+            proc = _start_server(checkpoint, index, port, flags)
+            target = f"http://127.0.0.1:{port}"
+        try:
+            eps = endpoints if name == "batching" else ["embed"]
+            rows = [asyncio.run(_load(target, ep, c, seconds, max_requests, headers))
+                    for ep in eps for c in concurrency]
+            _print(rows, f"server ({name}{', engine ' + engine if engine else ''}) at {target}")
+            out["runs"][name] = rows
+            if soak and name == "batching":
+                rss0 = _rss(proc.pid) if proc else float("nan")
+                r = asyncio.run(_load(target, "embed", 64, soak, 10**9, headers))
+                rss1 = _rss(proc.pid) if proc else float("nan")
+                out["soak"] = {**r, "seconds": soak, "rss_start_mb": rss0, "rss_end_mb": rss1}
+                print(f"soak: /embed at concurrency 64 for {soak:.0f} s: {r['requests']} ok, {r['errors']} errors, "
+                      f"{r['rps']:.1f} req/s; server RSS {rss0:.0f} -> {rss1:.0f} MB "
+                      f"({(rss1 / rss0 - 1) * 100:+.1f} %)")
+        finally:
+            if proc:
+                _stop(proc)
+    if compare_batching and 32 in concurrency:
+        gain = _model_gain(checkpoint)
+        b = next(r for r in out["runs"]["batching"] if r["endpoint"] == "embed" and r["concurrency"] == 32)
+        nb = next(r for r in out["runs"]["no-batching"] if r["concurrency"] == 32)
+        ratio = b["rps"] / nb["rps"]
+        out["batching_gain"] = {"server_c32_batching_vs_not": ratio, "model": gain,
+                                "fraction_of_model_gain": ratio / gain["gain"]}
+        print(f"micro-batching at concurrency 32: {ratio:.2f}x the --no-batching server; the model's own "
+              f"batch-32/batch-1 gain: {gain['gain']:.2f}x ({gain['batch1_per_s']:.0f} -> "
+              f"{gain['batch32_per_s']:.0f} samples/s); fraction of the model gain reached: "
+              f"{out['batching_gain']['fraction_of_model_gain']:.2f}")
+    return out
