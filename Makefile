@@ -1,4 +1,4 @@
-# Two entry points (see README): `make run` (the main job) and `make test`.
+# Two entry points (see README): `make run` (serve the built-in default) and `make test`.
 # Both create .venv and install torch==2.13.0 first (the CPU build where one
 # is on disk), then the project, so pip never pulls a CUDA torch.
 VENV ?= .venv
@@ -21,10 +21,9 @@ lint: install
 test: install lint
 	$(PY) -m pytest
 
+# the main job: train the tiny default if missing, index the built-in collection, serve
 run: install
-	$(VENV)/bin/sugar embed --text "a red circle" --image examples/red_circle.png \
-		--text "next to a blue square" --image examples/blue_square.png
-	$(VENV)/bin/sugar bench kernels
+	$(VENV)/bin/sugar serve
 
 bench: install
 	$(VENV)/bin/sugar bench kernels --json bench-kernels.json
