@@ -1,0 +1,149 @@
+"""The vLLM tier: a real vLLM OpenAI server (CPU build, its own venv) behind `--engine vllm`.
+
+Opt-in: `pytest -m vllm tests/test_vllm.py`. The venv comes from
+`scripts/vllm_venv.sh` (created on first use; SUGAR_VLLM_VENV to reuse one);
+the checkpoint is SUGAR_VLLM_CKPT (e.g. the trained tiny default) or a smoke
+checkpoint trained here. Checks: /generate and /v1/chat/completions (stream
+and not) work through vLLM; greedy answers equal the in-process engine's; a
+vLLM outage turns /ready red and /generate answers 503 quickly; both recover
+when vLLM is back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.app import create_app
+from tests.server_fixtures import free_port, live_server, seed_index, settings_for
+
+pytestmark = pytest.mark.vllm
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LEN = 1024
+
+
+@pytest.fixture(scope="module")
+def venv() -> Path:
+    path = Path(os.environ.get("SUGAR_VLLM_VENV", ROOT / ".vllm-venv"))
+    subprocess.run(["bash", str(ROOT / "scripts" / "vllm_venv.sh"), str(path)], check=True, timeout=1800)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    given = os.environ.get("SUGAR_VLLM_CKPT")
+    if given:
+        return Path(given)
+    from sugar_cli.main import main
+
+    out = tmp_path_factory.mktemp("vllm") / "ckpt"
+    assert main(["train", "--preset", "smoke", "--out", str(out), "--steps", "4"]) == 0
+    return out
+
+
+class VLLMServer:
+    def __init__(self, venv: Path, ckpt: Path, port: int, log: Path) -> None:
+        self.venv, self.ckpt, self.port, self.log = venv, ckpt, port, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 300) -> float:
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu",
+               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+        env.pop("PYTHONPATH", None)
+        cmd = [str(self.venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(self.ckpt / "backbone"), "--served-model-name", "sugar-backbone",
+               "--host", "127.0.0.1", "--port", str(self.port), "--enforce-eager",
+               "--max-model-len", str(MAX_LEN), "--dtype", "float32"]
+        t0 = time.time()
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited ({self.proc.returncode}); log: {self.log}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    return time.time() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"vLLM not ready after {timeout} s; log: {self.log}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stack(venv, ckpt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stack")
+    seed_index(tmp / "ix", ckpt, n=6)
+    vllm = VLLMServer(venv, ckpt, free_port(), tmp / "vllm.log")
+    startup = vllm.start()
+    common = dict(ready_cache_s=0, vllm_timeout_s=10, gen_timeout_s=60)
+    v_app = create_app(settings_for(ckpt, tmp / "ix", engine="vllm", vllm_url=f"http://127.0.0.1:{vllm.port}",
+                                    vllm_max_model_len=MAX_LEN, **common))
+    h_app = create_app(settings_for(ckpt, tmp / "ix", **common))
+    with live_server(v_app, free_port()) as v_url, live_server(h_app, free_port()) as h_url:
+        yield {"vllm": vllm, "v": v_url, "h": h_url, "startup_s": startup, "ckpt": ckpt}
+    vllm.stop()
+
+
+QUESTIONS = ["What colour is the banner of House H1?", "What shape is on the banner of House H4?",
+             "Describe the image.", "a red circle", "How many shapes are there?", "Where is the shape?"]
+
+
+def _generate(url: str, q: str, **kw) -> dict:
+    r = httpx.post(url + "/generate", json={"query": {"slices": [{"type": "text", "text": q}]},
+                                            "max_tokens": 12, "retrieval": {"k": 2}, **kw}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_generate_through_vllm_equals_in_process(stack):
+    for q in QUESTIONS:
+        v, h = _generate(stack["v"], q), _generate(stack["h"], q)
+        assert v["documents"] == h["documents"]
+        assert v["text"] == h["text"], q
+
+
+def test_stream_and_chat_through_vllm(stack):
+    with httpx.stream("POST", stack["v"] + "/generate", timeout=120, json={
+            "query": {"slices": [{"type": "text", "text": QUESTIONS[0]}]}, "max_tokens": 8, "stream": True}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["done"] and events[-1]["text"] == _generate(stack["h"], QUESTIONS[0], max_tokens=8)["text"]
+    import openai
+
+    for base in ("v", "h"):
+        client = openai.OpenAI(base_url=stack[base] + "/v1", api_key="x")
+        out = client.chat.completions.create(model="sugar", max_tokens=8, temperature=0,
+                                             messages=[{"role": "user", "content": QUESTIONS[1]}])
+        stream = client.chat.completions.create(model="sugar", max_tokens=8, temperature=0, stream=True,
+                                                messages=[{"role": "user", "content": QUESTIONS[1]}])
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert streamed.strip() == out.choices[0].message.content
+        stack[f"chat_{base}"] = out.choices[0].message.content
+    assert stack["chat_v"] == stack["chat_h"]
+
+
+def test_outage_turns_ready_red_and_503_then_recovers(stack):
+    vllm = stack["vllm"]
+    vllm.stop()
+    r = httpx.get(stack["v"] + "/ready", timeout=30)
+    assert r.status_code == 503 and "vLLM" in r.json()["checks"]["error"]
+    t = time.time()
+    r = httpx.post(stack["v"] + "/generate", timeout=60,
+                   json={"query": {"slices": [{"type": "text", "text": "hi"}]}, "max_tokens": 4})
+    assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable"
+    assert time.time() - t < 15, "an outage must not hang the request"
+    assert httpx.get(stack["v"] + "/health").status_code == 200
+    vllm.start()
+    assert httpx.get(stack["v"] + "/ready", timeout=30).status_code == 200
+    assert _generate(stack["v"], QUESTIONS[0])["text"] == _generate(stack["h"], QUESTIONS[0])["text"]
