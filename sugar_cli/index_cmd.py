@@ -12,15 +12,17 @@ def add_parser(sub) -> None:
     p = sub.add_parser("index", help="build, search and maintain a document index")
     isub = p.add_subparsers(dest="index_cmd", required=True)
 
-    a = isub.add_parser("add", help="embed and add the documents of a JSONL file")
-    a.add_argument("--index", type=Path, required=True)
-    a.add_argument("--checkpoint", type=Path, required=True)
-    a.add_argument("--data", type=Path, required=True, help="JSONL of documents ({id, slices, metadata})")
-    a.add_argument("--upsert", action="store_true", help="replace documents whose id exists")
-    a.add_argument("--batch-size", type=int, default=32)
-    a.add_argument("--type", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
-                   help="vector index type when the index is created")
-    a.set_defaults(func=cmd_add)
+    for name, what in (("add", "embed and add the documents of a JSONL file"),
+                       ("import", "add an exported JSONL (same as add)")):
+        a = isub.add_parser(name, help=what)
+        a.add_argument("--index", type=Path, required=True)
+        a.add_argument("--checkpoint", type=Path, required=True)
+        a.add_argument("--data", type=Path, required=True, help="JSONL of documents ({id, slices, metadata})")
+        a.add_argument("--upsert", action="store_true", help="replace documents whose id exists")
+        a.add_argument("--batch-size", type=int, default=32)
+        a.add_argument("--type", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
+                       help="vector index type when the index is created")
+        a.set_defaults(func=cmd_add)
 
     s = isub.add_parser("search", help="two-stage search: ANN on g, GA-kernel rerank")
     s.add_argument("--index", type=Path, required=True)
@@ -57,15 +59,6 @@ def add_parser(sub) -> None:
     e.add_argument("--index", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
     e.set_defaults(func=cmd_export)
-
-    im = isub.add_parser("import", help="add an exported JSONL (same as add)")
-    im.add_argument("--index", type=Path, required=True)
-    im.add_argument("--checkpoint", type=Path, required=True)
-    im.add_argument("--data", type=Path, required=True)
-    im.add_argument("--upsert", action="store_true")
-    im.add_argument("--batch-size", type=int, default=32)
-    im.add_argument("--type", default="auto", choices=["auto", "flat", "hnsw", "ivf"])
-    im.set_defaults(func=cmd_add)
 
     re = isub.add_parser("reembed", help="re-embed every document with another checkpoint (resumable)")
     re.add_argument("--index", type=Path, required=True)
