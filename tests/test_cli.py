@@ -44,3 +44,25 @@ def test_bench_kernels_quick_writes_json(tmp_path, capsys):
         assert rec["tslearn_vs_sugar"] > 0 and rec["sugar_vs_matmul"] > 0
     printed = capsys.readouterr().out
     assert "tslearn" in printed and "samples/s" in printed
+
+
+def test_serve_default_home_indexes_the_builtin_collection(tiny_ckpt, tmp_path, monkeypatch):
+    import shutil
+
+    from index import DocumentIndex
+    from sugar_cli.main import ensure_default
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_ckpt, home / "checkpoints" / "tiny")  # trained already: no training here
+    ckpt, index = ensure_default(home)
+    assert ckpt == home / "checkpoints" / "tiny"
+    idx = DocumentIndex(index)
+    assert idx.count() >= 500 and idx.verify()[0]
+    assert idx.get("house-" + idx.get(idx.list_ids(0, 1)[0]).metadata["house"].lower()) is not None
+
+
+def test_serve_refuses_to_start_without_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUGAR_CHECKPOINT", str(tmp_path / "missing"))
+    monkeypatch.setenv("SUGAR_INDEX", str(tmp_path / "ix"))
+    with pytest.raises(SystemExit, match="not a Sugar checkpoint"):
+        main(["serve"])
