@@ -29,7 +29,7 @@ from model.sample import Sample, SampleError
 
 from . import protocol as P
 from .batching import Overloaded
-from .engine import EngineError, GenerationResult
+from .engine import EngineError, GenerationResult, complete_chars
 from .metrics import Metrics
 from .service import BadRequest, Conflict, NotFound, SugarService
 from .settings import Settings
@@ -416,7 +416,7 @@ async def native_stream(service, plan, max_tokens, temperature, t0, metrics) -> 
     service.generations.acquire()
     t1 = time.perf_counter()
     try:
-        async for delta in service.engine.stream(plan.messages, max_tokens, temperature, result):
+        async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result)):
             yield f"data: {json.dumps({'delta': delta})}\n\n"
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
@@ -450,7 +450,7 @@ async def openai_stream(service, plan, max_tokens, temperature, cid, created, re
     t1 = time.perf_counter()
     try:
         yield chunk({"role": "assistant", "content": ""}, retrieved=retrieved_docs)
-        async for delta in service.engine.stream(plan.messages, max_tokens, temperature, result):
+        async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result)):
             yield chunk({"content": delta})
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)

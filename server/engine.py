@@ -38,6 +38,23 @@ class GenerationResult:
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | "cancelled"
 
+    def __post_init__(self) -> None:
+        # a multi-byte character cut by max_tokens decodes as U+FFFD; engines render
+        # the partial bytes differently, so the final text drops them
+        self.text = self.text.strip().rstrip("\ufffd").strip()
+
+
+async def complete_chars(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Hold back a trailing U+FFFD (a multi-byte character not complete yet) until the
+    next delta completes it; at the end drop it, as the final text does."""
+    held = ""
+    async for d in deltas:
+        d = held + d
+        kept = d.rstrip("\ufffd")
+        held = d[len(kept):]
+        if kept:
+            yield kept
+
 
 class Engine(ABC):
     name: str

@@ -118,7 +118,8 @@ def test_stream_and_chat_through_vllm(stack):
     with httpx.stream("POST", stack["v"] + "/generate", timeout=120, json={
             "query": {"slices": [{"type": "text", "text": QUESTIONS[0]}]}, "max_tokens": 8, "stream": True}) as r:
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
-    assert events[-1]["done"] and events[-1]["text"] == _generate(stack["h"], QUESTIONS[0], max_tokens=8)["text"]
+    want = _generate(stack["h"], QUESTIONS[0], max_tokens=8)["text"]
+    assert events[-1]["done"] and events[-1]["text"] == want
     import openai
 
     for base in ("v", "h"):
