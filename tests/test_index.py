@@ -117,7 +117,7 @@ def test_search_reranks_by_ga_kernel_and_reports_both_scores(tmp_path):
     from model.kernels import sugar_similarity
 
     d = idx.get(hits[1].id)
-    want = sugar_similarity(torch.from_numpy(q.vectors[None]), torch.from_numpy(d.vectors[None]))
+    want = sugar_similarity(torch.from_numpy(q.vectors[None].copy()), torch.from_numpy(d.vectors[None].copy()))
     assert hits[1].score == pytest.approx(float(want), rel=1e-5)
     assert hits[1].ann_score == pytest.approx(float(q.summary @ d.summary), rel=1e-5)
     plain = idx.search(q, k=5, rerank=False)
