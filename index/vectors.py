@@ -40,7 +40,7 @@ class VectorSettings:
     auto_threshold: int = 50_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 512
     ivf_nlist: int = 0  # 0: 4*sqrt(n)
     ivf_nprobe: int = 16
     tombstone_rebuild_fraction: float = 0.2
