@@ -129,18 +129,22 @@ def _print(rows: list[dict], title: str) -> None:
 
 
 def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], concurrency: list[int],
-        seconds: float, max_requests: int, soak: float, api_key: str | None, engine: str | None,
+        seconds: float, max_requests: int, soak: float, api_key: str | None, engines: list[str] | None,
         vllm_url: str | None, compare_batching: bool) -> dict:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     out: dict = {"runs": {}}
     extra = []
     if api_key:
         extra += ["--api-key", api_key]
-    if engine:
-        extra += ["--engine", engine]
     if vllm_url:
         extra += ["--vllm-url", vllm_url]
-    variants = [("batching", extra)] + ([("no-batching", [*extra, "--no-batching"])] if compare_batching else [])
+    engines = engines or []
+    if len(engines) > 1:  # engines side by side on the same checkpoint and prompts
+        variants = [(f"engine-{e}", [*extra, "--engine", e]) for e in engines]
+        compare_batching = False
+    else:
+        extra += ["--engine", engines[0]] if engines else []
+        variants = [("batching", extra)] + ([("no-batching", [*extra, "--no-batching"])] if compare_batching else [])
     for name, flags in variants:
         proc = None
         target = url
@@ -149,12 +153,12 @@ def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], co
             proc = _start_server(checkpoint, index, port, flags)
             target = f"http://127.0.0.1:{port}"
         try:
-            eps = endpoints if name == "batching" else ["embed"]
+            eps = ["embed"] if name == "no-batching" else endpoints
             rows = [asyncio.run(_load(target, ep, c, seconds, max_requests, headers))
                     for ep in eps for c in concurrency]
-            _print(rows, f"server ({name}{', engine ' + engine if engine else ''}) at {target}")
+            _print(rows, f"server ({name}) at {target}")
             out["runs"][name] = rows
-            if soak and name == "batching":
+            if soak and name in ("batching", variants[0][0]):
                 rss0 = _rss(proc.pid) if proc else float("nan")
                 r = asyncio.run(_load(target, "embed", 64, soak, 10**9, headers))
                 rss1 = _rss(proc.pid) if proc else float("nan")

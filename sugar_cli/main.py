@@ -61,7 +61,8 @@ def _add_bench(sub) -> None:
     sv.add_argument("--seconds", type=float, default=10.0, help="per endpoint and concurrency level")
     sv.add_argument("--max-requests", type=int, default=2000, help="per endpoint and concurrency level")
     sv.add_argument("--soak", type=float, default=0.0, help="seconds of /embed at concurrency 64 (RSS, errors)")
-    sv.add_argument("--engine", choices=["hf", "vllm"])
+    sv.add_argument("--engine", nargs="+", choices=["hf", "vllm"],
+                    help="one engine, or several to compare side by side (e.g. --engine vllm hf)")
     sv.add_argument("--vllm-url")
     sv.add_argument("--api-key")
     sv.add_argument("--no-compare", action="store_true", help="skip the --no-batching server")
