@@ -41,17 +41,20 @@ async def _load(url: str, endpoint: str, concurrency: int, seconds: float, max_r
     lat: list[float] = []
     errors = 0
     sent = 0
+    tokens = 0
     stop_at = time.perf_counter() + seconds
     async with httpx.AsyncClient(base_url=url, timeout=120.0, headers=headers,
                                  limits=httpx.Limits(max_connections=concurrency + 4)) as client:
         async def worker(w: int) -> None:
-            nonlocal errors, sent
+            nonlocal errors, sent, tokens
             while time.perf_counter() < stop_at and sent < max_requests:
                 sent += 1
                 t = time.perf_counter()
                 try:
                     r = await client.post("/" + endpoint, json=_payload(endpoint, sent))
                     ok = r.status_code == 200
+                    if ok and endpoint == "generate":
+                        tokens += r.json()["usage"]["completion_tokens"]
                 except Exception:  # counted, the run goes on
                     ok = False
                 if ok:
@@ -64,7 +67,7 @@ async def _load(url: str, endpoint: str, concurrency: int, seconds: float, max_r
         wall = time.perf_counter() - t0
     arr = np.array(lat) * 1e3 if lat else np.array([np.nan])
     return {"endpoint": endpoint, "concurrency": concurrency, "requests": len(lat), "errors": errors,
-            "rps": len(lat) / wall, "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+            "rps": len(lat) / wall, "tokens_per_s": tokens / wall, "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
 
 
 def _start_server(checkpoint: Path, index: Path, port: int, extra: list[str]) -> subprocess.Popen:
@@ -122,10 +125,12 @@ def _model_gain(checkpoint: Path) -> dict:
 
 def _print(rows: list[dict], title: str) -> None:
     print(title)
-    print(f"{'endpoint':>9} {'conc':>5} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'ok':>6} {'errors':>6}")
+    print(f"{'endpoint':>9} {'conc':>5} | {'req/s':>8} {'tok/s':>8} {'p50 ms':>8} {'p99 ms':>8} | "
+          f"{'ok':>6} {'errors':>6}")
     for r in rows:
-        print(f"{r['endpoint']:>9} {r['concurrency']:>5} | {r['rps']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} | "
-              f"{r['requests']:>6} {r['errors']:>6}")
+        tps = f"{r['tokens_per_s']:8.1f}" if r["endpoint"] == "generate" else f"{'-':>8}"
+        print(f"{r['endpoint']:>9} {r['concurrency']:>5} | {r['rps']:8.1f} {tps} {r['p50_ms']:8.1f} "
+              f"{r['p99_ms']:8.1f} | {r['requests']:>6} {r['errors']:>6}")
 
 
 def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], concurrency: list[int],
