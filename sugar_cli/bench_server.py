@@ -92,6 +92,14 @@ def _start_server(checkpoint: Path, index: Path, port: int, extra: list[str]) ->
     raise RuntimeError("server did not become ready in 180 s")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -154,7 +162,7 @@ def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], co
         proc = None
         target = url
         if target is None or name != "batching":
-            port = 18000 + len(out["runs"])
+            port = _free_port()
             proc = _start_server(checkpoint, index, port, flags)
             target = f"http://127.0.0.1:{port}"
         try:

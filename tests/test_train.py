@@ -145,8 +145,10 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     double = tmp_path / "ddp.json"
     subprocess.run([sys.executable, worker, str(single), "3"], check=True, env=env, cwd=tmp_path,
                    timeout=300)
+    from tests.server_fixtures import free_port
+
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29517", worker, str(double), "3"], check=True, env=env,
+                    "--master_port", str(free_port()), worker, str(double), "3"], check=True, env=env,
                    cwd=tmp_path, timeout=300)
     a, b = json.loads(single.read_text()), json.loads(double.read_text())
     assert a["world"] == 1 and b["world"] == 2
