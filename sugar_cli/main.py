@@ -307,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("httpx", "httpcore"):  # one line per request otherwise (benchmarks, engines)
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
