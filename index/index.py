@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.kernels import sugar_similarity
+from model.kernels import pad_sequences, sugar_similarity
 from model.sample import Sample
 
 from .store import DocumentStore, StoredDocument
-from .vectors import SNAPSHOT, VectorIndex, VectorSettings
+from .vectors import VectorIndex, VectorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -294,18 +294,11 @@ class DocumentIndex:
 
     def rerank(self, query: Embedded, docs: Sequence[StoredDocument]) -> list[float]:
         """s̄(q, d) for each candidate (batched GA kernel)."""
-        m = max(len(d.vectors) for d in docs)
-        D = self.dim
-        cand = np.zeros((len(docs), m, D), np.float32)
-        mask = np.zeros((len(docs), m), bool)
-        for i, d in enumerate(docs):
-            cand[i, : len(d.vectors)] = d.vectors
-            mask[i, : len(d.vectors)] = True
+        cand, mask = pad_sequences([torch.tensor(d.vectors) for d in docs])
         k = self.kernel
         with torch.no_grad():
             s = sugar_similarity(torch.from_numpy(query.vectors[None].astype(np.float32)),
-                                 torch.from_numpy(cand), None, torch.from_numpy(mask), k.sigma, k.gamma,
-                                 k.normalization)
+                                 cand, None, mask, k.sigma, k.gamma, k.normalization)
         return s[0].tolist()
 
     # ------------------------------------------------------------ maintenance
@@ -392,7 +385,3 @@ class DocumentIndex:
                 progress(done, total)
         self.snapshot()
         return done
-
-
-def snapshot_path(index_dir: str | Path) -> Path:
-    return Path(index_dir) / SNAPSHOT

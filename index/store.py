@@ -335,8 +335,6 @@ class DocumentStore:
     def version_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT embedding_version, COUNT(*) FROM docs GROUP BY 1").fetchall())
 
-    def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
 
 
 def _sql_value(v: Any) -> Any:

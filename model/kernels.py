@@ -32,6 +32,7 @@ that computes the local kernel inside a row sweep from the Gram matrix.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -316,6 +317,17 @@ def ga_similarity(
     return kxy - 0.5 * kxx[:, None] - 0.5 * kyy[None, :]
 
 
+def pad_sequences(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged [m_i, D] sequences -> zero-padded [B, max m, D] and the mask of real slices."""
+    m = max(len(x) for x in seqs)
+    out = seqs[0].new_zeros(len(seqs), m, seqs[0].shape[-1])
+    mask = torch.zeros(len(seqs), m, dtype=torch.bool, device=out.device)
+    for b, x in enumerate(seqs):
+        out[b, : len(x)] = x
+        mask[b, : len(x)] = True
+    return out, mask
+
+
 def sequence_lengths(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return torch.full((x.shape[0],), x.shape[1], dtype=x.dtype, device=x.device)
@@ -411,6 +423,7 @@ __all__ = [
     "ga_similarity",
     "length_normalize",
     "local_log_kernel",
+    "pad_sequences",
     "sequence_lengths",
     "sugar_similarity",
 ]

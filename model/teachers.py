@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .kernels import sugar_similarity
+from .kernels import pad_sequences, sugar_similarity
 from .sample import Sample, Slice
 
 logger = logging.getLogger(__name__)
@@ -294,16 +294,7 @@ class TripleKernel:
         """Padded Φ* sequences [B, m, D*] and the slice mask [B, m]."""
         flat = [s for sample in samples for s in sample.slices]
         phi = self.slice_features(flat)
-        m = max(len(s) for s in samples)
-        out = phi.new_zeros(len(samples), m, phi.shape[1])
-        mask = torch.zeros(len(samples), m, dtype=torch.bool)
-        i = 0
-        for b, sample in enumerate(samples):
-            n = len(sample)
-            out[b, :n] = phi[i : i + n]
-            mask[b, :n] = True
-            i += n
-        return out, mask
+        return pad_sequences(list(torch.split(phi, [len(s) for s in samples])))
 
     def similarity(self, queries: Sequence[Sample], documents: Sequence[Sample]) -> torch.Tensor:
         """s̄*(q, d): [Bq, Bd] (no gradient)."""

@@ -198,3 +198,11 @@ def test_errors_are_clear():
         ga_similarity(x[0], x)
     with pytest.raises(ValueError, match="sigma"):
         ga_similarity(x, x, sigma=0.0)
+
+
+def test_pad_sequences():
+    from model.kernels import pad_sequences
+
+    x, mask = pad_sequences([torch.ones(2, 3), torch.full((1, 3), 2.0)])
+    assert x.shape == (2, 2, 3) and mask.tolist() == [[True, True], [True, False]]
+    assert x[1, 1].abs().sum() == 0 and x[1, 0, 0] == 2.0
