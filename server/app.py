@@ -243,7 +243,7 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
         return P.DocumentAck(id=doc_id, status="updated")
 
     @app.get("/documents", response_model=P.DocumentList, tags=["documents"])
-    async def list_documents(service: Svc, offset: Annotated[int, Query(ge=0)] = 0,
+    async def list_documents(service: Svc, offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> P.DocumentList:
         ids = await asyncio.to_thread(service.index.list_ids, offset, limit)
         return P.DocumentList(ids=ids, offset=offset, limit=limit, total=service.index.count())

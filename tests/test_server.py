@@ -121,6 +121,10 @@ def test_documents_crud(client):
     assert client.get("/documents/new-doc").json()["slices"] == [{"type": "text", "text": "replaced"}]
     page = client.get("/documents", params={"offset": 0, "limit": 3}).json()
     assert len(page["ids"]) == 3 and page["total"] >= 9
+    assert client.get("/documents", params={"offset": 10**6}).json()["ids"] == []
+    r = client.get("/documents", params={"offset": 2**63})  # past SQLite's INTEGER (found by schemathesis)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "query.offset"
+    assert client.get("/documents", params={"offset": 0, "limit": 1}).status_code == 200
     assert client.delete("/documents/new-doc").json()["status"] == "deleted"
     assert client.get("/documents/new-doc").status_code == 404
     assert client.delete("/documents/new-doc").status_code == 404
