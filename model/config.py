@@ -124,6 +124,18 @@ class TinyConfig:
     vocab_size: int = 2048
     max_positions: int = 2048
     seed: int = 0
+    # Preprocessing and init of the random vision tower (see model/tiny.py and
+    # the README's training section): the processor's per-channel mean (None:
+    # CLIP's; 0.94 maps the near-white scene background to ~0, so empty patches
+    # carry little but their position) and the patch-embedding init ("random":
+    # CLIP's; "dct": low-frequency 2-D DCT filters per colour channel, so a
+    # patch's colour reads the same wherever an object edge falls).
+    image_mean: float | None = None
+    patch_init: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.patch_init not in ("dct", "random"):
+            raise ValueError(f"tiny_config.patch_init must be 'dct' or 'random', got {self.patch_init!r}")
 
     @property
     def image_tokens(self) -> int:

@@ -8,6 +8,7 @@ loads in transformers and in vLLM.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -61,6 +62,28 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, fmt: PromptFormat, e
     )
     fast.chat_template = chat_template(fmt, eos)
     return fast
+
+
+def dct_patch_init_(weight: torch.Tensor) -> None:
+    """Low-frequency 2-D DCT-II filters for a conv patch embedding [D, C, P, P].
+
+    Output channel i holds one unit-norm DCT basis image on one colour channel,
+    lowest frequencies first (u + v), cycling over the colour channels; the DC
+    filters make a patch's mean colour a fixed direction of its embedding. A
+    random patch embedding mixes pixels with random signs, so a partly covered
+    patch's colour lands on a direction that changes with where the object edge
+    falls; the LM then cannot read colour from a few object tokens within a
+    short budget. Only the init changes: the layer is still CLIP's conv.
+    """
+    d, c, p, _ = weight.shape
+    n = torch.arange(p, dtype=torch.float64)
+    freqs = sorted(((u, v) for u in range(p) for v in range(p)), key=lambda uv: (uv[0] + uv[1], uv))
+    with torch.no_grad():
+        for i in range(min(d, len(freqs) * c)):
+            u, v = freqs[i // c]
+            f = torch.outer(torch.cos(math.pi * (n + 0.5) * u / p), torch.cos(math.pi * (n + 0.5) * v / p))
+            weight[i].zero_()
+            weight[i, i % c] = (f / f.norm()).to(weight.dtype)
 
 
 def build_tiny(
@@ -118,13 +141,17 @@ def build_tiny(
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         model = LlavaForConditionalGeneration(llava_cfg)
+    if config.patch_init == "dct":
+        dct_patch_init_(model.model.vision_tower.embeddings.patch_embedding.weight)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    mean = {} if config.image_mean is None else {"image_mean": [config.image_mean] * 3}
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": config.image_size},
         crop_size={"height": config.image_size, "width": config.image_size},
+        **mean,
     )
     processor = LlavaProcessor(
         image_processor=image_processor,

@@ -119,3 +119,41 @@ def test_unsupported_family_names_the_file(tmp_path):
         load_backbone(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json: missing"):
         load_backbone(tmp_path / "nope")
+
+
+def test_dct_patch_init_reads_colour_the_same_wherever_the_object_edge_falls():
+    from model.tiny import dct_patch_init_
+
+    conv = torch.nn.Conv2d(3, 24, kernel_size=8, stride=8, bias=False)
+    dct_patch_init_(conv.weight)
+    w = conv.weight.detach().reshape(24, -1)
+    assert torch.allclose(w @ w.T, torch.eye(24), atol=1e-5)  # orthonormal filters
+    colour = torch.tensor([0.9, -0.4, 0.2])
+    dc = []
+    for mask in (torch.ones(8, 8), torch.tril(torch.ones(8, 8)), torch.zeros(8, 8).index_fill_(1, torch.arange(3), 1)):
+        patch = colour[:, None, None] * mask  # the object covers `mask`, the background is 0
+        out = conv(patch[None]).detach().reshape(-1)
+        dc.append(out[:3] / out[:3].norm())  # channels 0-2: the DC filter of R, G, B
+    for d in dc:
+        assert torch.allclose(d, colour / colour.norm(), atol=1e-5)
+
+
+def test_tiny_config_image_mean_and_patch_init_round_trip(tmp_path):
+    from model.backbone import LlavaBackbone
+    from model.config import TinyConfig
+    from model.tiny import build_tiny
+
+    with pytest.raises(ValueError, match="patch_init must be 'dct' or 'random'"):
+        TinyConfig(patch_init="gabor")
+    cfg = TinyConfig(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
+                     text_hidden=64, text_layers=1, text_heads=2, text_kv_heads=2, vocab_size=400,
+                     image_mean=0.5, patch_init="dct")
+    build_tiny(cfg, out_dir=tmp_path)
+    again = LlavaBackbone.from_pretrained(tmp_path)
+    assert list(again.processor.image_processor.image_mean) == [0.5, 0.5, 0.5]
+    w = again.model.model.vision_tower.embeddings.patch_embedding.weight
+    assert torch.allclose(w[0, 1], torch.zeros_like(w[0, 1]))  # DC filter of R: zero on G
+    rnd = build_tiny(TinyConfig(**{**cfg.to_dict(), "patch_init": "random", "image_mean": None}))
+    w = rnd.model.model.vision_tower.embeddings.patch_embedding.weight
+    assert not torch.allclose(w[0, 1], torch.zeros_like(w[0, 1]))  # CLIP's own random init kept
+    assert rnd.processor.image_processor.image_mean[0] == pytest.approx(0.4815, abs=1e-3)

@@ -156,3 +156,30 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         for key in ("gen_loss", "nce_loss", "loss"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), (ra["step"], key)
     _ = torch
+
+
+def test_align_steps_feed_only_captions_then_the_mix(tmp_path):
+    cfg = preset("smoke").with_overrides(["align_steps=2", "gen_batch=8"])
+    tr = Trainer(cfg, tmp_path)
+    assert {g.kind for s in (0, 1) for g in tr.batch(s).gen} == {"caption"}
+    later = {g.kind for s in range(2, 8) for g in tr.batch(s).gen}
+    assert "caption" in later and len(later) > 2  # vqa-*, rag ... come back after stage 1
+    assert all(len(tr.batch(s).pairs) == cfg.pair_batch for s in (0, 3))  # pairs unchanged
+
+
+def test_jsonl_pools_pick_tasks_by_weight(tmp_path):
+    from training.data import JsonlPools
+
+    make_image(1).save(tmp_path / "a.png")
+    img = {"type": "image", "path": "a.png"}
+    rows = [{"task": "caption", "slices": [img], "answer": "c"}] + [
+        {"task": "vqa", "slices": [img, {"type": "text", "text": "Q?"}], "answer": f"a{i}"} for i in range(9)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pools = JsonlPools(tmp_path / "d.jsonl")
+    import random
+
+    rng = random.Random(0)
+    assert {pools.gen_example(rng, {"caption": 1.0}).kind for _ in range(20)} == {"caption"}
+    assert {pools.gen_example(rng, {"vqa": 1.0}).kind for _ in range(20)} == {"vqa"}
+    # weights over tasks the file lacks fall back to every example
+    assert {pools.gen_example(rng, {"rag": 1.0}).kind for _ in range(200)} == {"caption", "vqa"}

@@ -46,6 +46,12 @@ class TrainConfig:
     learn_temperature: bool = False
     teacher_temperature: float = 0.1
     hard_negatives: float = 0.5  # fraction of caption pairs with a minimal-pair twin
+    # stage 1 (LLaVA's feature alignment): for the first `align_steps` steps the
+    # generative half of each batch holds only `align_kinds` (captions: one fixed
+    # instruction, so the LM learns to read the image tokens before it learns to
+    # route many question types); the discriminative half is unchanged.
+    align_steps: int = 0
+    align_kinds: dict[str, float] = field(default_factory=lambda: {"caption": 1.0})
     gen_kinds: dict[str, float] = field(
         default_factory=lambda: {"caption": 0.15, "vqa": 0.55, "rag": 0.2, "fashion": 0.1})
     pair_kinds: dict[str, float] = field(

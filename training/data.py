@@ -235,14 +235,25 @@ class JsonlPools:
                     self.pairs.append(PairExample(Sample(texts), r.sample, "document"))
                 else:
                     skipped += 1
+        self.by_task: dict[str, list[GenExample]] = {}
+        for g in self.gen:
+            self.by_task.setdefault(g.kind, []).append(g)
         if skipped:
             logger.info("%s: %d documents without both text and images not used for training", path, skipped)
         if not self.gen and not self.pairs:
             raise ValueError(f"{path}: no training examples (need caption/vqa/rag/pair lines)")
         logger.info("%s: %d generative and %d pair examples", path, len(self.gen), len(self.pairs))
 
-    def gen_example(self, rng: random.Random, kinds=None) -> GenExample:
-        return rng.choice(self.gen) if self.gen else None  # type: ignore[return-value]
+    def gen_example(self, rng: random.Random, kinds: dict[str, float] | None = None) -> GenExample:
+        """A generative example; `kinds` (task -> weight) picks among the tasks the
+        file has (caption/vqa/rag), all examples when none of them is present."""
+        if not self.gen:
+            return None  # type: ignore[return-value]
+        present = {k: w for k, w in (kinds or {}).items() if k in self.by_task and w > 0}
+        if not present:
+            return rng.choice(self.gen)
+        task = rng.choices(list(present), list(present.values()))[0]
+        return rng.choice(self.by_task[task])
 
     def pair_example(self, rng: random.Random, kinds=None, hard_negatives: float = 0.0) -> PairExample:
         return rng.choice(self.pairs) if self.pairs else None  # type: ignore[return-value]

@@ -339,7 +339,8 @@ class Trainer:
         """This rank's share of the global batch of `step` (deterministic, contiguous shards)."""
         c = self.cfg
         rng = random.Random(f"{c.seed}:{step}")
-        gen = [self.pools.gen_example(rng, c.gen_kinds) for _ in range(c.gen_batch)] if c.use_gen else []
+        kinds = c.align_kinds if step < c.align_steps else c.gen_kinds
+        gen = [self.pools.gen_example(rng, kinds) for _ in range(c.gen_batch)] if c.use_gen else []
         pairs = ([self.pools.pair_example(rng, c.pair_kinds, c.hard_negatives) for _ in range(c.pair_batch)]
                  if c.use_disc else [])
         gen = [g for g in gen if g is not None]
