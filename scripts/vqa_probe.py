@@ -19,14 +19,12 @@ training section.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,8 +33,10 @@ from model.config import SugarConfig, TinyConfig  # noqa: E402
 from model.sample import Sample, Slice  # noqa: E402
 from model.sugar import SugarModel  # noqa: E402
 from model.tiny import build_tiny  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 from training.data import GenExample  # noqa: E402
-from training.loop import encode_gen  # noqa: E402
+from training.loop import encode_gen, warmup_cosine  # noqa: E402
+from training.losses import GenerativeLoss  # noqa: E402
 from training.world import COLORS, WorldSplit, vqa_for  # noqa: E402
 
 
@@ -115,15 +115,17 @@ class Probe:
         rng, erng = random.Random(a.seed + 1), random.Random(a.seed + 99)
         evalset = [self.example(erng) for _ in range(a.eval_size)]
         opt = torch.optim.AdamW(self.lm.parameters(), lr=a.lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (
-            0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps))))
+        defaults = TrainConfig()  # the training loop's schedule: warm-up, cosine to min_lr_ratio
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
+            s, a.steps, defaults.warmup, defaults.min_lr_ratio))
+        gen_loss = GenerativeLoss()
         self.lm.train()
         rows, t0 = [], time.time()
         for step in range(a.steps):
             batch, labels = encode_gen(self.model, [self.example(rng, step < a.align_steps)
                                                     for _ in range(a.batch)])
             logits = self.lm(**batch.model_inputs()).logits
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = gen_loss(logits, labels)["gen_loss"]
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.lm.parameters(), 1.0)

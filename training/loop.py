@@ -43,6 +43,14 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "loss_curves.png"
 
 
+def warmup_cosine(step: int, steps: int, warmup: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warm-up, then cosine decay to `min_lr_ratio` at `steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 # ------------------------------------------------------------------ model
 
 
@@ -251,6 +259,13 @@ class Trainer:
         self.metrics: list[dict] = []
         self._setup()
 
+    def close(self) -> None:
+        """Tear the process groups down under torchrun: exiting with gloo groups
+        alive can abort a rank ("terminate called without an active exception")."""
+        if self.world_size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     # -------------------------------------------------------------- setup
     def _setup(self) -> None:
         c = self.cfg
@@ -298,10 +313,7 @@ class Trainer:
 
     def _lr_lambda(self, step: int) -> float:
         c = self.cfg
-        if step < c.warmup:
-            return (step + 1) / c.warmup
-        progress = (step - c.warmup) / max(1, c.steps - c.warmup)
-        return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return warmup_cosine(step, c.steps, c.warmup, c.min_lr_ratio)
 
     def precompute_teachers(self) -> None:
         """Teacher features for every distinct slice of the pools, once (cached on disk)."""
@@ -621,4 +633,8 @@ def code_version() -> str:
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
           cache_dir: str | Path | None = None) -> Path:
-    return Trainer(cfg, out_dir, cache_dir).run(resume=resume)
+    trainer = Trainer(cfg, out_dir, cache_dir)
+    try:
+        return trainer.run(resume=resume)
+    finally:
+        trainer.close()
