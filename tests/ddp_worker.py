@@ -24,6 +24,7 @@ def main(out: str, steps: int) -> None:
     if tr.rank == 0:
         with open(out, "w") as f:
             json.dump({"world": tr.world_size, "records": records}, f)
+    tr.close()
 
 
 if __name__ == "__main__":
