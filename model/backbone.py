@@ -122,6 +122,9 @@ class Backbone(ABC):
     @abstractmethod
     def save(self, path: str | Path) -> None: ...
 
+    def fold(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Write training-only modules into the plain architecture (before saving)."""
+
     @property
     def eos_token(self) -> str:
         return self.tokenizer.eos_token
@@ -297,9 +300,17 @@ class LlavaBackbone(Backbone):
             slice_is_image=slice_is_image,
         )
 
+    def fold(self) -> None:
+        from .projector import fold_projector
+
+        fold_projector(self.model)
+
     def save(self, path: str | Path) -> None:
+        """A plain LLaVA directory; a training-time NormalizedProjector is folded
+        into the projector's linear layers first (in place: eval outputs unchanged)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        self.fold()
         self.model.save_pretrained(str(path))
         self.processor.save_pretrained(str(path))
         to_vllm_layout(path)

@@ -132,6 +132,9 @@ class TinyConfig:
     # patch's colour reads the same wherever an object edge falls).
     image_mean: float | None = None
     patch_init: str = "random"
+    # standardise the projector's input and output per feature during training
+    # (model/projector.py), folded into a plain LLaVA projector at save time
+    projector_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.patch_init not in ("dct", "random"):

@@ -131,14 +131,32 @@ class SugarModel(nn.Module):
         for module in (self.lm, self.heads):
             for name, t in sorted(module.state_dict().items()):
                 h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def save_pretrained(self, path: str | Path, training: dict[str, Any] | None = None) -> None:
+    def save_pretrained(self, path: str | Path, training: dict[str, Any] | None = None,
+                        dtype: torch.dtype | None = None) -> None:
+        """Write the checkpoint directory. `dtype` (e.g. torch.float16): store the
+        backbone weights in that precision (a compact checkpoint to ship); the
+        in-memory model is rounded to it first, so the embedding version and every
+        vector describe the weights as stored (loading casts them back to float32)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        self.backbone.fold()  # the version hashes the weights as saved
+        if dtype is not None:
+            with torch.no_grad():
+                for p in self.lm.parameters():
+                    p.copy_(p.to(dtype).to(p.dtype))
         self.config.embedding_version = self.compute_embedding_version()
-        self.backbone.save(path / BACKBONE_DIR)
+        if dtype is None:
+            self.backbone.save(path / BACKBONE_DIR)
+        else:
+            orig = next(self.lm.parameters()).dtype
+            self.lm.to(dtype)
+            try:
+                self.backbone.save(path / BACKBONE_DIR)
+            finally:
+                self.lm.to(orig)
         heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
         save_file(heads, str(path / HEADS_FILE), metadata={"format": "pt"})
         self.config.save(path / CONFIG_FILE)

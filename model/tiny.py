@@ -143,6 +143,10 @@ def build_tiny(
         model = LlavaForConditionalGeneration(llava_cfg)
     if config.patch_init == "dct":
         dct_patch_init_(model.model.vision_tower.embeddings.patch_embedding.weight)
+    if config.projector_norm:
+        from .projector import install_normalized_projector
+
+        install_normalized_projector(model)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .world import SEEN_NAME_OFFSET
+
 ABLATIONS = ("joint", "gen_only", "disc_only", "no_ga", "no_triple", "last_token")
 
 
@@ -41,6 +43,7 @@ class TrainConfig:
     # Sugar losses (docs/METHOD.md §6)
     ablation: str = "joint"
     lam: float = 1.0  # λ, weight of the discriminative loss
+    lam_warmup: int = 0  # λ ramps linearly from 0 to `lam` over the first N steps
     beta: float = 0.1  # β, weight of the structure loss
     temperature: float = 0.05
     learn_temperature: bool = False
@@ -72,8 +75,13 @@ class TrainConfig:
     # bookkeeping
     log_every: int = 10
     checkpoint_every: int = 100
+    save_dtype: str = "float32"  # backbone weights as stored: "float32" | "float16" | "bfloat16"
 
     def __post_init__(self) -> None:
+        if self.save_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
+        if self.n_houses >= SEEN_NAME_OFFSET:
+            raise ValueError(f"n_houses must stay below {SEEN_NAME_OFFSET} (the seen evaluation's names)")
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         self.lora_targets = tuple(self.lora_targets)
@@ -137,6 +145,12 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # the default checkpoint: budgeted to train in <= 10 minutes on 2 CPU cores
     "tiny": {"tiny": {"patch_size": 16}, "steps": 300, "threads": 2},
+    # the checkpoint shipped with the project (model/shipped/): the tiny architecture
+    # trained longer, captions first (stage 1), λ warmed up, many more house names,
+    # stored in float16 (issue #10; its closing note has the measurements)
+    "shipped": {"tiny": {"patch_size": 16}, "steps": 2000, "threads": 2, "warmup": 50,
+                "align_steps": 150, "lam_warmup": 300, "pair_batch": 24, "n_houses": 1500,
+                "checkpoint_every": 100, "save_dtype": "float16"},
     # a few steps: smoke tests and CI
     "smoke": {"steps": 6, "gen_batch": 4, "pair_batch": 8, "n_scenes": 60, "n_pages": 20,
               "n_houses": 20, "n_fashion": 40, "log_every": 2, "checkpoint_every": 3,

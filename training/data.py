@@ -109,7 +109,7 @@ class SyntheticPools:
     """Finite pools of one split: scenes + twins, pages, knowledge, fashion items."""
 
     def __init__(self, split: str, seed: int, n_scenes: int, n_pages: int, n_houses: int,
-                 n_fashion: int = 0, image_size: int = 64) -> None:
+                 n_fashion: int = 0, image_size: int = 64, house_offset: int = 0) -> None:
         self.split = WorldSplit(split, seed)
         self.image_size = image_size
         rng = self.split.rng("pools")
@@ -124,7 +124,7 @@ class SyntheticPools:
                     tw[attr] = t
             self.twins.append(tw)
         self.pages = [interleaved_document(self.split, rng, i) for i in range(n_pages)]
-        self.houses: list[Knowledge] = knowledge_base(self.split, n_houses)
+        self.houses: list[Knowledge] = knowledge_base(self.split, n_houses, house_offset)
         self._images: dict[tuple, Image.Image] = {}
         self.fashion: tuple[np.ndarray, np.ndarray] | None = None
         if n_fashion and fashion_available():

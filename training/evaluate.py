@@ -12,6 +12,16 @@
   model's own top-k retrieval, and with the gold document;
 - position curve: accuracy vs position of the gold document among k = 5.
 
+Every part runs on two splits: `heldout` (the test split: held-out
+(shape, colour) combinations, unseen house names; its results stay under the
+top-level keys) and `seen` (new scenes, renders, pages and houses built from
+training combinations and the training name distribution, no instance shared
+with training; under the top-level key `seen`, same structure). VQA is also
+scored with the image replaced by a blank one (`vqa_blank`: how much the
+answers rely on the image). `baselines` mirrors the result paths with
+`{"chance", "majority"?}` per metric (majority: always answering the most
+frequent answer of the scored items).
+
 Writes a nested JSON, a markdown report and PNG plots; returns the dict.
 """
 
@@ -26,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from model.prompts import generation_prompt
-from model.sample import Sample
+from model.sample import Sample, Slice
 from model.sugar import SliceEmbeddings, SugarModel
 
 from .data import (
@@ -41,11 +52,15 @@ from .data import (
     load_fashion,
     text,
 )
-from .world import ATTRIBUTES, vqa_for
+from .world import ATTRIBUTES, SEEN_NAME_OFFSET, vqa_for
 
 logger = logging.getLogger(__name__)
 
 VQA_TYPES = ("color", "shape", "size", "count", "position", "texture", "relation")
+VQA_ANSWERS = {"color": 6, "shape": 4, "size": 2, "count": 4, "position": 4, "texture": 2,
+               "relation": 2}  # possible answers per question type (chance = 1 / this)
+SPLITS = ("heldout", "seen")
+BLANK_RGB = (245, 245, 245)  # the scenes' background: an image with nothing in it
 
 
 @dataclass
@@ -65,6 +80,28 @@ class EvalConfig:
     def quick(cls) -> EvalConfig:
         return cls(n_scenes=80, n_pages=60, n_queries=30, n_houses=20, n_vqa_per_type=6,
                    n_fashion=40, batch_size=16)
+
+
+def _chance_rank_metrics(n_docs: int, relevant: list[set[int]]) -> dict[str, float]:
+    """Expected R@k and MRR of a uniformly random ranking (exact)."""
+    from math import comb
+
+    out = {"r@1": 0.0, "r@5": 0.0, "r@10": 0.0, "mrr": 0.0}
+    for rel in relevant:
+        r = max(1, len(rel))
+        total = comb(n_docs, r)
+        # P(first relevant document at rank i) = C(N - i, r - 1) / C(N, r)
+        p_first = [comb(n_docs - i, r - 1) / total for i in range(1, n_docs - r + 2)]
+        for k in (1, 5, 10):
+            out[f"r@{k}"] += sum(p_first[:k])
+        out["mrr"] += sum(p / i for i, p in enumerate(p_first, 1))
+    return {k: v / max(1, len(relevant)) for k, v in out.items()}
+
+
+def _majority(answers: list[str]) -> float:
+    from collections import Counter
+
+    return Counter(answers).most_common(1)[0][1] / len(answers) if answers else 0.0
 
 
 def _rank_metrics(sim: torch.Tensor, relevant: list[set[int]]) -> dict[str, float]:
@@ -98,14 +135,32 @@ def _match(pred: str, answer: str) -> bool:
 
 
 class Evaluator:
-    def __init__(self, model: SugarModel, cfg: EvalConfig | None = None) -> None:
+    """One split's evaluation; `baselines` fills with the same paths as the results."""
+
+    def __init__(self, model: SugarModel, cfg: EvalConfig | None = None, split: str = "heldout") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.model = model
         self.cfg = cfg or EvalConfig()
+        self.split = split
         c = self.cfg
-        image_size = model.backbone.processor.image_processor.crop_size["height"]
-        self.pools = SyntheticPools("test", c.seed, c.n_scenes, c.n_pages, c.n_houses, 0,
-                                    max(64, image_size))
-        self.rng = random.Random(c.seed)
+        image_size = max(64, model.backbone.processor.image_processor.crop_size["height"])
+        if split == "heldout":
+            self.pools = SyntheticPools("test", c.seed, c.n_scenes, c.n_pages, c.n_houses, 0, image_size)
+        else:
+            # training combinations and name distribution, new instances: another seed
+            # than any training pool draws with, houses named beyond every training pool
+            self.pools = SyntheticPools("train", c.seed + 1, c.n_scenes, c.n_pages, c.n_houses, 0,
+                                        image_size, house_offset=SEEN_NAME_OFFSET)
+        self.rng = random.Random(f"{c.seed}:{split}")
+        self.baselines: dict = {}
+
+    def _baseline(self, path: str, chance: float, majority: float | None = None) -> None:
+        node = self.baselines
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = {"chance": chance} if majority is None else {"chance": chance, "majority": majority}
 
     def sim(self, q: SliceEmbeddings, d: SliceEmbeddings, normalization: str | None = None) -> torch.Tensor:
         from model.kernels import sugar_similarity
@@ -135,6 +190,10 @@ class Evaluator:
         }
         out["retrieval"]["gallery"] = len(docs)
         out["retrieval"]["queries"] = len(queries)
+        chance = _chance_rank_metrics(len(docs), relevant)
+        for name in ("retrieval", "retrieval_raw_s", "retrieval_cosine"):
+            for k, v in chance.items():
+                self._baseline(f"{name}.{k}", v)
         return out
 
     # ----------------------------------------------------------- minimal pairs
@@ -154,6 +213,8 @@ class Evaluator:
         res = {attr: float(np.mean(v)) for attr, v in per.items()}
         res["overall"] = float(np.mean([x for v in per.values() for x in v]))
         res["pairs"] = len(cases)
+        for attr in [*per, "overall"]:  # both captions must pick their own image: 1/2 · 1/2
+            self._baseline(f"minimal_pairs.{attr}", 0.25)
         return {"minimal_pairs": res}
 
     # ----------------------------------------------------------- VQA
@@ -167,13 +228,25 @@ class Evaluator:
                     by_type[qtype].append((Sample([*p.scene_sample(sc).slices, *text(q).slices]), a))
         items = [(t, s, a) for t, lst in by_type.items() for s, a in lst]
         fmt = self.model.config.prompts
-        preds = _generate(self.model, [generation_prompt(s, fmt) for _, s, _ in items], c.batch_size)
-        per: dict[str, list[int]] = defaultdict(list)
-        for (t, _, a), pred in zip(items, preds, strict=True):
-            per[t].append(int(_match(pred, a)))
-        res = {t: float(np.mean(v)) for t, v in per.items()}
-        res["overall"] = float(np.mean([x for v in per.values() for x in v]))
-        return {"vqa": res}
+        blank = Image.new("RGB", (p.image_size, p.image_size), BLANK_RGB)
+        out: dict = {}
+        for key, image_of in (("vqa", None), ("vqa_blank", blank)):
+            samples = [s if image_of is None else Sample([Slice.of_image(image_of), *s.slices[1:]])
+                       for _, s, _ in items]
+            preds = _generate(self.model, [generation_prompt(s, fmt) for s in samples], c.batch_size)
+            per: dict[str, list[int]] = defaultdict(list)
+            for (t, _, a), pred in zip(items, preds, strict=True):
+                per[t].append(int(_match(pred, a)))
+            res = {t: float(np.mean(v)) for t, v in per.items()}
+            res["overall"] = float(np.mean([x for v in per.values() for x in v]))
+            out[key] = res
+            answers = {t: [a for tt, _, a in items if tt == t] for t in per}
+            for t in per:
+                self._baseline(f"{key}.{t}", 1 / VQA_ANSWERS[t], _majority(answers[t]))
+            n = len(items)
+            self._baseline(f"{key}.overall", sum(len(answers[t]) / VQA_ANSWERS[t] for t in per) / n,
+                           sum(_majority(answers[t]) * len(answers[t]) for t in per) / n)
+        return out
 
     # ----------------------------------------------------------- Fashion-MNIST
     def fashion(self) -> dict:
@@ -193,6 +266,9 @@ class Evaluator:
         de = _embed(self.model, [fashion_catalog_doc(k) for k in range(10)], c.batch_size)
         top = self.sim(qe, de).argmax(1).numpy()
         r1 = float(np.mean(top == labels[idx]))
+        majority = _majority([FASHION_CLASSES[labels[i]] for i in idx])
+        self._baseline("fashion_mnist.vqa", 0.1, majority)
+        self._baseline("fashion_mnist.retrieval.r@1", 0.1, majority)
         return {"fashion_mnist": {"vqa": acc, "retrieval": {"r@1": r1}, "n": len(idx)}}
 
     # ----------------------------------------------------------- RAG
@@ -219,6 +295,14 @@ class Evaluator:
             res[name] = float(np.mean([_match(pr, a) for pr, (_, _, a) in zip(preds, qs, strict=True)]))
         res["retrieval_r@1"] = float(np.mean([top[i][0] == gold_index[h.name] for i, (h, _, _) in enumerate(qs)]))
         res["k"] = c.rag_k
+        kinds = ["color" if q.startswith("What colour") else "shape" for _, q, _ in qs]
+        chance = float(np.mean([1 / VQA_ANSWERS[k] for k in kinds]))
+        majority = sum(_majority([a for (_, _, a), kk in zip(qs, kinds, strict=True) if kk == k])
+                       * kinds.count(k) for k in set(kinds)) / len(qs)
+        for name in ("no_retrieval", "own_retrieval", "gold"):
+            self._baseline(f"rag.{name}", chance, majority)
+        self._baseline("rag.retrieval_r@1", 1 / len(docs))
+        self._baseline("position_curve", chance, majority)
         # position curve: gold at each position among k documents
         curve = []
         k = c.position_k
@@ -234,12 +318,34 @@ class Evaluator:
             curve.append(float(np.mean([_match(pr, a) for pr, a in zip(preds, answers, strict=True)])))
         return {"rag": res, "position_curve": curve}
 
-    def run(self) -> dict:
+    def run(self, fashion: bool = True) -> dict:
         out: dict = {}
-        for part in (self.retrieval, self.minimal_pairs, self.vqa, self.fashion, self.rag):
-            logger.info("eval: %s", part.__name__)
+        parts = [self.retrieval, self.minimal_pairs, self.vqa, self.rag]
+        if fashion:
+            parts.insert(3, self.fashion)
+        for part in parts:
+            logger.info("eval[%s]: %s", self.split, part.__name__)
             out.update(part())
         return out
+
+
+def run_splits(model: SugarModel, cfg: EvalConfig | None = None) -> dict:
+    """Held-out results at the top level, `seen` beside them, `baselines` for both.
+
+    Fashion-MNIST has one official test split (all its classes are trained on):
+    it is scored once and reported under both.
+    """
+    heldout = Evaluator(model, cfg, "heldout")
+    results = heldout.run()
+    seen = Evaluator(model, cfg, "seen")
+    results["seen"] = seen.run(fashion=False)
+    baselines = heldout.baselines
+    baselines["seen"] = seen.baselines
+    if "fashion_mnist" in results:
+        results["seen"]["fashion_mnist"] = results["fashion_mnist"]
+        baselines["seen"]["fashion_mnist"] = baselines["fashion_mnist"]
+    results["baselines"] = baselines
+    return results
 
 
 def _query_from(scenes, rng: random.Random) -> Sample:
@@ -267,17 +373,31 @@ def flat(d: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+SUMMARY_KEYS = [
+    "retrieval.r@1", "retrieval.r@5", "retrieval.r@10", "retrieval.mrr", "retrieval_cosine.r@1",
+    "retrieval_raw_s.r@1", "minimal_pairs.overall", *[f"minimal_pairs.{a}" for a in ATTRIBUTES],
+    "vqa.overall", *[f"vqa.{t}" for t in VQA_TYPES], "vqa_blank.overall",
+    *[f"vqa_blank.{t}" for t in VQA_TYPES], "fashion_mnist.vqa", "fashion_mnist.retrieval.r@1",
+    "rag.no_retrieval", "rag.own_retrieval", "rag.gold", "rag.retrieval_r@1",
+]
+
+
 def summary_table(results: dict) -> str:
-    keys = ["retrieval.r@1", "retrieval.r@5", "retrieval.r@10", "retrieval.mrr",
-            "retrieval_cosine.r@1", "retrieval_raw_s.r@1", "minimal_pairs.overall",
-            *[f"minimal_pairs.{a}" for a in ATTRIBUTES], "vqa.overall",
-            *[f"vqa.{t}" for t in VQA_TYPES], "fashion_mnist.vqa", "fashion_mnist.retrieval.r@1",
-            "rag.no_retrieval", "rag.own_retrieval", "rag.gold", "rag.retrieval_r@1"]
-    f = flat(results)
-    lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {f[k]:.3f} |" for k in keys if k in f]
-    if "position_curve" in results:
-        lines.append("| position_curve (k=5) | " + ", ".join(f"{v:.2f}" for v in results["position_curve"]) + " |")
+    """metric | heldout | seen | chance | majority (baselines of the held-out split)."""
+    f = flat({k: v for k, v in results.items() if k not in ("seen", "baselines")})
+    fs = flat(results.get("seen", {}))
+    fb = flat(results.get("baselines", {}))
+
+    def cell(d: dict, k: str) -> str:
+        return f"{d[k]:.3f}" if k in d else "-"
+
+    lines = ["| metric | heldout | seen | chance | majority |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {cell(f, k)} | {cell(fs, k)} | {cell(fb, k + '.chance')} | "
+              f"{cell(fb, k + '.majority')} |" for k in SUMMARY_KEYS if k in f or k in fs]
+    for name, d in (("heldout", results), ("seen", results.get("seen", {}))):
+        if "position_curve" in d:
+            lines.append(f"| position_curve (k=5), {name} | "
+                         + ", ".join(f"{v:.2f}" for v in d["position_curve"]) + " | | | |")
     return "\n".join(lines)
 
 
@@ -295,33 +415,47 @@ def plot_results(results: dict, out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [("minimal_pairs", "minimal-pair accuracy"), ("vqa", "VQA exact match")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-    for ax, (key, title) in zip(axes[:2], groups, strict=True):
-        d = {k: v for k, v in results.get(key, {}).items() if isinstance(v, float)}
-        ax.bar(list(d), list(d.values()), color="#4a7ebb")
+    splits = [("heldout", results), ("seen", results.get("seen", {}))]
+    groups = [("minimal_pairs", "minimal-pair accuracy"), ("vqa", "VQA exact match"),
+              ("vqa_blank", "VQA, image blanked")]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 3.8))
+    for ax, (key, title) in zip(axes[:3], groups, strict=True):
+        names = [k for k, v in results.get(key, {}).items() if isinstance(v, float)]
+        for i, (split, d) in enumerate(splits):
+            vals = [d.get(key, {}).get(n, 0.0) for n in names]
+            ax.bar([x + i * 0.4 for x in range(len(names))], vals, width=0.4, label=split)
+        majority = results.get("baselines", {}).get(key, {})
+        ax.scatter([x + 0.2 for x in range(len(names))],
+                   [majority.get(n, {}).get("majority", majority.get(n, {}).get("chance", 0))
+                    for n in names], color="k", marker="_", s=200, label="majority/chance", zorder=3)
+        ax.set_xticks([x + 0.2 for x in range(len(names))], names, rotation=45)
         ax.set_ylim(0, 1)
         ax.set_title(title)
-        ax.tick_params(axis="x", rotation=45)
-    r = {name: results.get(name, {}) for name in ("retrieval", "retrieval_raw_s", "retrieval_cosine")}
+        ax.legend(fontsize=7)
     ks = ["r@1", "r@5", "r@10", "mrr"]
-    for i, (name, d) in enumerate(r.items()):
-        axes[2].bar([x + i * 0.27 for x in range(4)], [d.get(k, 0) for k in ks], width=0.27, label=name)
-    axes[2].set_xticks([x + 0.27 for x in range(4)], ks)
-    axes[2].set_ylim(0, 1)
-    axes[2].legend(fontsize=7)
-    axes[2].set_title("interleaved retrieval")
+    bars = [(f"{name} ({split})", d.get(name, {})) for split, d in splits
+            for name in ("retrieval", "retrieval_cosine")]
+    w = 0.8 / len(bars)
+    for i, (label, d) in enumerate(bars):
+        axes[3].bar([x + i * w for x in range(4)], [d.get(k, 0) for k in ks], width=w, label=label)
+    axes[3].set_xticks([x + 0.4 - w / 2 for x in range(4)], ks)
+    axes[3].set_ylim(0, 1)
+    axes[3].legend(fontsize=7)
+    axes[3].set_title("interleaved retrieval")
     fig.tight_layout()
     fig.savefig(out_dir / "eval_bars.png", dpi=100)
     plt.close(fig)
     if "position_curve" in results:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        curve = results["position_curve"]
-        ax.plot(range(1, len(curve) + 1), curve, marker="o")
+        for split, d in splits:
+            curve = d.get("position_curve")
+            if curve:
+                ax.plot(range(1, len(curve) + 1), curve, marker="o", label=split)
         ax.set_ylim(0, 1)
         ax.set_xlabel("position of the relevant document")
         ax.set_ylabel("accuracy")
         ax.set_title("RAG position sensitivity (k=5)")
+        ax.legend()
         fig.tight_layout()
         fig.savefig(out_dir / "position_curve.png", dpi=100)
         plt.close(fig)
@@ -330,7 +464,7 @@ def plot_results(results: dict, out_dir: Path) -> None:
 def evaluate(checkpoint: str | Path, out_dir: str | Path | None = None, cfg: EvalConfig | None = None) -> dict:
     model = SugarModel.from_pretrained(checkpoint)
     with torch.no_grad():
-        results = Evaluator(model, cfg).run()
+        results = run_splits(model, cfg)
     results["checkpoint"] = str(checkpoint)
     write_report(results, Path(out_dir) if out_dir else Path(checkpoint) / "eval")
     return results

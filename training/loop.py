@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from model.backbone import EncodedBatch, load_backbone
 from model.config import SugarConfig, TinyConfig
+from model.heads import GlobalBatchNorm
 from model.prompts import Prompt, answer_text, chat_prompt, rag_parts
 from model.sample import Sample
 from model.sugar import SliceEmbeddings, SugarModel
@@ -278,8 +279,8 @@ class Trainer:
             corpus = [sc.caption() for sc in self.pools.scenes[:500]]
             corpus += [f"The banner of House {h.name}" for h in self.pools.houses]
         self.model = build_model(c, corpus)
-        for mod in self.model.heads.modules():
-            if hasattr(mod, "process_group"):
+        for mod in self.model.modules():  # heads and the tiny projector's batch norms
+            if isinstance(mod, GlobalBatchNorm):
                 mod.process_group = self.group
         self.triple = build_teachers(c, self.cache_dir)
         self.teacher_report: dict = {}
@@ -472,7 +473,16 @@ class Trainer:
                                group=self.group)
         return [PairExample(q, d, k, n) for part in objs for (q, d, n, k) in part]
 
-    def total(self, losses: dict[str, torch.Tensor], gen_scale: float = 1.0) -> torch.Tensor:
+    def lam(self, step: int | None) -> float:
+        """λ at `step`: a linear warm-up over `lam_warmup` steps (the LM first learns to
+        read the image tokens before the pair losses compete for them), then `lam`."""
+        c = self.cfg
+        if step is None or c.lam_warmup <= 0:
+            return c.lam
+        return c.lam * min(1.0, step / c.lam_warmup)
+
+    def total(self, losses: dict[str, torch.Tensor], gen_scale: float = 1.0,
+              step: int | None = None) -> torch.Tensor:
         """L = L_g + λ (L_nce + β L_struct).
 
         Under data parallelism each rank holds a partial sum of the global L_g and
@@ -482,13 +492,13 @@ class Trainer:
         c = self.cfg
         total = losses.get("gen_loss", torch.zeros(())) * gen_scale
         disc = losses.get("nce_loss", torch.zeros(())) + c.beta * losses.get("struct_loss", torch.zeros(()))
-        return total + c.lam * disc
+        return total + self.lam(step) * disc
 
     def step(self, step: int) -> dict[str, float]:
         batch = self.batch(step)
         with self.accel.accumulate(self.module):
             losses = self.losses(batch)
-            self.accel.backward(self.total(losses, gen_scale=self.world_size))
+            self.accel.backward(self.total(losses, gen_scale=self.world_size, step=step))
             if self.accel.sync_gradients:
                 self.sync_gradients()
             if self.accel.sync_gradients and self.cfg.grad_clip:
@@ -497,7 +507,7 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad()
         rec = {k: self._global_value(k, v) for k, v in losses.items()}
-        rec["loss"] = float(self.total({k: torch.tensor(v) for k, v in rec.items()}))
+        rec["loss"] = float(self.total({k: torch.tensor(v) for k, v in rec.items()}, step=step))
         rec["lr"] = self.scheduler.get_last_lr()[0]
         module = self.module.module if hasattr(self.module, "module") else self.module
         rec["temperature"] = float(1.0 / module.nce.scale.detach())
@@ -595,7 +605,8 @@ class Trainer:
             "code_version": code_version(),
             "world_size": self.world_size,
         }
-        model.save_pretrained(self.out, training=info)
+        dtype = None if self.cfg.save_dtype == "float32" else getattr(torch, self.cfg.save_dtype)
+        model.save_pretrained(self.out, training=info, dtype=dtype)
         logger.info("checkpoint written to %s (%.0f s)", self.out, time.time() - self.t0)
         return self.out
 

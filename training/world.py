@@ -205,9 +205,13 @@ class WorldSplit:
             return None
         if attribute == "position" and scene.count != 1:
             return None
+        # training twins stay inside the training combinations; a held-out scene's twin
+        # may be any combination (the held-out scene is what the pair tests), so the
+        # test split has shape and colour pairs too
+        ok = self.combo_ok if self.name == "train" else (lambda shape, color: True)
         choices = {
-            "color": [c for c in COLORS if c != scene.color and self.combo_ok(scene.shape, c)],
-            "shape": [s for s in SHAPES if s != scene.shape and self.combo_ok(s, scene.color)],
+            "color": [c for c in COLORS if c != scene.color and ok(scene.shape, c)],
+            "shape": [s for s in SHAPES if s != scene.shape and ok(s, scene.color)],
             "size": [s for s in SIZES if s != scene.size],
             "texture": [t for t in TEXTURES if t != scene.texture],
             "count": [c for c in (1, 2, 3, 4) if c != scene.count],
@@ -247,12 +251,15 @@ def vqa_for(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
 # ------------------------------------------------------------------ knowledge
 
 
-def invent_names(split: WorldSplit, n: int) -> list[str]:
-    """House names; train and test names are disjoint (the split is in the hash)."""
+def invent_names(split: WorldSplit, n: int, offset: int = 0) -> list[str]:
+    """House names `offset .. offset+n` of the split's fixed sequence; train and test
+    names are disjoint (the split is in the hash). Training pools take names from
+    offset 0; the `seen` evaluation takes train-split names from `SEEN_NAME_OFFSET`,
+    beyond any training pool: new houses whose names follow the training distribution."""
     names: list[str] = []
     seen: set[str] = set()
     i = 0
-    while len(names) < n:
+    while len(names) < n + offset:
         rng = random.Random(hash_int("name", i))
         i += 1
         name = (rng.choice(_SYL_A) + rng.choice(_SYL_V) + rng.choice(_SYL_C)
@@ -262,7 +269,7 @@ def invent_names(split: WorldSplit, n: int) -> list[str]:
             continue
         seen.add(name)
         names.append(name)
-    return names
+    return names[offset:]
 
 
 @dataclass
@@ -286,9 +293,12 @@ class Knowledge:
         return "shape", shape, self.banner.shape
 
 
-def knowledge_base(split: WorldSplit, n: int) -> list[Knowledge]:
-    rng = split.rng("knowledge")
-    return [Knowledge(name, split.scene(rng, "single")) for name in invent_names(split, n)]
+SEEN_NAME_OFFSET = 20_000  # training pools must hold fewer houses than this
+
+
+def knowledge_base(split: WorldSplit, n: int, offset: int = 0) -> list[Knowledge]:
+    rng = split.rng("knowledge", offset) if offset else split.rng("knowledge")
+    return [Knowledge(name, split.scene(rng, "single")) for name in invent_names(split, n, offset)]
 
 
 # ---------------------------------------------------------------- interleaved
