@@ -13,7 +13,10 @@ Invariants:
   from the store (logged);
 - one id space: FAISS ids are the store's `fid`s; an index records its
   dimension and embedding version and refuses vectors of another;
-- writes are serialised (store lock); searches run in parallel.
+- writes are serialised (store lock) and each holds that lock from the store
+  commit through the FAISS update and any snapshot it triggers, so FAISS
+  applies changes in commit order and a snapshot's sequence number never
+  covers a change FAISS has not applied; searches run in parallel.
 
 Search: stage 1 FAISS top-K' on the summary vectors g; stage 2 rerank of the
 K' candidates by the GA-kernel similarity over slice vectors (model.kernels),
@@ -185,14 +188,19 @@ class DocumentIndex:
         ids = [r[0] for r in rows]
         if len(set(ids)) != len(ids):
             raise IndexError_("duplicate ids in one batch")
-        added, deleted = self.store.write(rows, version or self.embedding_version, replace=upsert)
-        self._apply(added, deleted)
+        # one critical section: the store commit and the FAISS update (and any snapshot
+        # it triggers) happen together, so two writers of the same id cannot apply their
+        # vector changes in another order than they committed (issue #14)
+        with self.store.write_lock:
+            added, deleted = self.store.write(rows, version or self.embedding_version, replace=upsert)
+            self._apply(added, deleted)
         return ids
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete documents; KeyError (nothing deleted) if any id is unknown."""
-        added, deleted = self.store.write([], self.embedding_version, replace=False, delete_ids=ids)
-        self._apply(added, deleted)
+        with self.store.write_lock:
+            added, deleted = self.store.write([], self.embedding_version, replace=False, delete_ids=ids)
+            self._apply(added, deleted)
 
     def _apply(self, added: list[tuple[int, np.ndarray]], deleted: list[int]) -> None:
         self.vectors.remove(deleted)
@@ -205,7 +213,8 @@ class DocumentIndex:
             self.rebuild()
 
     def snapshot(self) -> None:
-        with self._maintenance, self.store.write_lock:
+        # lock order everywhere: the store's write lock, then maintenance
+        with self.store.write_lock, self._maintenance:
             self.vectors.save(self.path, self.store.last_seq())
             self._writes_since_snapshot = 0
 
@@ -377,9 +386,10 @@ class DocumentIndex:
             embs = embed(batch)
             for e in embs:
                 self._check(e, None)
-            added, deleted = self.store.update_vectors(
-                [(d.id, e.vectors, e.summary) for d, e in zip(batch, embs, strict=True)], version)  # type: ignore[misc]
-            self._apply(added, [])
+            with self.store.write_lock:
+                added, deleted = self.store.update_vectors(
+                    [(d.id, e.vectors, e.summary) for d, e in zip(batch, embs, strict=True)], version)  # type: ignore[misc]
+                self._apply(added, [])
             done += len(batch)
             if progress:
                 progress(done, total)
