@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -206,7 +206,7 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
         t0 = time.perf_counter()
         plan = await service.plan([], query, max_tokens, r.enabled, r.k, r.filters)
         if req.stream:
-            return sse(native_stream(service, plan, max_tokens, req.temperature, t0, metrics))
+            return sse(service, lambda: native_stream(service, plan, max_tokens, req.temperature, t0, metrics))
         t1 = time.perf_counter()
         res = await service.generate(plan, max_tokens, req.temperature)
         gen_s = time.perf_counter() - t1
@@ -308,8 +308,8 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
         retrieved_docs = [{"id": h.id, "score": h.score} for h in plan.used]
         if req.stream:
             include_usage = bool((req.model_extra or {}).get("stream_options", {}) or {})
-            return sse(openai_stream(service, plan, max_tokens, temperature, cid, created, retrieved_docs,
-                                     include_usage, metrics))
+            return sse(service, lambda: openai_stream(service, plan, max_tokens, temperature, cid, created,
+                                                      retrieved_docs, include_usage, metrics))
         t1 = time.perf_counter()
         res = await service.generate(plan, max_tokens, temperature)
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
@@ -406,14 +406,35 @@ async def chat_inputs(service: SugarService, req: P.ChatCompletionRequest):
     return history, converted[last_user][1]
 
 
-def sse(gen: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(gen, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+class AdmittedStream(StreamingResponse):
+    """An SSE response holding a generation slot taken before it was built (a full
+    queue is a 429 before any stream starts); the slot is released when the
+    response ends, however it ends (finished, failed, client gone)."""
+
+    def __init__(self, gen: AsyncIterator[str], release: Callable[[], None]) -> None:
+        super().__init__(gen, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def sse(service, stream: Callable[[], AsyncIterator[str]]) -> StreamingResponse:
+    """Admit a streamed generation: acquire a slot now (Overloaded -> 429), then stream."""
+    service.generations.acquire()
+    try:
+        return AdmittedStream(stream(), service.generations.release)
+    except BaseException:
+        service.generations.release()
+        raise
 
 
 async def native_stream(service, plan, max_tokens, temperature, t0, metrics) -> AsyncIterator[str]:
     result: list[GenerationResult] = []
-    service.generations.acquire()
     t1 = time.perf_counter()
     try:
         async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result)):
@@ -432,8 +453,6 @@ async def native_stream(service, plan, max_tokens, temperature, t0, metrics) -> 
         yield f"data: {json.dumps(final)}\n\n"
     except EngineError as e:
         yield f"data: {json.dumps({'error': {'type': 'engine_unavailable', 'message': str(e)}})}\n\n"
-    finally:
-        service.generations.release()
 
 
 async def openai_stream(service, plan, max_tokens, temperature, cid, created, retrieved_docs,
@@ -446,7 +465,6 @@ async def openai_stream(service, plan, max_tokens, temperature, cid, created, re
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
         return f"data: {json.dumps(body)}\n\n"
 
-    service.generations.acquire()
     t1 = time.perf_counter()
     try:
         yield chunk({"role": "assistant", "content": ""}, retrieved=retrieved_docs)
@@ -462,8 +480,6 @@ async def openai_stream(service, plan, max_tokens, temperature, cid, created, re
         yield "data: [DONE]\n\n"
     except EngineError as e:
         yield f"data: {json.dumps({'error': {'type': 'engine_unavailable', 'message': str(e)}})}\n\n"
-    finally:
-        service.generations.release()
 
 
 def load_service(settings: Settings, metrics: Metrics, batching: bool = True) -> SugarService:

@@ -219,7 +219,28 @@ def test_backpressure_429(tiny_ckpt, tmp_path):
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         r = c.post("/generate", json={"query": text_sample("a"), "retrieval": {"enabled": False}})
         assert r.status_code == 429 and "generation queue full" in r.json()["error"]["message"]
+        # streams are admitted before the response starts: a full queue is a 429 for them too
+        for path, body in (("/generate", {"query": text_sample("a"), "stream": True,
+                                          "retrieval": {"enabled": False}}),
+                           ("/v1/chat/completions", {"model": "sugar", "stream": True,
+                                                     "messages": [{"role": "user", "content": "a"}],
+                                                     "retrieval": {"enabled": False}})):
+            r = c.post(path, json=body)
+            assert r.status_code == 429 and r.headers["retry-after"] == "1", (path, r.text)
+            assert "generation queue full" in r.json()["error"]["message"]
         assert c.post("/embed", json={"samples": [text_sample("a")]}).status_code == 200
+
+
+def test_stream_releases_its_generation_slot(tiny_ckpt, tmp_path):
+    """One slot: two streams in a row both get 200 (the first released its slot)."""
+    seed_index(tmp_path / "ix", tiny_ckpt, n=2)
+    app = create_app(settings_for(tiny_ckpt, tmp_path / "ix", gen_queue_size=1))
+    with TestClient(app) as c:
+        for _ in range(2):
+            r = c.post("/generate", json={"query": text_sample("a"), "stream": True, "max_tokens": 2,
+                                          "retrieval": {"enabled": False}})
+            assert r.status_code == 200 and '"done": true' in r.text
+        assert app.state.service.generations.active == 0
 
 
 def test_poisoned_engine_turns_ready_red_and_generate_503(client, app_and_client):
