@@ -47,18 +47,59 @@ def test_bench_kernels_quick_writes_json(tmp_path, capsys):
 
 
 def test_serve_default_home_indexes_the_builtin_collection(tiny_ckpt, tmp_path, monkeypatch):
-    import shutil
-
     from index import DocumentIndex
+    from model.sugar import read_sugar_config
     from sugar_cli.main import ensure_default
 
     home = tmp_path / "home"
-    shutil.copytree(tiny_ckpt, home / "checkpoints" / "tiny")  # trained already: no training here
-    ckpt, index = ensure_default(home)
-    assert ckpt == home / "checkpoints" / "tiny"
+    ckpt, index = ensure_default(home, tiny_ckpt)
+    assert ckpt == tiny_ckpt
+    # one index per embedding version: a new shipped checkpoint never meets an old index
+    assert index == home / "index" / f"default-{read_sugar_config(tiny_ckpt).embedding_version}"
     idx = DocumentIndex(index)
     assert idx.count() >= 500 and idx.verify()[0]
     assert idx.get("house-" + idx.get(idx.list_ids(0, 1)[0]).metadata["house"].lower()) is not None
+
+
+@pytest.mark.parametrize("damage", ["missing_dir", "missing_weights", "truncated_weights",
+                                    "corrupt_config", "missing_heads"])
+def test_default_checkpoint_damage_is_an_error_naming_the_file_and_the_rebuild(
+        tiny_ckpt, tmp_path, damage):
+    import shutil
+
+    from sugar_cli.main import ensure_default
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, ck)
+    weights = ck / "backbone" / "model.safetensors"
+    named = {"missing_dir": ck, "missing_weights": weights, "truncated_weights": weights,
+             "corrupt_config": ck / "sugar_config.json", "missing_heads": ck / "heads.safetensors"}[damage]
+    if damage == "missing_dir":
+        shutil.rmtree(ck)
+    elif damage == "missing_weights" or damage == "missing_heads":
+        named.unlink()
+    elif damage == "truncated_weights":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    else:
+        named.write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        ensure_default(tmp_path / "home", ck)
+    msg = str(e.value)
+    assert str(named) in msg and "sugar train --preset shipped" in msg
+    assert not (tmp_path / "home" / "index").exists()  # nothing trained or indexed behind the user's back
+
+
+def test_shipped_checkpoint_is_intact_and_small():
+    """The checkpoint in the package: every file present and readable, <= 25 MB."""
+    from model.sugar import DEFAULT_CHECKPOINT, check_checkpoint
+
+    cfg = check_checkpoint(DEFAULT_CHECKPOINT)
+    assert cfg.embedding_version
+    size = sum(f.stat().st_size for f in DEFAULT_CHECKPOINT.rglob("*") if f.is_file())
+    assert size <= 25 * 1024 * 1024
+    for f in ("training.json", "metrics.jsonl", "loss_curves.png", "eval/eval.json", "eval/eval.md"):
+        assert (DEFAULT_CHECKPOINT / f).is_file(), f
 
 
 def test_serve_refuses_to_start_without_a_checkpoint(tmp_path, monkeypatch):
