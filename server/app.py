@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -149,7 +149,7 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
         return error(503, "engine_unavailable", str(exc))
 
     # ------------------------------------------------------------ probes
-    @app.get("/health", response_model=P.Health, tags=["probes"])
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=P.Health, tags=["probes"])
     async def health() -> P.Health:
         return P.Health(status="ok")
 
@@ -233,7 +233,8 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
 
     @app.put("/documents/{doc_id}", response_model=P.DocumentAck, tags=["documents"],
              responses={422: {"model": P.ErrorBody}})
-    async def put_document(doc_id: str, doc: P.SampleIn, service: Svc) -> P.DocumentAck:
+    async def put_document(doc_id: Annotated[str, Path(pattern=P.ID_PATTERN)], doc: P.SampleIn,
+                           service: Svc) -> P.DocumentAck:
         if doc.id is not None and doc.id != doc_id:
             raise BadRequest("id", f"body id {doc.id!r} differs from the path id {doc_id!r}")
         raw = {**doc.raw(), "id": doc_id}
@@ -272,12 +273,20 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
         return P.DocumentAck(id=doc_id, status="deleted")
 
     # ------------------------------------------------------------ OpenAI-compatible
+    def model_card(service: SugarService) -> dict:
+        return {"id": settings.served_model_name, "object": "model", "created": 0, "owned_by": "sugar",
+                "max_model_len": service.engine.max_context(),
+                "embedding_version": service.model.embedding_version}
+
     @app.get("/v1/models", tags=["openai"])
     async def models(service: Svc) -> dict:
-        return {"object": "list", "data": [{
-            "id": settings.served_model_name, "object": "model", "created": 0, "owned_by": "sugar",
-            "max_model_len": service.engine.max_context(),
-            "embedding_version": service.model.embedding_version}]}
+        return {"object": "list", "data": [model_card(service)]}
+
+    @app.get("/v1/models/{model_id}", tags=["openai"], responses={404: {"model": P.ErrorBody}})
+    async def model(model_id: str, service: Svc) -> dict:
+        if model_id != settings.served_model_name:
+            raise NotFound(f"model {model_id!r} is not served here (served: {settings.served_model_name!r})")
+        return model_card(service)
 
     @app.post("/v1/embeddings", tags=["openai"])
     async def embeddings(req: P.EmbeddingsRequest, service: Svc) -> dict:
@@ -307,7 +316,7 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         retrieved_docs = [{"id": h.id, "score": h.score} for h in plan.used]
         if req.stream:
-            include_usage = bool((req.model_extra or {}).get("stream_options", {}) or {})
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return sse(service, lambda: openai_stream(service, plan, max_tokens, temperature, cid, created,
                                                       retrieved_docs, include_usage, metrics))
         t1 = time.perf_counter()
@@ -397,7 +406,8 @@ async def chat_inputs(service: SugarService, req: P.ChatCompletionRequest):
                 else:
                     raise BadRequest(f"{where}[{j}]", f"unsupported content part {part.type!r}")
             raw = {"slices": slices}
-        converted.append((m.role, await asyncio.to_thread(service.parse, raw, where)))
+        role = "system" if m.role == "developer" else m.role
+        converted.append((role, await asyncio.to_thread(service.parse, raw, where)))
     last_user = max((i for i, (r, _) in enumerate(converted) if r == "user"), default=None)
     if last_user is None:
         raise BadRequest("messages", "no user message")

@@ -9,7 +9,55 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+# Document ids: what a URL path segment carries unescaped and a file name can hold;
+# no "/", no leading "." (no "..", no hidden names). Enforced where ids are created.
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,255}$"
+INT64 = (-(2**63), 2**63 - 1)
+# below this a temperature is greedy decoding (vLLM's sampling epsilon): logits / 1e-100
+# overflow to inf/nan, and no sampler tells such temperatures apart from 0
+TEMPERATURE_FLOOR = 1e-5
+
+
+def _check_text(value: str) -> str:
+    """Text must be encodable as UTF-8: JSON allows lone surrogates (\\ud800), tokenizers do not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text holds an unpaired surrogate at character {e.start} "
+                         "(not valid Unicode; send UTF-8 text)") from None
+    return value
+
+
+def _check_json(value: Any, where: str = "") -> Any:
+    """Metadata and filters: UTF-8 strings (keys too) and integers that fit SQLite's int64."""
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            raise ValueError(f"integer {value} at {where or 'value'} is out of the int64 range")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k)
+            _check_json(v, f"{where}.{k}" if where else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json(v, f"{where}[{i}]")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_check_text)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+
+
+def _temperature_floor(value: float | None) -> float | None:
+    return 0.0 if value is not None and value < TEMPERATURE_FLOOR else value
+
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0), AfterValidator(_temperature_floor)]
 
 
 class Strict(BaseModel):
@@ -18,7 +66,7 @@ class Strict(BaseModel):
 
 class TextSlice(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImageSlice(Strict):
@@ -32,9 +80,9 @@ SliceIn = Annotated[TextSlice | ImageSlice, Field(discriminator="type")]
 
 
 class SampleIn(Strict):
-    id: str | None = Field(default=None, min_length=1, max_length=512)
+    id: str | None = Field(default=None, pattern=ID_PATTERN)
     slices: list[SliceIn]
-    metadata: dict[str, Any] | None = None
+    metadata: JsonObject | None = None
 
     def raw(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -66,14 +114,14 @@ class EmbedResponse(BaseModel):
 class RetrievalOptions(Strict):
     enabled: bool = True
     k: int | None = Field(default=None, ge=0)
-    filters: dict[str, Any] | None = None
+    filters: JsonObject | None = None
 
 
 class RetrieveRequest(Strict):
     query: SampleIn
     k: int = Field(default=5, ge=1)
     k_prime: int | None = Field(default=None, ge=1)
-    filters: dict[str, Any] | None = None
+    filters: JsonObject | None = None
     images: Literal["url", "base64"] = "url"
 
 
@@ -99,7 +147,7 @@ class RetrieveResponse(BaseModel):
 class GenerateRequest(Strict):
     query: SampleIn
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    temperature: Temperature = 0.0
     stream: bool = False
     retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions)
 
@@ -172,8 +220,21 @@ class ChatContentPart(Loose):
 
 
 class ChatMessage(Loose):
-    role: Literal["system", "user", "assistant"]
+    # "developer" is OpenAI's newer name for "system" and is treated as one
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ChatContentPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _utf8(cls, v: str | list[ChatContentPart] | None):
+        # after the union is resolved, so the error names the text, not a union branch
+        for text in [v] if isinstance(v, str) else [p.text for p in v or [] if p.text is not None]:
+            _check_text(text)
+        return v
+
+
+class StreamOptions(Loose):
+    include_usage: bool = False
 
 
 class ChatCompletionRequest(Loose):
@@ -181,12 +242,14 @@ class ChatCompletionRequest(Loose):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature: Temperature | None = None
+    n: int = Field(default=1, ge=1, le=1, description="one choice per request (n > 1 is not offered)")
     stream: bool = False
+    stream_options: StreamOptions | None = None
     retrieval: RetrievalOptions | None = None
 
 
 class EmbeddingsRequest(Loose):
     model: str | None = None
-    input: str | list[str] | list[SampleIn]
+    input: Text | list[Text] | list[SampleIn]
     encoding_format: Literal["float", "base64"] = "float"

@@ -1,0 +1,129 @@
+"""Hostile input (issue #11): each request is refused with a 4xx naming the problem,
+innocent requests beside it are unharmed, and the server stays healthy after."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from tests.server_fixtures import seed_index, settings_for
+
+SURROGATE = "a\ud800b"  # valid JSON ("a\\ud800b"), not valid Unicode
+
+
+def text_sample(t, **kw):
+    return {"slices": [{"type": "text", "text": t}], **kw}
+
+
+def post_raw(c, path, body: dict, method="post"):
+    """Send JSON with lone surrogates escaped the way a JSON client would."""
+    data = json.dumps(body, ensure_ascii=True)
+    return getattr(c, method)(path, content=data, headers={"content-type": "application/json"})
+
+
+@pytest.fixture(scope="module")
+def client(tiny_ckpt, tmp_path_factory):
+    ix = tmp_path_factory.mktemp("hostile") / "ix"
+    seed_index(ix, tiny_ckpt)
+    with TestClient(create_app(settings_for(tiny_ckpt, ix, ready_cache_s=0))) as c:
+        yield c
+
+
+def assert_422(r, field_part: str, message_part: str) -> None:
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert field_part in json.dumps(err.get("field", "")) + err["message"], err
+    assert message_part in err["message"], err
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/embed", {"samples": [text_sample(SURROGATE)]}),
+    ("/retrieve", {"query": text_sample(SURROGATE)}),
+    ("/generate", {"query": text_sample(SURROGATE)}),
+    ("/v1/embeddings", {"input": SURROGATE}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": SURROGATE}]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": SURROGATE}]}]}),
+])
+def test_lone_surrogates_are_a_422_not_a_500(client, path, body):
+    r = post_raw(client, path, body)
+    assert_422(r, "", "surrogate")
+    assert client.get("/health").status_code == 200
+
+
+def test_a_bad_request_never_fails_the_batch_beside_it(client):
+    def good(i):
+        return client.post("/embed", json={"samples": [text_sample(f"innocent {i}")]}).status_code
+
+    def bad(_):
+        return post_raw(client, "/embed", {"samples": [text_sample(SURROGATE)]}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(bad if i % 5 == 0 else good, i) for i in range(30)]
+        codes = [f.result() for f in futures]
+    assert codes == [422 if i % 5 == 0 else 200 for i in range(30)]
+
+
+def test_metadata_with_surrogates_is_refused_and_nothing_is_stored(client):
+    r = post_raw(client, "/documents/meta-x", text_sample("hello", metadata={"k": "v\ud800"}), method="put")
+    assert_422(r, "metadata", "surrogate")
+    assert client.get("/documents/meta-x").status_code == 404
+    r = post_raw(client, "/documents/meta-x", text_sample("hello", metadata={"k\ud800": 1}), method="put")
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("bad_id", ["a/b", "..", "../../etc/passwd", ".hidden", "a b", "", "x" * 300])
+def test_document_ids_follow_one_grammar(client, bad_id):
+    r = client.post("/documents", json=text_sample("doc", id=bad_id))
+    assert r.status_code == 422, (bad_id, r.text)
+    assert "id" in json.dumps(r.json()["error"])
+    assert client.get("/documents", params={"limit": 1000}).json()["ids"].count(bad_id) == 0
+
+
+def test_good_ids_work_end_to_end(client):
+    for doc_id in ("house-vyd", "page_1.v2", "user@example:7+1"):
+        assert client.put(f"/documents/{doc_id}", json=text_sample("doc")).status_code == 200
+        assert client.get(f"/documents/{doc_id}").json()["id"] == doc_id
+        assert client.delete(f"/documents/{doc_id}").status_code == 200
+
+
+def test_filter_values_beyond_int64_are_a_422(client):
+    for path, body in (("/retrieve", {"query": text_sample("x"), "filters": {"n": 2**63}}),
+                       ("/generate", {"query": text_sample("x"), "retrieval": {"filters": {"n": -(2**63) - 1}}}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                 "retrieval": {"filters": {"n": 2**64}}})):
+        assert_422(client.post(path, json=body), "filters", "int64")
+    ok = client.post("/retrieve", json={"query": text_sample("x"), "filters": {"n": 2**63 - 1}})
+    assert ok.status_code == 200 and ok.json()["results"] == []
+
+
+def test_a_vanishing_temperature_is_greedy_decoding(client):
+    body = {"query": text_sample("x"), "temperature": 1e-100, "max_tokens": 3, "retrieval": {"enabled": False}}
+    r = client.post("/generate", json=body)
+    greedy = client.post("/generate", json={**body, "temperature": 0.0})
+    assert r.status_code == 200 and r.json()["text"] == greedy.json()["text"]
+    r = client.post("/generate", json={**body, "stream": True})
+    assert r.status_code == 200
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1]["done"] is True and events[-1]["finish_reason"] in ("stop", "length")
+
+
+def test_openai_gaps(client):
+    chat = {"model": "sugar", "messages": [{"role": "developer", "content": "Be brief."},
+                                           {"role": "user", "content": "hi"}],
+            "max_tokens": 2, "retrieval": {"enabled": False}}
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    assert_422(client.post("/v1/chat/completions", json={**chat, "n": 2}), "n", "")
+    r = client.post("/v1/chat/completions", json={**chat, "stream": True,
+                                                  "stream_options": {"include_usage": False}})
+    assert r.status_code == 200 and '"usage"' not in r.text
+    r = client.post("/v1/chat/completions", json={**chat, "stream": True,
+                                                  "stream_options": {"include_usage": True}})
+    assert '"usage"' in r.text
+    assert client.get("/v1/models/sugar").json()["id"] == "sugar"
+    r = client.get("/v1/models/gpt-4")
+    assert r.status_code == 404 and "not served" in r.json()["error"]["message"]
+    assert client.head("/health").status_code == 200
