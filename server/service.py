@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from index import DocumentIndex, Embedded, Hit
 from index.embedding import embed_samples
@@ -25,6 +24,7 @@ from model.sugar import SugarModel
 from .batching import EmbeddingBatcher, GenerationLimiter
 from .engine import Engine, EngineError, GenerationResult
 from .settings import Settings
+from .urls import UrlPolicy, UrlRefused
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class SugarService:
         self.batcher = EmbeddingBatcher(self._embed_sync, settings.embed_max_batch, settings.embed_max_wait_ms,
                                         settings.embed_queue_size, enabled=batching, on_batch=on_batch)
         self.generations = GenerationLimiter(settings.gen_queue_size)
+        self.url_policy = UrlPolicy(settings.allow_urls, settings.allow_private_urls)
         self._ready_at = 0.0
         self._ready_error: str | None = "not checked yet"
 
@@ -99,27 +100,26 @@ class SugarService:
             raise SampleError(where, f"cannot read ({e.strerror})") from None
 
     def _fetch_url(self, value: str, where: str) -> bytes:
-        if not self.settings.allow_urls:
-            raise SampleError(where, "image URLs are not allowed (the operator has not allow-listed any)")
-        u = urlparse(value)
-        if u.scheme not in ("http", "https"):
-            raise SampleError(where, f"URL scheme {u.scheme!r} is not allowed")
-        if not any(value.startswith(p) for p in self.settings.allow_urls):
-            raise SampleError(where, "URL is not in the allow-list")
+        """An allow-listed image URL (server/urls.py); upstream details stay out of errors."""
         import httpx
 
         try:
-            with httpx.stream("GET", value, timeout=10.0, follow_redirects=False) as r:
+            url = self.url_policy.check(value)
+        except UrlRefused as e:
+            raise SampleError(where, str(e)) from None
+        failed = SampleError(where, "could not fetch an image from the URL (no redirects are followed)")
+        try:
+            with httpx.stream("GET", url, timeout=10.0, follow_redirects=False) as r:
                 if r.status_code != 200:
-                    raise SampleError(where, f"URL answered {r.status_code}")
+                    raise failed
                 data = b""
                 for chunk in r.iter_bytes():
                     data += chunk
                     if len(data) > self.limits.max_image_bytes:
                         raise SampleError(where, f"image exceeds {self.limits.max_image_bytes} bytes")
                 return data
-        except httpx.HTTPError as e:
-            raise SampleError(where, f"cannot fetch ({type(e).__name__})") from None
+        except httpx.HTTPError:
+            raise failed from None
 
     # ------------------------------------------------------------ embedding
     def _embed_sync(self, samples: list[Sample]) -> list[Embedded]:

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     served_model_name: str = "sugar"
     # what a request may name (never read/fetched unless allow-listed)
     allow_paths: list[Path] = Field(default_factory=list)
-    allow_urls: list[str] = Field(default_factory=list)  # URL prefixes
+    allow_urls: list[str] = Field(default_factory=list)  # http(s)://host[:port][/path] (server/urls.py)
+    allow_private_urls: bool = False  # let allow-listed URLs resolve to loopback/private addresses
     # limits, enforced before work is done
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
@@ -51,6 +52,15 @@ class Settings(BaseSettings):
     gen_timeout_s: float = 120.0
     retrieval_k: int = 3
     ready_cache_s: float = 5.0
+
+    @field_validator("allow_urls")
+    @classmethod
+    def _allow_urls(cls, v: list[str]) -> list[str]:
+        from .urls import AllowedPrefix
+
+        for entry in v:
+            AllowedPrefix.parse(entry)  # a malformed entry stops the start-up, naming itself
+        return v
 
     @field_validator("engine")
     @classmethod

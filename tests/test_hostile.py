@@ -127,3 +127,101 @@ def test_openai_gaps(client):
     r = client.get("/v1/models/gpt-4")
     assert r.status_code == 404 and "not served" in r.json()["error"]["message"]
     assert client.head("/health").status_code == 200
+
+
+# ------------------------------------------------------------------ image URLs (SSRF)
+
+
+@pytest.fixture(scope="module")
+def image_host():
+    """A loopback HTTP server: /img.png is an image, /redirect points elsewhere, the rest 404."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.conftest import make_image, png_bytes
+
+    png = png_bytes(make_image(3))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.path == "/public/img.png":
+                self.send_response(200)
+                self.send_header("content-type", "image/png")
+                self.end_headers()
+                self.wfile.write(png)
+            elif self.path == "/public/redirect":
+                self.send_response(302)
+                self.send_header("location", "/secret")
+                self.end_headers()
+            else:
+                self.send_response(404)
+                self.end_headers()
+                self.wfile.write(b"secret internal status page")
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def url_client(tiny_ckpt, ix, **kw):
+    return TestClient(create_app(settings_for(tiny_ckpt, ix, ready_cache_s=0, **kw)))
+
+
+def embed_url(c, url):
+    return c.post("/embed", json={"samples": [{"slices": [{"type": "image", "url": url}]}]})
+
+
+def test_image_urls_are_parsed_not_prefix_matched(tiny_ckpt, tmp_path, image_host):
+    seed_index(tmp_path / "ix", tiny_ckpt, n=1)
+    port = image_host.rsplit(":", 1)[1]
+    with url_client(tiny_ckpt, tmp_path / "ix", allow_urls=[f"{image_host}/public/"],
+                    allow_private_urls=True) as c:
+        assert embed_url(c, f"{image_host}/public/img.png").status_code == 200
+        refused = {
+            f"http://127.0.0.1@127.0.0.1:{port}/public/img.png": "credentials",
+            f"http://user:pw@127.0.0.1:{port}/public/img.png": "credentials",
+            f"{image_host}/publicity/img.png": "allow-list",       # prefix, not a path segment
+            f"{image_host}/secret": "allow-list",
+            f"http://127.0.0.1:{int(port) + 1}/public/img.png": "allow-list",  # another port
+            f"https://127.0.0.1:{port}/public/img.png": "allow-list",          # another scheme
+            "file:///etc/passwd": "scheme",
+            f"{image_host}/public/redirect": "could not fetch",    # redirects are not followed
+            f"{image_host}/public/missing.png": "could not fetch",
+        }
+        for url, why in refused.items():
+            r = embed_url(c, url)
+            assert r.status_code == 422 and why in r.json()["error"]["message"], (url, r.text)
+            assert "secret" not in r.text and "404" not in r.text and "302" not in r.text
+        assert c.get("/health").status_code == 200
+
+
+def test_allow_listed_urls_to_private_addresses_need_the_operator(tiny_ckpt, tmp_path, image_host):
+    seed_index(tmp_path / "ix", tiny_ckpt, n=1)
+    with url_client(tiny_ckpt, tmp_path / "ix", allow_urls=[f"{image_host}/public/"]) as c:
+        r = embed_url(c, f"{image_host}/public/img.png")
+        assert r.status_code == 422 and "loopback, private" in r.json()["error"]["message"]
+
+
+def test_url_policy_addresses_and_hostnames():
+    from server.urls import UrlPolicy, UrlRefused
+
+    resolved = {"images.local": ["10.0.0.5"], "cdn.example.org": ["93.184.216.34"],
+                "mapped.example.org": ["::ffff:127.0.0.1"]}
+    policy = UrlPolicy(["http://images.local", "https://cdn.example.org/img",
+                        "http://mapped.example.org"], resolver=lambda h, p: resolved[h])
+    assert policy.check("https://cdn.example.org/img/a.png")
+    assert policy.check("https://CDN.example.org:443/img/a.png")
+    for url in ("http://images.local/a.png",                    # private address
+                "http://mapped.example.org/a.png",              # IPv4-mapped loopback
+                "http://images.local.evil.org/a.png",           # a string prefix, another host
+                "http://images.local@127.0.0.1/a.png",          # userinfo
+                "https://cdn.example.org/imgx/a.png",
+                "https://cdn.example.org:8443/img/a.png"):
+        with pytest.raises(UrlRefused):
+            policy.check(url)
+    with pytest.raises(ValueError, match="allow_urls entry"):
+        UrlPolicy(["images.local"])
