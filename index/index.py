@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -90,16 +91,24 @@ class DocumentIndex:
         settings: VectorSettings | None = None,
         kernel: KernelSettings | None = None,
         snapshot_every: int = 1000,
+        repair: bool = False,
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.store = DocumentStore(self.path / STORE_FILE)
+        self.repair = repair
         self.settings = settings or VectorSettings()
         self.snapshot_every = snapshot_every
         self._writes_since_snapshot = 0
         self._maintenance = threading.Lock()
-        self._init_meta(dim, embedding_version, kernel)
-        self.vectors = self._open_vectors()
+        try:
+            self.store = DocumentStore(self.path / STORE_FILE)
+            self._init_meta(dim, embedding_version, kernel)
+            self.vectors = self._open_vectors()
+        except sqlite3.DatabaseError as e:
+            raise IndexError_(
+                f"{self.path / STORE_FILE}: not a readable SQLite database ({e}); the store is the "
+                "source of truth and cannot be rebuilt from FAISS: restore the index directory from "
+                "a backup (README: backing up an index)") from None
 
     # ------------------------------------------------------------ open
     def _init_meta(self, dim: int | None, version: str | None, kernel: KernelSettings | None) -> None:
@@ -136,6 +145,17 @@ class DocumentIndex:
             return self._rebuild_from_store("no snapshot yet" if self.store.count() else None)
         except ValueError as e:
             return self._rebuild_from_store(f"snapshot rejected: {e}")
+        last = self.store.last_seq()
+        if seq > last:
+            # the snapshot has seen commits the store no longer has (e.g. its -wal file was
+            # deleted): acknowledged documents are gone, so never come up as if all were well
+            if not self.repair:
+                raise IndexError_(
+                    f"{self.path / STORE_FILE}: behind its FAISS snapshot (store change {last} < "
+                    f"snapshot change {seq}): the store lost committed writes (a deleted -wal file?). "
+                    f"Restore the directory from a backup, or accept the loss with "
+                    f"`sugar index rebuild --index {self.path}`")
+            return self._rebuild_from_store(f"store behind the snapshot ({last} < {seq}), repair requested")
         changes = self.store.changes_after(seq)
         if changes:
             adds = [fid for _, op, fid in changes if op == "add"]
@@ -147,6 +167,8 @@ class DocumentIndex:
             if new:
                 vi.add(np.array(new, np.int64), np.stack([live[f] for f in new]))
             logger.info("%s: replayed %d changes committed after the snapshot", self.path, len(changes))
+        if vi.ids() != self.store.fids(self.embedding_version):
+            return self._rebuild_from_store("snapshot and store hold different documents after replay")
         return vi
 
     def _rebuild_from_store(self, reason: str | None) -> VectorIndex:

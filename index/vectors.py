@@ -223,8 +223,12 @@ class VectorIndex:
             raise FileNotFoundError(f"{idx_f}: no snapshot")
         try:
             meta = json.loads(meta_f.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{meta_f}: corrupt ({e})") from None
+        fields = {"bytes": int, "sha256": str, "dim": int, "kind": str, "seq": int}
+        if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) for k, t in fields.items()):
+            raise ValueError(f"{meta_f}: not a snapshot description (expected an object with "
+                             f"{sorted(fields)})")
         blob = idx_f.read_bytes()
         if len(blob) != meta.get("bytes") or hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
             raise ValueError(f"{idx_f}: checksum mismatch ({len(blob)} bytes, expected {meta.get('bytes')})")

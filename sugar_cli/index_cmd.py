@@ -67,11 +67,11 @@ def add_parser(sub) -> None:
     re.set_defaults(func=cmd_reembed)
 
 
-def _open(path: Path):
+def _open(path: Path, repair: bool = False):
     from index import DocumentIndex, IndexError_
 
     try:
-        return DocumentIndex(path)
+        return DocumentIndex(path, repair=repair)
     except IndexError_ as e:
         raise SystemExit(f"sugar index: {e}") from None
 
@@ -179,7 +179,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    idx = _open(args.index)
+    idx = _open(args.index, repair=True)  # the recovery command: rebuilds whatever the snapshot says
     idx.rebuild(args.type)
     idx.close()
     print(f"rebuilt: {idx.stats()['type']}, {idx.count()} documents")

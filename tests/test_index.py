@@ -322,3 +322,45 @@ def test_writers_racing_on_the_same_ids_keep_faiss_and_store_equal(tmp_path, mon
         d = reopened.get(doc_id)
         hits = reopened.search(Embedded(d.vectors, d.summary), k=3)
         assert doc_id in [h.id for h in hits]
+
+
+@pytest.mark.parametrize("meta", ["[]", "{}", '{"bytes": "x", "sha256": 1}', "\x00\xff"])
+def test_damaged_snapshot_description_is_rebuilt_not_a_crash(tmp_path, caplog, meta):
+    idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1")
+    idx.add(docs(12), version="v1")
+    idx.close()
+    (tmp_path / "ix" / "faiss.meta.json").write_text(meta, errors="surrogateescape")
+    caplog.set_level(logging.WARNING, logger="index.index")
+    again = DocumentIndex(tmp_path / "ix")
+    assert "rebuilding the vector index from the store" in caplog.text
+    assert again.vectors.count == 12 and again.verify()[0]
+
+
+def test_truncated_store_is_refused_naming_the_file(tmp_path):
+    idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1")
+    idx.add(docs(200, with_image=True), version="v1")
+    idx.close()
+    store = tmp_path / "ix" / "store.sqlite"
+    store.write_bytes(store.read_bytes()[: 4096 * 3])
+    with pytest.raises(IndexError_, match="store.sqlite: not a readable SQLite database.*backup"):
+        DocumentIndex(tmp_path / "ix")
+
+
+def test_store_behind_its_snapshot_is_refused_then_repaired_on_request(tmp_path):
+    """What deleting the -wal file of a running server leaves: a snapshot that has seen
+    commits the store no longer holds. Never opened as if nothing happened."""
+    import shutil
+
+    idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1", snapshot_every=5)
+    idx.add(docs(20), version="v1")
+    idx.add(docs(20, seed=1), version="v1")
+    for _ in range(4):
+        idx.add(docs(1, seed=_ + 2), version="v1")  # 5 writes: a snapshot at the latest change
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    for name in ("store.sqlite", "faiss.index", "faiss.meta.json"):  # no -wal, no -shm
+        shutil.copy(tmp_path / "ix" / name, lost / name)
+    with pytest.raises(IndexError_, match="behind its FAISS snapshot.*sugar index rebuild"):
+        DocumentIndex(lost, dim=D, embedding_version="v1")
+    repaired = DocumentIndex(lost, dim=D, embedding_version="v1", repair=True)
+    assert repaired.verify()[0] and repaired.vectors.count == repaired.count()
