@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +64,16 @@ class KernelSettings:
 
 @dataclass
 class Hit:
+    """A search result with the stored document it was scored on (read once, in the
+    search itself: callers never re-read it, and a document deleted after the search
+    is still the one that was ranked)."""
+
     id: str
     score: float
     ann_score: float
     metadata: dict[str, Any]
     fid: int
+    document: StoredDocument | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "score": self.score, "ann_score": self.ann_score, "metadata": self.metadata}
@@ -92,10 +97,14 @@ class DocumentIndex:
         kernel: KernelSettings | None = None,
         snapshot_every: int = 1000,
         repair: bool = False,
+        inspect: bool = False,
     ) -> None:
+        """`repair`: accept a store behind its snapshot and rebuild (the recovery command).
+        `inspect`: open as found, without rebuilding a snapshot that disagrees with the
+        store, so `verify` can report it (the server and writers rebuild instead)."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.repair = repair
+        self.repair, self.inspect = repair, inspect
         self.settings = settings or VectorSettings()
         self.snapshot_every = snapshot_every
         self._writes_since_snapshot = 0
@@ -167,7 +176,7 @@ class DocumentIndex:
             if new:
                 vi.add(np.array(new, np.int64), np.stack([live[f] for f in new]))
             logger.info("%s: replayed %d changes committed after the snapshot", self.path, len(changes))
-        if vi.ids() != self.store.fids(self.embedding_version):
+        if not self.inspect and vi.ids() != self.store.fids(self.embedding_version):
             return self._rebuild_from_store("snapshot and store hold different documents after replay")
         return vi
 
@@ -276,8 +285,12 @@ class DocumentIndex:
         filters: dict[str, Any] | None = None,
         rerank: bool = True,
         exact_filter_limit: int = 20_000,
+        with_images: bool = False,
     ) -> list[Hit]:
-        """Top-k documents: ANN on g, then GA rerank over slice vectors (`rerank`)."""
+        """Top-k documents: ANN on g, then GA rerank over slice vectors (`rerank`).
+
+        Each hit carries its StoredDocument (`with_images`: image bytes loaded for the
+        top k only); candidates deleted between the ANN step and the read are skipped."""
         if query.summary.shape != (self.dim,) or query.vectors.shape[1] != self.dim:
             raise IndexError_(f"query dimension {query.summary.shape[-1]} does not match the index ({self.dim})")
         if k <= 0:
@@ -302,10 +315,14 @@ class DocumentIndex:
             scores = self.rerank(query, [docs[f] for f, _ in cands])
         else:
             scores = [s for _, s in cands]
-        hits = [Hit(docs[f].id, float(sc), float(ann), docs[f].metadata, f)
+        hits = [Hit(docs[f].id, float(sc), float(ann), docs[f].metadata, f, docs[f])
                 for (f, ann), sc in zip(cands, scores, strict=True)]
         hits.sort(key=lambda h: -h.score)
-        return hits[:k]
+        hits = hits[:k]
+        if with_images:
+            for h in hits:
+                self.store.load_images(h.document)  # type: ignore[arg-type]
+        return hits
 
     def _exact(self, q: np.ndarray, fids: list[int], k: int) -> list[tuple[int, float]]:
         vecs = self.store.summaries_of(fids)

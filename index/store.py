@@ -229,10 +229,14 @@ class DocumentStore:
             summary=np.frombuffer(summary, np.float32), embedding_version=version,
         )
         if with_images:
-            for s in doc.slices:
-                if s["type"] == "image" and s["hash"] not in doc.images:
-                    doc.images[s["hash"]] = self.blob(s["hash"])
+            self.load_images(doc)
         return doc
+
+    def load_images(self, doc: StoredDocument) -> None:
+        """Fill `doc.images` (blobs are content-addressed and outlive their documents)."""
+        for s in doc.slices:
+            if s["type"] == "image" and s["hash"] not in doc.images:
+                doc.images[s["hash"]] = self.blob(s["hash"])
 
     _COLS = "fid, id, metadata, slices, n_slices, vectors, summary, embedding_version"
 

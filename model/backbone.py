@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -198,6 +199,10 @@ class LlavaBackbone(Backbone):
         self.image_token = processor.image_token
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self._tokens_per_image = self._count_image_tokens()
+        # a fast tokenizer keeps its padding/truncation state on the Rust object: two
+        # threads tokenising at once can pad with each other's settings ("expected
+        # sequence of length 13 ... got 18"); every tokenizer/processor call holds this
+        self.lock = threading.RLock()
 
     @classmethod
     def from_pretrained(
@@ -257,6 +262,14 @@ class LlavaBackbone(Backbone):
         return text, spans
 
     def encode(self, prompts: Sequence[Prompt], padding_side: str = "right") -> EncodedBatch:
+        with self.lock:
+            return self._encode(prompts, padding_side)
+
+    def prompt_length(self, prompt: Prompt) -> int:
+        with self.lock:
+            return super().prompt_length(prompt)
+
+    def _encode(self, prompts: Sequence[Prompt], padding_side: str) -> EncodedBatch:
         texts, spans = zip(*(self._expand(p) for p in prompts), strict=True)
         tok = self.tokenizer(
             list(texts),

@@ -41,6 +41,9 @@ class SampleLimits:
     max_slices: int = 64
     max_text_chars: int = 16_384
     max_image_pixels: int = 4096 * 4096
+    # the processor resizes the short side to the model's input size, so a 1 x 400,000
+    # image becomes 400,000 x 64 (GBs) before it is cropped: bound the aspect ratio
+    max_image_aspect: float = 20.0
     max_image_bytes: int = 20 * 1024 * 1024
     image_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
@@ -283,6 +286,7 @@ def decode_image(raw: bytes, where: str, limits: SampleLimits = DEFAULT_LIMITS) 
                 )
             if w == 0 or h == 0:
                 raise SampleError(where, "image has no pixels")
+            check_aspect(w, h, where, limits)
             img.seek(0)  # animated images: the first frame
             img.load()
     except SampleError:
@@ -294,12 +298,19 @@ def decode_image(raw: bytes, where: str, limits: SampleLimits = DEFAULT_LIMITS) 
     return to_rgb(img, where, limits)
 
 
+def check_aspect(w: int, h: int, where: str, limits: SampleLimits) -> None:
+    if w and h and max(w, h) / min(w, h) > limits.max_image_aspect:
+        raise SampleError(where, f"image of {w}x{h} pixels has an aspect ratio above the limit of "
+                                 f"{limits.max_image_aspect:g}")
+
+
 def to_rgb(img: Image.Image, where: str, limits: SampleLimits = DEFAULT_LIMITS) -> Image.Image:
     w, h = img.size
     if w * h > limits.max_image_pixels:
         raise SampleError(
             where, f"image of {w}x{h} pixels exceeds the limit of {limits.max_image_pixels}"
         )
+    check_aspect(w, h, where, limits)
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

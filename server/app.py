@@ -23,6 +23,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index import Hit, IndexError_
 from model.sample import Sample, SampleError
@@ -99,9 +100,16 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
                 metrics.observe(route, 413, time.perf_counter() - t0)
                 return error(413, "body_too_large", f"request body of {length} bytes exceeds the limit of "
                              f"{settings.max_body_bytes}", "body")
-        elif request.method in ("POST", "PUT"):
-            body = await request.body()  # chunked: read it, bounded
-            if len(body) > settings.max_body_bytes:
+        if request.method in ("POST", "PUT", "PATCH"):
+            # the whole body within a deadline: a client that declares 100 bytes and sends
+            # 10 gets a 408 instead of holding its connection (and a worker) forever
+            try:
+                body = await asyncio.wait_for(request.body(), settings.body_timeout_s)
+            except asyncio.TimeoutError:
+                metrics.observe(route, 408, time.perf_counter() - t0)
+                return error(408, "request_timeout",
+                             f"request body not received within {settings.body_timeout_s:g} s", "body")
+            if len(body) > settings.max_body_bytes:  # chunked bodies have no Content-Length
                 return error(413, "body_too_large", f"request body exceeds {settings.max_body_bytes} bytes", "body")
         response = await call_next(request)
         metrics.observe(route, response.status_code, time.perf_counter() - t0)
@@ -117,6 +125,15 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
             errs.append({"field": loc, "message": msg})
         first = errs[0] if errs else {"field": "body", "message": "invalid request"}
         return error(422, "invalid_request", f"{first['field']}: {first['message']}", first["field"], errors=errs)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        """FastAPI's own errors (unknown route, wrong method, unparseable body) in our shape."""
+        kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        r = error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
+        for k, v in (exc.headers or {}).items():
+            r.headers[k] = v
+        return r
 
     @app.exception_handler(SampleError)
     async def sample_error(_: Request, exc: SampleError):
@@ -193,8 +210,9 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
               responses={422: {"model": P.ErrorBody}, 429: {"model": P.ErrorBody}})
     async def retrieve(req: P.RetrieveRequest, service: Svc) -> P.RetrieveResponse:
         query = await asyncio.to_thread(service.parse, req.query.raw(), "query")
-        hits = await service.retrieve(query, req.k, req.k_prime, req.filters)
-        return P.RetrieveResponse(results=[await retrieved(service, h, req.images) for h in hits])
+        hits = await service.retrieve(query, req.k, req.k_prime, req.filters,
+                                      with_images=req.images == "base64")
+        return P.RetrieveResponse(results=[retrieved(h, req.images) for h in hits])
 
     @app.post("/generate", response_model=P.GenerateResponse, tags=["native"],
               responses={422: {"model": P.ErrorBody}, 429: {"model": P.ErrorBody},
@@ -373,10 +391,9 @@ def slices_out(d, images: str) -> list[P.SliceOut]:
     return out
 
 
-async def retrieved(service: SugarService, h: Hit, images: str) -> P.RetrievedDocument:
-    d = await service.get_document(h.id)
+def retrieved(h: Hit, images: str) -> P.RetrievedDocument:
     return P.RetrievedDocument(id=h.id, score=h.score, ann_score=h.ann_score, metadata=h.metadata,
-                               slices=slices_out(d, images))
+                               slices=slices_out(h.document, images))
 
 
 def encode_vector(v: np.ndarray, fmt: str):

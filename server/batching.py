@@ -98,10 +98,24 @@ class EmbeddingBatcher:
             self.queued -= len(flat)
             try:
                 out = await loop.run_in_executor(self.pool, self.embed, flat)
-            except Exception as e:  # hand the error to every waiting request
+            except Exception as e:
+                if len(jobs) == 1:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+                    continue
+                # one request's failure must not fail the others: retry each alone,
+                # so only the request that fails on its own gets the error
+                logger.warning("embedding batch of %d requests failed (%s): retrying them one by one",
+                               len(jobs), e)
                 for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
+                    try:
+                        res = await loop.run_in_executor(self.pool, self.embed, list(j.samples))
+                    except Exception as e1:  # noqa: BLE001 - handed to that request
+                        if not j.future.done():
+                            j.future.set_exception(e1)
+                    else:
+                        if not j.future.done():
+                            j.future.set_result(res)
                 continue
             if self.on_batch:
                 self.on_batch(len(flat))

@@ -59,6 +59,7 @@ class SugarService:
         self.limits = SampleLimits(
             max_slices=settings.max_slices, max_text_chars=settings.max_text_chars,
             max_image_pixels=settings.max_image_pixels, max_image_bytes=settings.max_image_bytes,
+            max_image_aspect=settings.max_image_aspect,
             image_formats=tuple(f.upper() for f in settings.image_formats),
         )
         self.batcher = EmbeddingBatcher(self._embed_sync, settings.embed_max_batch, settings.embed_max_wait_ms,
@@ -78,8 +79,32 @@ class SugarService:
 
     # ------------------------------------------------------------ input
     def parse(self, raw: dict[str, Any], where: str) -> Sample:
-        return Sample.from_dict(raw, limits=self.limits, resolve_path=self._read_path,
-                                resolve_url=self._fetch_url, where=where)
+        sample = Sample.from_dict(raw, limits=self.limits, resolve_path=self._read_path,
+                                  resolve_url=self._fetch_url, where=where)
+        self._check_tokens(sample, where)
+        return sample
+
+    def _check_tokens(self, sample: Sample, where: str) -> None:
+        """Bound a sample by what it costs: its embedding prompt's tokens, counted by the
+        tokenizer, within `max_input_tokens` (default: the model's context). A text too
+        long to fit even at the longest token is refused without tokenising it."""
+        from model.prompts import embedding_prompt
+
+        bb = self.model.backbone
+        limit = min(self.settings.max_input_tokens or bb.max_positions, bb.max_positions)
+        chars = sum(len(s.text or "") for s in sample.slices)
+        if chars > limit * self._longest_token:
+            raise SampleError(where, f"{chars} characters cannot fit in {limit} tokens (the input limit)")
+        n = bb.prompt_length(embedding_prompt(sample, self.model.config.prompts))
+        if n > limit:
+            raise SampleError(where, f"{n} tokens exceed the input limit of {limit}")
+
+    @property
+    def _longest_token(self) -> int:
+        if not hasattr(self, "_longest"):
+            tok = self.model.backbone.tokenizer
+            self._longest = max(len(tok.convert_tokens_to_string([t])) for t in tok.get_vocab())
+        return self._longest
 
     def _read_path(self, value: str, where: str) -> bytes:
         if not self.settings.allow_paths:
@@ -140,13 +165,14 @@ class SugarService:
 
     # ------------------------------------------------------------ retrieval
     async def retrieve(self, query: Sample, k: int, k_prime: int | None = None,
-                       filters: dict[str, Any] | None = None) -> list[Hit]:
+                       filters: dict[str, Any] | None = None, with_images: bool = False) -> list[Hit]:
+        """Ranked hits, each with its stored document (one read, inside the search)."""
         if k > self.settings.max_k:
             raise BadRequest("k", f"{k} exceeds the limit of {self.settings.max_k}")
         if k_prime is not None and k_prime > 10 * self.settings.max_k:
             raise BadRequest("k_prime", f"{k_prime} exceeds the limit of {10 * self.settings.max_k}")
         [emb] = await self.embed([query])
-        return await asyncio.to_thread(self.index.search, emb, k, k_prime, filters)
+        return await asyncio.to_thread(self.index.search, emb, k, k_prime, filters, with_images=with_images)
 
     # ------------------------------------------------------------ generation
     def max_tokens(self, requested: int | None) -> int:
@@ -163,9 +189,13 @@ class SugarService:
         hits: list[Hit] = []
         k = self.settings.retrieval_k if k is None else k
         if retrieval and k > 0:
-            hits = await self.retrieve(query, k, None, filters)
+            hits = await self.retrieve(query, k, None, filters, with_images=True)
         retrieval_ms = (time.perf_counter() - t0) * 1e3
-        docs = await asyncio.to_thread(lambda: [self.index.get(h.id).to_sample() for h in hits])  # type: ignore[union-attr]
+        # decoding images and tokenising prompts is CPU work: off the event loop
+        return await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)
+
+    def _fit(self, history, query: Sample, hits: list[Hit], max_tokens: int, retrieval_ms: float) -> RagPlan:
+        docs = [h.document.to_sample() for h in hits]  # type: ignore[union-attr]
         budget = self.engine.max_context() - max_tokens
         fmt = self.model.config.prompts
         used = len(hits)

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     allow_private_urls: bool = False  # let allow-listed URLs resolve to loopback/private addresses
     # limits, enforced before work is done
     max_body_bytes: int = 32 * 1024 * 1024
+    body_timeout_s: float = 30.0  # the whole request body must arrive within this
     max_image_pixels: int = 4096 * 4096
+    max_image_aspect: float = 20.0  # longer side / shorter side
     max_image_bytes: int = 16 * 1024 * 1024
     image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
     max_slices: int = 64
@@ -43,6 +45,8 @@ class Settings(BaseSettings):
     max_samples_per_request: int = 64
     max_k: int = 100
     max_tokens_limit: int = 512
+    # tokens of one sample's embedding prompt (images count their tokens); 0: the model's context
+    max_input_tokens: int = 0
     default_max_tokens: int = 64
     # batching and backpressure
     embed_queue_size: int = 256  # queued samples; beyond it: 429

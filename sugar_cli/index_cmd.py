@@ -67,11 +67,11 @@ def add_parser(sub) -> None:
     re.set_defaults(func=cmd_reembed)
 
 
-def _open(path: Path, repair: bool = False):
+def _open(path: Path, repair: bool = False, inspect: bool = False):
     from index import DocumentIndex, IndexError_
 
     try:
-        return DocumentIndex(path, repair=repair)
+        return DocumentIndex(path, repair=repair, inspect=inspect)
     except IndexError_ as e:
         raise SystemExit(f"sugar index: {e}") from None
 
@@ -158,7 +158,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    ok, problems = _open(args.index).verify()
+    ok, problems = _open(args.index, inspect=True).verify()
     if ok:
         print("ok: FAISS and the store agree")
         return 0

@@ -147,9 +147,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve /embed /retrieve /generate and the OpenAI-compatible API")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint (default: $SUGAR_HOME/checkpoints/tiny, "
-                   "trained first if missing)")
-    p.add_argument("--index", type=Path, help="index directory (default: $SUGAR_HOME/index/default, "
+    p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the one shipped in the package, "
+                   "model/default_checkpoint)")
+    p.add_argument("--index", type=Path, help="index directory (default: $SUGAR_HOME/index/default-VERSION, "
                    "built from the built-in collection if missing)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
@@ -160,17 +160,28 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def ensure_default(home: Path) -> tuple[Path, Path]:
-    """The built-in default: train the tiny checkpoint and index the built-in collection if missing."""
+def ensure_default(home: Path, checkpoint: Path | None = None) -> tuple[Path, Path]:
+    """The built-in default: the checkpoint shipped with the package (never trained
+    here: a missing or corrupt file is an error naming it and the command that
+    rebuilds it) and the built-in collection, indexed once per embedding version."""
     from tqdm import tqdm
 
-    ckpt, index = home / "checkpoints" / "tiny", home / "index" / "default"
-    if not (ckpt / "sugar_config.json").is_file():
-        from training.config import preset
-        from training.loop import train
+    from model.sugar import (
+        DEFAULT_CHECKPOINT,
+        DEFAULT_CHECKPOINT_COMMAND,
+        CheckpointError,
+        check_checkpoint,
+    )
 
-        logger.info("no default checkpoint at %s: training the tiny preset (a few minutes)", ckpt)
-        train(preset("tiny"), ckpt, cache_dir=home / "cache" / "teachers")
+    ckpt = checkpoint or DEFAULT_CHECKPOINT
+    try:
+        version = check_checkpoint(ckpt).embedding_version
+    except CheckpointError as e:
+        rebuild = DEFAULT_CHECKPOINT_COMMAND if ckpt == DEFAULT_CHECKPOINT else (
+            f"sugar train --preset shipped --out {ckpt}")
+        raise SystemExit(f"sugar: the default checkpoint is unusable: {e}\n"
+                         f"  rebuild it with: {rebuild}  (or git checkout the shipped files)") from None
+    index = home / "index" / f"default-{version}"
     if not (index / "store.sqlite").is_file():
         from index.embedding import add_samples, open_for_model
         from model.sugar import SugarModel

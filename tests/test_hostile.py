@@ -225,3 +225,127 @@ def test_url_policy_addresses_and_hostnames():
             policy.check(url)
     with pytest.raises(ValueError, match="allow_urls entry"):
         UrlPolicy(["images.local"])
+
+
+# ------------------------------------------------------------------ bounded cost
+
+
+def b64_png(w: int, h: int) -> str:
+    import base64
+
+    from PIL import Image
+
+    from tests.conftest import png_bytes
+
+    return base64.b64encode(png_bytes(Image.new("RGB", (w, h), (200, 10, 10)))).decode()
+
+
+@pytest.mark.parametrize("w,h", [(400_000, 1), (16_777_216, 1), (1, 100_000)])
+def test_extreme_aspect_ratios_are_refused_before_decoding(client, w, h):
+    import time
+
+    body = {"samples": [{"slices": [{"type": "image", "base64": b64_png(w, h)}]}]}
+    t0 = time.perf_counter()
+    r = client.post("/embed", json=body)
+    assert time.perf_counter() - t0 < 2.0
+    assert r.status_code == 422 and ("aspect ratio" in r.text or "exceeds the limit" in r.text), r.text
+    assert client.get("/health").status_code == 200
+
+
+def test_inputs_are_bounded_by_their_tokens(client):
+    import time
+
+    t0 = time.perf_counter()
+    huge = {"samples": [{"slices": [{"type": "text", "text": "漢" * 16_000}] * 2}]}
+    r = client.post("/embed", json=huge)
+    assert time.perf_counter() - t0 < 2.0
+    assert_422(r, "", "input limit")
+    # under the character bound but over the token limit: counted by the tokenizer
+    r = client.post("/embed", json={"samples": [text_sample("zq " * 600)]})
+    assert_422(r, "", "tokens exceed the input limit")
+    assert client.post("/embed", json={"samples": [text_sample("zq " * 50)]}).status_code == 200
+
+
+def test_one_failing_request_in_a_micro_batch_fails_alone():
+    import asyncio
+
+    from server.batching import EmbeddingBatcher
+
+    def embed(samples):
+        if "bad" in samples:
+            raise ValueError("cannot embed 'bad'")
+        return [s.upper() for s in samples]
+
+    async def run():
+        b = EmbeddingBatcher(embed, max_batch=8, max_wait_ms=50)
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit([s]) for s in ("a", "bad", "c", "d")),
+                                        return_exceptions=True)
+        finally:
+            await b.stop()
+
+    out = asyncio.run(run())
+    assert out[0] == ["A"] and out[2] == ["C"] and out[3] == ["D"]
+    assert isinstance(out[1], ValueError)
+
+
+def test_a_slow_client_gets_a_408_not_a_held_connection(tiny_ckpt, tmp_path):
+    import socket
+    import time
+
+    from tests.server_fixtures import free_port, live_server
+
+    seed_index(tmp_path / "ix", tiny_ckpt, n=1)
+    app = create_app(settings_for(tiny_ckpt, tmp_path / "ix", body_timeout_s=1.0))
+    port = free_port()
+    with live_server(app, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"samples\"")
+            t0 = time.perf_counter()
+            reply = s.recv(4096).decode()
+            assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply, reply
+            assert time.perf_counter() - t0 < 5
+
+
+def test_framework_errors_have_the_error_shape(client):
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    r = client.delete("/embed")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+    assert "POST" in r.headers["allow"]
+    r = client.post("/embed", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+
+
+def test_churn_deletes_racing_reads_give_no_5xx(client):
+    """Retrieve, generate and stream while other threads delete and re-add the same ids."""
+    import time
+
+    ids = [f"churn-{i}" for i in range(6)]
+    for d in ids:
+        client.put(f"/documents/{d}", json=text_sample(f"churn document {d}"))
+    stop = time.monotonic() + 4.0
+    codes: list[int] = []
+
+    def reader(i):
+        while time.monotonic() < stop:
+            body = {"query": text_sample("churn document"), "max_tokens": 2, "retrieval": {"k": 10}}
+            codes.append(client.post("/generate", json=body).status_code)
+            codes.append(client.post("/generate", json={**body, "stream": True}).status_code)
+            codes.append(client.post("/retrieve", json={"query": text_sample("churn"), "k": 10}).status_code)
+
+    def writer(i):
+        while time.monotonic() < stop:
+            d = ids[i % len(ids)]
+            codes.append(client.delete(f"/documents/{d}").status_code)
+            codes.append(client.put(f"/documents/{d}", json=text_sample(f"churn {d}")).status_code)
+            i += 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda f: f[0](f[1]), [(reader, i) for i in range(5)] + [(writer, i) for i in range(3)]))
+    assert codes and all(c < 500 for c in codes), sorted(set(codes))
+    assert set(codes) <= {200, 404}
+    ok, problems = client.app.state.service.index.verify()
+    assert ok, problems
