@@ -36,6 +36,10 @@ from .sample import Sample
 
 logger = logging.getLogger(__name__)
 
+# the checkpoint shipped inside the package (trained by `sugar train --preset shipped`)
+DEFAULT_CHECKPOINT = Path(__file__).parent / "default_checkpoint"
+DEFAULT_CHECKPOINT_COMMAND = f"sugar train --preset shipped --out {DEFAULT_CHECKPOINT}"
+
 BACKBONE_DIR = "backbone"
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "sugar_config.json"
@@ -196,6 +200,25 @@ class SugarModel(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
+
+
+def check_checkpoint(path: str | Path) -> SugarConfig:
+    """Every file a checkpoint needs is there and intact (no weights are loaded);
+    raises CheckpointError naming the first file that is missing or corrupt."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(path, "checkpoint directory not found")
+    config = read_sugar_config(path)
+    bdir = path / BACKBONE_DIR
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if not (bdir / name).is_file():
+            raise CheckpointError(bdir / name, "missing")
+    weights = sorted(bdir.glob("*.safetensors"))
+    if not weights:
+        raise CheckpointError(bdir / "model.safetensors", "missing")
+    for f in [*weights, path / HEADS_FILE]:
+        check_safetensors(f)
+    return config
 
 
 def read_sugar_config(path: Path) -> SugarConfig:

@@ -166,7 +166,8 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
         return error(503, "engine_unavailable", str(exc))
 
     # ------------------------------------------------------------ probes
-    @app.api_route("/health", methods=["GET", "HEAD"], response_model=P.Health, tags=["probes"])
+    @app.head("/health", include_in_schema=False)  # load balancers probe with HEAD
+    @app.get("/health", response_model=P.Health, tags=["probes"])
     async def health() -> P.Health:
         return P.Health(status="ok")
 

@@ -259,11 +259,19 @@ class JsonlPools:
         return rng.choice(self.pairs) if self.pairs else None  # type: ignore[return-value]
 
 
-def builtin_documents(seed: int = 7, n_houses: int = 200, n_pages: int = 300) -> list[Sample]:
+BUILTIN_SEED, BUILTIN_HOUSES, BUILTIN_PAGES = 7, 200, 300
+
+
+def builtin_houses() -> list[Knowledge]:
+    """The invented houses of the built-in collection (held-out names)."""
+    return knowledge_base(WorldSplit("test", BUILTIN_SEED), BUILTIN_HOUSES)
+
+
+def builtin_documents() -> list[Sample]:
     """The built-in collection served by default: knowledge documents of invented
     houses (the RAG test's held-out names), interleaved pages, Fashion-MNIST categories."""
-    pools = SyntheticPools("test", seed, 0, n_pages, n_houses, 0)
-    docs = [h.document() for h in pools.houses]
+    pools = SyntheticPools("test", BUILTIN_SEED, 0, BUILTIN_PAGES, 0, 0)
+    docs = [h.document() for h in builtin_houses()]
     docs += [doc for doc, _ in pools.pages]
     if fashion_available():
         docs += [fashion_catalog_doc(k) for k in range(len(FASHION_CLASSES))]
