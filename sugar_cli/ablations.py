@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = [
+    ("seen.retrieval.r@1", "seen ret R@1"), ("seen.minimal_pairs.overall", "seen min-pair"),
+    ("seen.vqa.overall", "seen VQA"),
     ("retrieval.r@1", "ret R@1"), ("retrieval_cosine.r@1", "cos R@1"),
     ("minimal_pairs.overall", "min-pair"), ("vqa.overall", "VQA"), ("vqa.color", "VQA col"),
     ("vqa.count", "VQA cnt"), ("fashion_mnist.vqa", "FMNIST"), ("rag.own_retrieval", "RAG own"),
@@ -46,7 +48,56 @@ def run_ablations(out: Path, preset_name: str, steps: int | None, seeds: int, ev
                 cells.append(f"{np.mean(vals):.3f}±{np.std(vals):.3f}")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
+    claims = claims_table(rows)
     (out / "ablations.md").write_text(
-        f"# Ablations (preset {preset_name}, steps {steps or 'preset'}, seeds {seeds})\n\n{table}\n")
+        f"# Ablations (preset {preset_name}, steps {steps or 'preset'}, seeds {seeds})\n\n{table}\n\n"
+        f"## The paper's claims\n\n{claims}\n")
     (out / "ablations.json").write_text(json.dumps(rows, indent=2) + "\n")
-    return table
+    return table + "\n\n" + claims
+
+
+# (claim, metric, the variant that should win, the variant it is compared with); metrics
+# of the `seen` split (what was learned) unless they say otherwise
+CLAIMS = [
+    ("joint > generative-only on VQA", "seen.vqa.overall", "joint", "gen_only"),
+    ("joint > generative-only on minimal pairs", "seen.minimal_pairs.overall", "joint", "gen_only"),
+    ("joint > discriminative-only on retrieval", "seen.retrieval.r@1", "joint", "disc_only"),
+    ("GA kernel > summary cosine (multi-slice retrieval, trained without GA)",
+     "seen.retrieval.r@1", "joint", "no_ga"),
+    ("GA kernel > summary cosine (same joint model, ranking only)",
+     "seen.retrieval.r@1", "joint", "joint:seen.retrieval_cosine.r@1"),
+    ("triple kernel > none on minimal pairs", "seen.minimal_pairs.overall", "joint", "no_triple"),
+    ("mean pooling > last-token pooling on retrieval", "seen.retrieval.r@1", "joint", "last_token"),
+    ("mean pooling > last-token pooling on minimal pairs", "seen.minimal_pairs.overall", "joint",
+     "last_token"),
+]
+
+
+def _values(rows: dict[str, list[dict]], variant: str, metric: str) -> list[float]:
+    if ":" in variant:  # "variant:other.metric": another metric of the same runs
+        variant, metric = variant.split(":", 1)
+    return [r[metric] for r in rows.get(variant, []) if metric in r]
+
+
+def claims_table(rows: dict[str, list[dict]]) -> str:
+    """mean ± std per cell; "reproduced" only where the gap exceeds twice the larger std."""
+    lines = ["| claim | metric | winner (mean ± std) | other (mean ± std) | gap | verdict |",
+             "|---|---|---|---|---|---|"]
+    for claim, metric, a, b in CLAIMS:
+        va, vb = _values(rows, a, metric), _values(rows, b, metric)
+        if not va or not vb:
+            lines.append(f"| {claim} | {metric} | - | - | - | not run |")
+            continue
+        ma, mb, sa, sb = np.mean(va), np.mean(vb), np.std(va), np.std(vb)
+        gap = ma - mb
+        if len(va) < 2 or len(vb) < 2:
+            verdict = "one seed: no verdict"
+        elif gap > 2 * max(sa, sb):
+            verdict = "reproduced"
+        elif -gap > 2 * max(sa, sb):
+            verdict = "reversed"
+        else:
+            verdict = "not reproduced (within noise)"
+        lines.append(f"| {claim} | {metric} | {a.split(':')[0]} {ma:.3f} ± {sa:.3f} | "
+                     f"{b.replace(':', ' ')} {mb:.3f} ± {sb:.3f} | {gap:+.3f} | {verdict} |")
+    return "\n".join(lines)

@@ -30,9 +30,19 @@ def test_eval_writes_json_report_and_plots(smoke, tmp_path, capsys):
     res = json.loads(js.read_text())
     for group, key in REQUIRED:
         assert 0.0 <= res[group][key] <= 1.0, (group, key)
-    for attr in ("color", "size", "count", "position", "texture"):
-        assert attr in res["minimal_pairs"]
-    assert len(res["position_curve"]) == 5
+    for split in (res, res["seen"]):
+        for attr in ("color", "shape", "size", "count", "position", "texture"):
+            assert attr in split["minimal_pairs"], attr  # every attribute, shape included, both splits
+        assert 0.0 <= split["vqa_blank"]["overall"] <= 1.0
+        for group, key in REQUIRED:
+            assert 0.0 <= split[group][key] <= 1.0, (group, key)
+    assert len(res["position_curve"]) == 5 and len(res["seen"]["position_curve"]) == 5
+    # baselines mirror the result paths: chance everywhere, majority where answers are scored
+    b = res["baselines"]
+    assert b["minimal_pairs"]["color"]["chance"] == 0.25
+    assert b["vqa"]["color"]["chance"] == pytest.approx(1 / 6) and 0 < b["vqa"]["color"]["majority"] <= 1
+    assert b["seen"]["retrieval"]["r@1"]["chance"] < b["seen"]["retrieval"]["r@5"]["chance"]
+    assert {"chance", "majority"} <= b["rag"]["own_retrieval"].keys()
     assert "fashion_mnist" not in res or {"vqa", "retrieval"} <= res["fashion_mnist"].keys()
     for f in ("eval.json", "eval.md", "eval_bars.png", "position_curve.png"):
         assert (tmp_path / "rep" / f).stat().st_size > 100
@@ -52,3 +62,33 @@ def test_rank_metrics_against_hand_computed():
 def test_relevance_is_an_ordered_run():
     assert _contains_run(["a", "b", "c"], ["b", "c"])
     assert not _contains_run(["a", "b", "c"], ["c", "b"])
+
+
+def test_chance_rank_metrics_match_enumeration():
+    import itertools
+
+    from training.evaluate import _chance_rank_metrics
+
+    n, rel = 5, {1, 3}
+    ranks = []
+    for perm in itertools.permutations(range(n)):
+        ranks.append(min(perm.index(j) for j in rel) + 1)
+    exact = _chance_rank_metrics(n, [rel])
+    assert exact["r@1"] == pytest.approx(sum(r <= 1 for r in ranks) / len(ranks))
+    assert exact["r@5"] == pytest.approx(1.0)
+    assert exact["mrr"] == pytest.approx(sum(1 / r for r in ranks) / len(ranks))
+
+
+def test_claims_verdicts():
+    from sugar_cli.ablations import claims_table
+
+    def runs(v):
+        return [{"seen.vqa.overall": x} for x in v]
+
+    for joint, gen, verdict in (([0.5, 0.52, 0.51], [0.3, 0.31, 0.29], "| reproduced |"),
+                                ([0.5, 0.6, 0.4], [0.45, 0.5, 0.4], "not reproduced (within noise)"),
+                                ([0.3, 0.31, 0.29], [0.5, 0.52, 0.51], "| reversed |"),
+                                ([0.5], [0.3], "one seed")):
+        table = claims_table({"joint": runs(joint), "gen_only": runs(gen)})
+        line = next(x for x in table.splitlines() if x.startswith("| joint > generative-only on VQA"))
+        assert verdict in line, line
