@@ -67,6 +67,7 @@ class Backbone(ABC):
     model: Any
     tokenizer: Any
     processor: Any
+    lock: threading.RLock  # held around every tokenizer/processor call (thread safety)
 
     @property
     @abstractmethod

@@ -99,6 +99,12 @@ class SugarService:
         if n > limit:
             raise SampleError(where, f"{n} tokens exceed the input limit of {limit}")
 
+    def count_text_tokens(self, samples: list[Sample]) -> int:
+        """Tokens of the samples' text (OpenAI embeddings `usage`), under the tokenizer lock."""
+        bb = self.model.backbone
+        with bb.lock:
+            return sum(len(bb.tokenizer(s.text())["input_ids"]) for s in samples)
+
     @property
     def _longest_token(self) -> int:
         if not hasattr(self, "_longest"):

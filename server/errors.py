@@ -1,0 +1,101 @@
+"""One error shape for every status, the framework's own included:
+`{"error": {"type", "message", "field"?}}`; and the OpenAPI declarations of those errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from index import IndexError_
+from model.sample import SampleError
+
+from . import protocol as P
+from .batching import Overloaded
+from .engine import EngineError
+from .service import BadRequest, Conflict, NotFound
+
+
+def error(status: int, kind: str, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"type": kind, "message": message}
+    if field is not None:
+        body["field"] = field
+    body.update(extra)
+    return JSONResponse({"error": body}, status_code=status)
+
+
+_DESCRIPTIONS = {
+    400: "malformed request (e.g. an invalid Content-Length)",
+    401: "missing or wrong API key",
+    404: "no such document, image, model or route",
+    405: "method not allowed (see the Allow header)",
+    408: "the request body did not arrive in time",
+    409: "the document id exists",
+    413: "request body too large",
+    422: "invalid request: schema, limits, bad images, refused URLs or paths",
+    429: "queue full: retry after the Retry-After header",
+    503: "generation engine unavailable or timed out",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error statuses, all with the ErrorBody schema."""
+    return {c: {"model": P.ErrorBody, "description": _DESCRIPTIONS[c]} for c in codes}
+
+
+# what the middleware can answer on any route
+COMMON = (400, 401, 408, 413)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def validation(_: Request, exc: RequestValidationError):
+        errs = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e["loc"] if x != "body")
+            msg = e["msg"] if e["type"] != "extra_forbidden" else "unknown field"
+            errs.append({"field": loc, "message": msg})
+        first = errs[0] if errs else {"field": "body", "message": "invalid request"}
+        return error(422, "invalid_request", f"{first['field']}: {first['message']}", first["field"], errors=errs)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        """FastAPI's own errors (unknown route, wrong method, unparseable body) in our shape."""
+        kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        r = error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
+        for k, v in (exc.headers or {}).items():
+            r.headers[k] = v
+        return r
+
+    @app.exception_handler(SampleError)
+    async def sample_error(_: Request, exc: SampleError):
+        return error(422, "invalid_sample", exc.message, exc.field)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest):
+        return error(422, "limit_exceeded", exc.message, exc.field)
+
+    @app.exception_handler(IndexError_)
+    async def index_error(_: Request, exc: IndexError_):
+        return error(422, "index_refused", str(exc))
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound):
+        return error(404, "not_found", exc.args[0])
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, exc: Conflict):
+        return error(409, "conflict", exc.args[0], "id")
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, exc: Overloaded):
+        r = error(429, "overloaded", str(exc))
+        r.headers["Retry-After"] = "1"
+        return r
+
+    @app.exception_handler(EngineError)
+    async def engine_error(_: Request, exc: EngineError):
+        return error(503, "engine_unavailable", str(exc))

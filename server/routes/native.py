@@ -1,0 +1,67 @@
+"""Native inference routes: /embed, /retrieve, /generate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter
+
+from .. import protocol as P
+from ..deps import Mtr, Svc
+from ..errors import COMMON, responses
+from ..streaming import native_stream as _native_stream
+from ..streaming import sse
+from .wire import parse_samples, retrieved
+
+router = APIRouter(tags=["native"])
+SSE = {200: {"content": {"application/json": {}, "text/event-stream": {}},
+             "description": "JSON, or server-sent events with `stream: true`"}}
+
+
+@router.post("/embed", response_model=P.EmbedResponse, responses=responses(*COMMON, 409, 422, 429))
+async def embed(req: P.EmbedRequest, service: Svc, metrics: Mtr) -> P.EmbedResponse:
+    samples = await parse_samples(service, req.samples, "samples")
+    embs = await service.embed(samples)
+    stored: list[str] = []
+    if req.store:
+        stored = await service.store(samples, embs, upsert=req.upsert)
+        metrics.index_documents.set(service.index.count())
+    data = [P.EmbeddingItem(slices=[P.SliceEmbedding(type=s.type, embedding=v.tolist())
+                                    for s, v in zip(sample.slices, e.vectors, strict=True)],
+                            embedding=e.summary.tolist(), id=(stored[i] if stored else sample.id))
+            for i, (sample, e) in enumerate(zip(samples, embs, strict=True))]
+    return P.EmbedResponse(data=data, embedding_version=service.model.embedding_version, stored=stored)
+
+
+@router.post("/retrieve", response_model=P.RetrieveResponse, response_model_exclude_none=True,
+             responses=responses(*COMMON, 422, 429))
+async def retrieve(req: P.RetrieveRequest, service: Svc) -> P.RetrieveResponse:
+    query = await asyncio.to_thread(service.parse, req.query.raw(), "query")
+    hits = await service.retrieve(query, req.k, req.k_prime, req.filters,
+                                  with_images=req.images == "base64")
+    return P.RetrieveResponse(results=[retrieved(h, req.images) for h in hits])
+
+
+@router.post("/generate", response_model=P.GenerateResponse,
+             responses={**SSE, **responses(*COMMON, 422, 429, 503)})
+async def generate(req: P.GenerateRequest, service: Svc, metrics: Mtr):
+    query = await asyncio.to_thread(service.parse, req.query.raw(), "query")
+    max_tokens = service.max_tokens(req.max_tokens)
+    r = req.retrieval
+    t0 = time.perf_counter()
+    plan = await service.plan([], query, max_tokens, r.enabled, r.k, r.filters)
+    if req.stream:
+        return sse(service, lambda: _native_stream(service, plan, max_tokens, req.temperature, t0, metrics))
+    t1 = time.perf_counter()
+    res = await service.generate(plan, max_tokens, req.temperature)
+    gen_s = time.perf_counter() - t1
+    metrics.tokens(res.completion_tokens, gen_s)
+    return P.GenerateResponse(
+        text=res.text, documents=[P.DocumentScore(id=h.id, score=h.score) for h in plan.used],
+        dropped_documents=[P.DocumentScore(id=h.id, score=h.score) for h in plan.dropped],
+        usage=P.Usage(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
+                      total_tokens=res.prompt_tokens + res.completion_tokens),
+        timings={"retrieval_ms": plan.retrieval_ms, "generation_ms": gen_s * 1e3,
+                 "total_ms": (time.perf_counter() - t0) * 1e3},
+        finish_reason=res.finish_reason)

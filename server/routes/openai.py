@@ -1,0 +1,124 @@
+"""OpenAI-compatible routes: /v1/models, /v1/embeddings, /v1/chat/completions.
+
+They accept (and log) fields they do not use, as vLLM does; a feature that is
+not offered (n > 1) is a 422, never a silent change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from fastapi import APIRouter
+
+from model.sample import Sample
+
+from .. import protocol as P
+from ..deps import Cfg, Mtr, Svc
+from ..errors import COMMON, responses
+from ..service import BadRequest, NotFound, SugarService
+from ..settings import Settings
+from ..streaming import openai_stream, sse, usage
+from .native import SSE
+from .wire import encode_vector
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def log_ignored(route: str, req) -> None:
+    extra = sorted((req.model_extra or {}).keys())
+    if extra:
+        logger.info("%s: ignoring fields %s", route, extra)
+
+
+def model_card(settings: Settings, service: SugarService) -> dict:
+    return {"id": settings.served_model_name, "object": "model", "created": 0, "owned_by": "sugar",
+            "max_model_len": service.engine.max_context(),
+            "embedding_version": service.model.embedding_version}
+
+
+@router.get("/models", responses=responses(401))
+async def models(service: Svc, settings: Cfg) -> dict:
+    return {"object": "list", "data": [model_card(settings, service)]}
+
+
+@router.get("/models/{model_id}", responses=responses(401, 404))
+async def model(model_id: str, service: Svc, settings: Cfg) -> dict:
+    if model_id != settings.served_model_name:
+        raise NotFound(f"model {model_id!r} is not served here (served: {settings.served_model_name!r})")
+    return model_card(settings, service)
+
+
+@router.post("/embeddings", responses=responses(*COMMON, 422, 429))
+async def embeddings(req: P.EmbeddingsRequest, service: Svc, settings: Cfg) -> dict:
+    log_ignored("/v1/embeddings", req)
+    items = [req.input] if isinstance(req.input, str) else list(req.input)
+    if not items:
+        raise BadRequest("input", "no input")
+    if len(items) > settings.max_samples_per_request:
+        raise BadRequest("input", f"{len(items)} inputs exceed the limit of {settings.max_samples_per_request}")
+    raws = [{"slices": [{"type": "text", "text": x}]} if isinstance(x, str) else x.raw() for x in items]
+    samples = [await asyncio.to_thread(service.parse, r, f"input[{i}]") for i, r in enumerate(raws)]
+    embs = await service.embed(samples)
+    n_tok = await asyncio.to_thread(service.count_text_tokens, samples)
+    data = [{"object": "embedding", "index": i, "embedding": encode_vector(e.summary, req.encoding_format)}
+            for i, e in enumerate(embs)]
+    return {"object": "list", "data": data, "model": settings.served_model_name,
+            "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}
+
+
+async def chat_inputs(service: SugarService, req: P.ChatCompletionRequest):
+    """(history as (role, parts), the last user message as the retrieval query)."""
+    converted: list[tuple[str, Sample]] = []
+    for i, m in enumerate(req.messages):
+        where = f"messages[{i}].content"
+        if m.content is None or (isinstance(m.content, str) and not m.content.strip()):
+            raise BadRequest(where, "empty message")
+        if isinstance(m.content, str):
+            raw = {"slices": [{"type": "text", "text": m.content}]}
+        else:
+            slices = []
+            for j, part in enumerate(m.content):
+                if part.type == "text" and part.text is not None:
+                    slices.append({"type": "text", "text": part.text})
+                elif part.type == "image_url" and part.image_url is not None:
+                    url = part.image_url.url
+                    slices.append({"type": "image", "base64": url} if url.startswith("data:")
+                                  else {"type": "image", "url": url})
+                else:
+                    raise BadRequest(f"{where}[{j}]", f"unsupported content part {part.type!r}")
+            raw = {"slices": slices}
+        role = "system" if m.role == "developer" else m.role
+        converted.append((role, await asyncio.to_thread(service.parse, raw, where)))
+    last_user = max((i for i, (r, _) in enumerate(converted) if r == "user"), default=None)
+    if last_user is None:
+        raise BadRequest("messages", "no user message")
+    history = [(r, [s.text if s.type == "text" else s.image for s in smp.slices])
+               for r, smp in converted[:last_user]]
+    return history, converted[last_user][1]
+
+
+@router.post("/chat/completions", responses={**SSE, **responses(*COMMON, 422, 429, 503)})
+async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metrics: Mtr):
+    log_ignored("/v1/chat/completions", req)
+    history, query = await chat_inputs(service, req)
+    max_tokens = service.max_tokens(req.max_completion_tokens or req.max_tokens)
+    r = req.retrieval or P.RetrievalOptions()
+    plan = await service.plan(history, query, max_tokens, r.enabled, r.k, r.filters)
+    temperature = 0.0 if req.temperature is None else req.temperature
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    retrieved_docs = [{"id": h.id, "score": h.score} for h in plan.used]
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return sse(service, lambda: openai_stream(service, plan, max_tokens, temperature, cid, created,
+                                                  retrieved_docs, include_usage, metrics))
+    t1 = time.perf_counter()
+    res = await service.generate(plan, max_tokens, temperature)
+    metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
+    return {"id": cid, "object": "chat.completion", "created": created, "model": settings.served_model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
+                         "finish_reason": "length" if res.finish_reason == "length" else "stop"}],
+            "usage": usage(res), "retrieved": retrieved_docs}

@@ -1,0 +1,104 @@
+"""Server-sent events for streamed generation (native and OpenAI chunk formats).
+
+A stream is admitted before its response exists (`sse`: a full queue is a 429,
+not an empty 200), holds its generation slot until the response ends however
+it ends, and a failure mid-stream ends with an error event, never a silent stop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi.responses import StreamingResponse
+
+from .engine import EngineError, GenerationResult, complete_chars
+from .metrics import Metrics
+from .service import RagPlan, SugarService
+
+
+class AdmittedStream(StreamingResponse):
+    """An SSE response holding a generation slot taken before it was built; the slot is
+    released when the response ends (finished, failed, client gone)."""
+
+    def __init__(self, gen: AsyncIterator[str], release: Callable[[], None]) -> None:
+        super().__init__(gen, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def sse(service: SugarService, stream: Callable[[], AsyncIterator[str]]) -> StreamingResponse:
+    """Admit a streamed generation: acquire a slot now (Overloaded -> 429), then stream."""
+    service.generations.acquire()
+    try:
+        return AdmittedStream(stream(), service.generations.release)
+    except BaseException:
+        service.generations.release()
+        raise
+
+
+def _error_event(e: Exception) -> str:
+    kind = "engine_unavailable" if isinstance(e, EngineError) else "generation_failed"
+    return f"data: {json.dumps({'error': {'type': kind, 'message': str(e)}})}\n\n"
+
+
+def usage(res: GenerationResult) -> dict[str, int]:
+    return {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+            "total_tokens": res.prompt_tokens + res.completion_tokens}
+
+
+async def native_stream(service: SugarService, plan: RagPlan, max_tokens: int, temperature: float,
+                        t0: float, metrics: Metrics) -> AsyncIterator[str]:
+    result: list[GenerationResult] = []
+    t1 = time.perf_counter()
+    try:
+        async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result)):
+            yield f"data: {json.dumps({'delta': delta})}\n\n"
+        res = result[0]
+        metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
+        final = {"done": True, "text": res.text,
+                 "documents": [{"id": h.id, "score": h.score} for h in plan.used],
+                 "dropped_documents": [{"id": h.id, "score": h.score} for h in plan.dropped],
+                 "usage": usage(res),
+                 "timings": {"retrieval_ms": plan.retrieval_ms,
+                             "generation_ms": (time.perf_counter() - t1) * 1e3,
+                             "total_ms": (time.perf_counter() - t0) * 1e3},
+                 "finish_reason": res.finish_reason}
+        yield f"data: {json.dumps(final)}\n\n"
+    except Exception as e:  # noqa: BLE001 - the client learns the stream failed, in-band
+        yield _error_event(e)
+
+
+async def openai_stream(service: SugarService, plan: RagPlan, max_tokens: int, temperature: float,
+                        cid: str, created: int, retrieved_docs: list[dict], include_usage: bool,
+                        metrics: Metrics) -> AsyncIterator[str]:
+    name = service.settings.served_model_name
+    result: list[GenerationResult] = []
+
+    def chunk(delta: dict, finish=None, **extra) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    t1 = time.perf_counter()
+    try:
+        yield chunk({"role": "assistant", "content": ""}, retrieved=retrieved_docs)
+        async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result)):
+            yield chunk({"content": delta})
+        res = result[0]
+        metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
+        yield chunk({}, "length" if res.finish_reason == "length" else "stop")
+        if include_usage:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                    "choices": [], "usage": usage(res)}
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+    except Exception as e:  # noqa: BLE001 - the client learns the stream failed, in-band
+        yield _error_event(e)
