@@ -17,10 +17,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import install_guard
+from .protocol import apply_limits
 from .routes import documents, native, openai, probes
 from .service import SugarService
 from .settings import Settings
@@ -53,6 +55,15 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
     install_error_handlers(app)
     for router in (probes.router, native.router, documents.router, openai.router):
         app.include_router(router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = apply_limits(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes),
+                settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

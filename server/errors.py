@@ -50,15 +50,37 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 COMMON = (400, 401, 408, 413)
 
 
+_UNION_TAGS = {"text", "image", "image_url"}  # discriminator values pydantic puts in a location
+
+
+def field_path(loc: tuple) -> str:
+    """("body", "samples", 0, "slices", 0, "text", "text") -> "samples[0].slices[0].text",
+    the same notation as the sample parser's errors; union tags and validator names dropped."""
+    out = ""
+    parts = [x for x in loc if x != "body"]
+    for i, x in enumerate(parts):
+        if isinstance(x, int):
+            out += f"[{x}]"
+            continue
+        x = str(x)
+        after_index = i > 0 and isinstance(parts[i - 1], int)
+        if (after_index and x in _UNION_TAGS and i + 1 < len(parts)) or "[" in x or x in ("str", "int"):
+            continue
+        out += f".{x}" if out else x
+    return out or "body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError):
         errs = []
         for e in exc.errors():
-            loc = ".".join(str(x) for x in e["loc"] if x != "body")
             msg = e["msg"] if e["type"] != "extra_forbidden" else "unknown field"
-            errs.append({"field": loc, "message": msg})
-        first = errs[0] if errs else {"field": "body", "message": "invalid request"}
+            errs.append({"field": field_path(e["loc"]), "message": msg.removeprefix("Value error, ")})
+        # a union (e.g. content: text | parts) reports every branch: lead with the error
+        # that says what is wrong, not "Input should be a valid string" of another branch
+        specific = [e for e in errs if not e["message"].startswith("Input should be")]
+        first = (specific or errs or [{"field": "body", "message": "invalid request"}])[0]
         return error(422, "invalid_request", f"{first['field']}: {first['message']}", first["field"], errors=errs)
 
     @app.exception_handler(StarletteHTTPException)

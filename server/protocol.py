@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 # Document ids: what a URL path segment carries unescaped and a file name can hold;
 # no "/", no leading "." (no "..", no hidden names). Enforced where ids are created.
@@ -30,27 +30,36 @@ def _check_text(value: str) -> str:
     return value
 
 
-def _check_json(value: Any, where: str = "") -> Any:
-    """Metadata and filters: UTF-8 strings (keys too) and integers that fit SQLite's int64."""
+def _check_json(value: Any) -> Any:
+    """Metadata: UTF-8 strings, keys included (stored and returned as JSON)."""
     if isinstance(value, str):
         _check_text(value)
-    elif isinstance(value, bool):
-        pass
-    elif isinstance(value, int):
-        if not INT64[0] <= value <= INT64[1]:
-            raise ValueError(f"integer {value} at {where or 'value'} is out of the int64 range")
     elif isinstance(value, dict):
         for k, v in value.items():
             _check_text(k)
-            _check_json(v, f"{where}.{k}" if where else k)
+            _check_json(v)
     elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_json(v, f"{where}[{i}]")
+        for v in value:
+            _check_json(v)
+    return value
+
+
+def _check_filters(value: dict[str, Any]) -> dict[str, Any]:
+    """Filters: as metadata, and scalar integers within SQLite's int64 (they are compared
+    in SQL; nested values are compared in Python)."""
+    _check_json(value)
+    for k, v in value.items():
+        if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
+            raise ValueError(f"integer {v} of filter {k!r} is out of the int64 range")
     return value
 
 
 Text = Annotated[str, AfterValidator(_check_text)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+Filters = Annotated[dict[str, Any], AfterValidator(_check_filters), WithJsonSchema({
+    "type": "object", "additionalProperties": {"anyOf": [
+        {"type": "integer", "minimum": INT64[0], "maximum": INT64[1]},
+        {"type": ["string", "boolean", "null", "array", "object"]}, {"type": "number", "not": {"type": "integer"}}]}})]
 
 
 def _temperature_floor(value: float | None) -> float | None:
@@ -64,16 +73,52 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# non-empty after stripping whitespace, no NUL (what model.sample enforces); Python's
+# \s and str.strip agree on what whitespace is
+NON_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+
+def _check_non_blank(value: str) -> str:
+    _check_text(value)
+    if "\x00" in value:
+        raise ValueError("text contains a NUL character")
+    if not value.strip():
+        raise ValueError("text is empty")
+    return value
+
+
+# validated in Python (clear messages, no union noise); declared to clients as a pattern
+NonBlankText = Annotated[str, AfterValidator(_check_non_blank),
+                         WithJsonSchema({"type": "string", "minLength": 1, "pattern": NON_BLANK})]
+
+
+ASCII = r"^[\x21-\x7e]+$"  # base64, data URLs and URLs: printable ASCII, no spaces
+
+
 class TextSlice(Strict):
     type: Literal["text"]
-    text: Text
+    text: NonBlankText
 
 
 class ImageSlice(Strict):
+    """Exactly one source: inline `base64` (or a data URL), or, where the operator
+    allows them, a `url` or a server-side `path`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema: schema.update({
+        "oneOf": [{"required": ["base64"]}, {"required": ["url"]}, {"required": ["path"]}],
+        "properties": {"type": schema["properties"]["type"],
+                       **{k: {"type": "string", "minLength": 1, "pattern": ASCII} for k in ("base64", "url")},
+                       "path": {"type": "string", "minLength": 1}}}))
     type: Literal["image"]
-    base64: str | None = None
-    url: str | None = None
-    path: str | None = None
+    base64: str | None = Field(default=None, min_length=1, pattern=ASCII)
+    url: str | None = Field(default=None, min_length=1, pattern=ASCII)
+    path: Text | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageSlice:
+        if sum(v is not None for v in (self.base64, self.url, self.path)) != 1:
+            raise ValueError("an image slice needs exactly one of 'base64', 'path', 'url'")
+        return self
 
 
 SliceIn = Annotated[TextSlice | ImageSlice, Field(discriminator="type")]
@@ -81,15 +126,21 @@ SliceIn = Annotated[TextSlice | ImageSlice, Field(discriminator="type")]
 
 class SampleIn(Strict):
     id: str | None = Field(default=None, pattern=ID_PATTERN)
-    slices: list[SliceIn]
+    slices: list[SliceIn] = Field(min_length=1)
     metadata: JsonObject | None = None
 
     def raw(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
 
+class DocumentIn(SampleIn):
+    """POST /documents: a sample whose id is required."""
+
+    id: str = Field(pattern=ID_PATTERN)
+
+
 class EmbedRequest(Strict):
-    samples: list[SampleIn]
+    samples: list[SampleIn] = Field(min_length=1)
     store: bool = False
     upsert: bool = False
 
@@ -114,14 +165,14 @@ class EmbedResponse(BaseModel):
 class RetrievalOptions(Strict):
     enabled: bool = True
     k: int | None = Field(default=None, ge=0)
-    filters: JsonObject | None = None
+    filters: Filters | None = None
 
 
 class RetrieveRequest(Strict):
     query: SampleIn
     k: int = Field(default=5, ge=1)
     k_prime: int | None = Field(default=None, ge=1)
-    filters: JsonObject | None = None
+    filters: Filters | None = None
     images: Literal["url", "base64"] = "url"
 
 
@@ -213,24 +264,23 @@ class ChatImageURL(Loose):
     url: str
 
 
-class ChatContentPart(Loose):
-    type: str
-    text: str | None = None
-    image_url: ChatImageURL | None = None
+class ChatTextPart(Loose):
+    type: Literal["text"]
+    text: NonBlankText
+
+
+class ChatImagePart(Loose):
+    type: Literal["image_url"]
+    image_url: ChatImageURL
+
+
+ChatContentPart = Annotated[ChatTextPart | ChatImagePart, Field(discriminator="type")]
 
 
 class ChatMessage(Loose):
     # "developer" is OpenAI's newer name for "system" and is treated as one
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ChatContentPart] | None = None
-
-    @field_validator("content")
-    @classmethod
-    def _utf8(cls, v: str | list[ChatContentPart] | None):
-        # after the union is resolved, so the error names the text, not a union branch
-        for text in [v] if isinstance(v, str) else [p.text for p in v or [] if p.text is not None]:
-            _check_text(text)
-        return v
+    content: NonBlankText | Annotated[list[ChatContentPart], Field(min_length=1)]
 
 
 class StreamOptions(Loose):
@@ -239,7 +289,8 @@ class StreamOptions(Loose):
 
 class ChatCompletionRequest(Loose):
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, json_schema_extra={
+        "contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]}})
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: Temperature | None = None
@@ -251,5 +302,49 @@ class ChatCompletionRequest(Loose):
 
 class EmbeddingsRequest(Loose):
     model: str | None = None
-    input: Text | list[Text] | list[SampleIn]
+    input: NonBlankText | Annotated[list[NonBlankText], Field(min_length=1)] | Annotated[
+        list[SampleIn], Field(min_length=1)]
     encoding_format: Literal["float", "base64"] = "float"
+
+
+def apply_limits(schema: dict, settings) -> dict:
+    """Write the operator's runtime limits into the OpenAPI document, so what the schema
+    admits is what the server accepts (maxItems, maxLength, maximum)."""
+    comps = schema.get("components", {}).get("schemas", {})
+
+    def prop(model: str, name: str) -> dict:
+        return comps.get(model, {}).get("properties", {}).get(name, {})
+
+    def arrays(node: dict):
+        yield node
+        yield from node.get("anyOf", [])
+
+    # url and path sources exist only where the operator allow-listed them
+    image = comps.get("ImageSlice", {})
+    offered = {"base64"} | ({"url"} if settings.allow_urls else set()) | (
+        {"path"} if settings.allow_paths else set())
+    image["oneOf"] = [{"required": [k]} for k in ("base64", "url", "path") if k in offered]
+    for k in {"url", "path"} - offered:
+        image.get("properties", {}).pop(k, None)
+    if not settings.allow_urls:  # chat images: data URLs only
+        comps.get("ChatImageURL", {}).get("properties", {}).get("url", {})["pattern"] = "^data:"
+    for model in ("SampleIn", "DocumentIn"):
+        prop(model, "slices")["maxItems"] = settings.max_slices
+    prop("TextSlice", "text")["maxLength"] = settings.max_text_chars
+    prop("EmbedRequest", "samples")["maxItems"] = settings.max_samples_per_request
+    for node in arrays(prop("EmbeddingsRequest", "input")):
+        if node.get("type") == "array":
+            node["maxItems"] = settings.max_samples_per_request
+        elif node.get("type") == "string":
+            node["maxLength"] = settings.max_text_chars
+    prop("RetrieveRequest", "k")["maximum"] = settings.max_k
+    prop("RetrieveRequest", "k_prime")["maximum"] = 10 * settings.max_k
+    for model in ("GenerateRequest", "ChatCompletionRequest"):
+        for name in ("max_tokens", "max_completion_tokens"):
+            for node in arrays(prop(model, name)):
+                if node.get("type") == "integer":
+                    node["maximum"] = settings.max_tokens_limit
+    for node in arrays(prop("RetrievalOptions", "k")):
+        if node.get("type") == "integer":
+            node["maximum"] = settings.max_k
+    return schema

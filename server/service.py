@@ -194,6 +194,8 @@ class SugarService:
         t0 = time.perf_counter()
         hits: list[Hit] = []
         k = self.settings.retrieval_k if k is None else k
+        if k > self.settings.max_k:  # refused even with retrieval off: the schema says so
+            raise BadRequest("retrieval.k", f"{k} exceeds the limit of {self.settings.max_k}")
         if retrieval and k > 0:
             hits = await self.retrieve(query, k, None, filters, with_images=True)
         retrieval_ms = (time.perf_counter() - t0) * 1e3

@@ -20,9 +20,7 @@ DocId = Annotated[str, Path(pattern=P.ID_PATTERN)]
 
 @router.post("/documents", response_model=P.DocumentAck, status_code=201,
              responses=responses(*COMMON, 409, 422, 429))
-async def create_document(doc: P.SampleIn, service: Svc) -> P.DocumentAck:
-    if not doc.id:
-        raise BadRequest("id", "a document needs an id (POST /embed with store=true generates one)")
+async def create_document(doc: P.DocumentIn, service: Svc) -> P.DocumentAck:
     sample = await asyncio.to_thread(service.parse, doc.raw(), "document")
     [e] = await service.embed([sample])
     await service.store([sample], [e], upsert=False)

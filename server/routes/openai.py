@@ -75,21 +75,17 @@ async def chat_inputs(service: SugarService, req: P.ChatCompletionRequest):
     converted: list[tuple[str, Sample]] = []
     for i, m in enumerate(req.messages):
         where = f"messages[{i}].content"
-        if m.content is None or (isinstance(m.content, str) and not m.content.strip()):
-            raise BadRequest(where, "empty message")
         if isinstance(m.content, str):
             raw = {"slices": [{"type": "text", "text": m.content}]}
         else:
             slices = []
-            for j, part in enumerate(m.content):
-                if part.type == "text" and part.text is not None:
+            for part in m.content:
+                if isinstance(part, P.ChatTextPart):
                     slices.append({"type": "text", "text": part.text})
-                elif part.type == "image_url" and part.image_url is not None:
+                else:
                     url = part.image_url.url
                     slices.append({"type": "image", "base64": url} if url.startswith("data:")
                                   else {"type": "image", "url": url})
-                else:
-                    raise BadRequest(f"{where}[{j}]", f"unsupported content part {part.type!r}")
             raw = {"slices": slices}
         role = "system" if m.role == "developer" else m.role
         converted.append((role, await asyncio.to_thread(service.parse, raw, where)))
