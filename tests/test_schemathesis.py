@@ -65,7 +65,7 @@ def test_api_conforms_to_its_schema_with_every_check(app):
             @given(case=op.as_strategy(generation_mode=mode))
             @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
                       database=None)
-            def run(case):
+            def run(case, mode=mode):
                 try:
                     case.call_and_validate(headers=headers)
                 except BaseException as e:  # noqa: BLE001 - collected, reported together
