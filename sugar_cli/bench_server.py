@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-QUERIES = ["a large red circle on the left", "What colour is the banner of House Vell?",
+QUERIES = ["a large red circle on the left", "What colour is the banner of House Vyd?",
            "three small blue squares", "a striped green triangle above a yellow star"]
 
 
@@ -68,6 +68,104 @@ async def _load(url: str, endpoint: str, concurrency: int, seconds: float, max_r
     arr = np.array(lat) * 1e3 if lat else np.array([np.nan])
     return {"endpoint": endpoint, "concurrency": concurrency, "requests": len(lat), "errors": errors,
             "rps": len(lat) / wall, "tokens_per_s": tokens / wall, "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+
+
+async def _health_under_load(url: str, concurrency: int, seconds: float, headers: dict) -> dict:
+    """/health latency (probed every 50 ms) while `concurrency` clients embed and retrieve."""
+    import httpx
+
+    stop_at = time.perf_counter() + seconds
+    health: list[float] = []
+    done = {"embed": 0, "retrieve": 0}
+    errors = 0
+    async with httpx.AsyncClient(base_url=url, timeout=120.0, headers=headers,
+                                 limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+        async def worker(w: int) -> None:
+            nonlocal errors
+            ep = "embed" if w % 2 == 0 else "retrieve"
+            i = w
+            while time.perf_counter() < stop_at:
+                i += concurrency
+                r = await client.post("/" + ep, json=_payload(ep, i))
+                if r.status_code == 200:
+                    done[ep] += 1
+                else:
+                    errors += 1
+
+        async def prober() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=30.0) as probe:
+                while time.perf_counter() < stop_at:
+                    t = time.perf_counter()
+                    await probe.get("/health")
+                    health.append((time.perf_counter() - t) * 1e3)
+                    await asyncio.sleep(0.05)
+
+        await asyncio.gather(prober(), *(worker(w) for w in range(concurrency)))
+    arr = np.array(health)
+    return {"concurrency": concurrency, "seconds": seconds, "embed_ok": done["embed"],
+            "retrieve_ok": done["retrieve"], "errors": errors, "health_probes": len(arr),
+            "health_p50_ms": float(np.percentile(arr, 50)), "health_p99_ms": float(np.percentile(arr, 99)),
+            "health_max_ms": float(arr.max())}
+
+
+def _heavy_requests() -> dict[str, dict]:
+    """Requests at (or past) the limits: what one request may cost."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    def png(w: int, h: int) -> str:
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    def image(b64: str) -> dict:
+        return {"samples": [{"slices": [{"type": "image", "base64": b64}]}]}
+
+    return {
+        "png 1x16777216": image(png(16_777_216, 1)),
+        "png 1x400000": image(png(400_000, 1)),
+        "png 4096x4096": image(png(4096, 4096)),
+        "text 2x16384 CJK": {"samples": [{"slices": [{"type": "text", "text": "漢" * 16_384}] * 2}]},
+        "text past the token limit": {"samples": [{"slices": [{"type": "text", "text": "zq " * 2000}]}]},
+        "text near the token limit": {"samples": [{"slices": [{"type": "text", "text": "zq " * 600}]}]},
+        "64 slices of text": {"samples": [{"slices": [{"type": "text", "text": "a red circle " * 20}] * 64}]},
+    }
+
+
+def _cost_per_request(url: str, pid: int | None, headers: dict) -> list[dict]:
+    """Each heavy request alone: status, seconds, and the server's peak RSS rise (sampled every 10 ms)."""
+    import threading
+
+    import httpx
+    import psutil
+
+    rows = []
+    proc = psutil.Process(pid) if pid else None
+    for name, body in _heavy_requests().items():
+        base = proc.memory_info().rss if proc else 0
+        peak = [base]
+        stop = threading.Event()
+
+        def sample(stop=stop, peak=peak) -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.01)
+
+        t = threading.Thread(target=sample, daemon=True) if proc else None
+        if t:
+            t.start()
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/embed", json=body, headers=headers, timeout=120)
+        secs = time.perf_counter() - t0
+        stop.set()
+        if t:
+            t.join()
+        rows.append({"request": name, "status": r.status_code, "seconds": secs,
+                     "rss_rise_mb": (peak[0] - base) / 2**20 if proc else float("nan"),
+                     "message": r.json().get("error", {}).get("message", "")[:80] if r.status_code >= 400 else ""})
+    return rows
 
 
 def _start_server(checkpoint: Path, index: Path, port: int, extra: list[str]) -> subprocess.Popen:
@@ -143,7 +241,7 @@ def _print(rows: list[dict], title: str) -> None:
 
 def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], concurrency: list[int],
         seconds: float, max_requests: int, soak: float, api_key: str | None, engines: list[str] | None,
-        vllm_url: str | None, compare_batching: bool) -> dict:
+        vllm_url: str | None, compare_batching: bool, health: float = 0.0, costs: bool = False) -> dict:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     out: dict = {"runs": {}}
     extra = []
@@ -171,6 +269,20 @@ def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], co
                     for ep in eps for c in concurrency]
             _print(rows, f"server ({name}) at {target}")
             out["runs"][name] = rows
+            if health and name in ("batching", variants[0][0]):
+                h = asyncio.run(_health_under_load(target, 32, health, headers))
+                out["health_under_load"] = h
+                print(f"/health while 32 clients embed and retrieve for {health:.0f} s: p50 "
+                      f"{h['health_p50_ms']:.1f} ms, p99 {h['health_p99_ms']:.1f} ms, max {h['health_max_ms']:.1f} ms "
+                      f"({h['health_probes']} probes; {h['embed_ok']} embeds, {h['retrieve_ok']} retrievals, "
+                      f"{h['errors']} errors)")
+            if costs and name in ("batching", variants[0][0]):
+                rows = _cost_per_request(target, proc.pid if proc else None, headers)
+                out["cost_per_request"] = rows
+                print(f"{'request':>24} | {'status':>6} {'seconds':>8} {'RSS rise MB':>11} | message")
+                for c in rows:
+                    print(f"{c['request']:>24} | {c['status']:>6} {c['seconds']:8.2f} {c['rss_rise_mb']:11.1f} | "
+                          f"{c['message']}")
             if soak and name in ("batching", variants[0][0]):
                 rss0 = _rss(proc.pid) if proc else float("nan")
                 r = asyncio.run(_load(target, "embed", 64, soak, 10**9, headers))

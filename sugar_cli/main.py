@@ -66,6 +66,10 @@ def _add_bench(sub) -> None:
     sv.add_argument("--vllm-url")
     sv.add_argument("--api-key")
     sv.add_argument("--no-compare", action="store_true", help="skip the --no-batching server")
+    sv.add_argument("--health", type=float, default=0.0,
+                    help="seconds of /health probing while 32 clients embed and retrieve (p50/p99/max)")
+    sv.add_argument("--costs", action="store_true",
+                    help="requests at the limits, one at a time: status, seconds, server RSS rise")
     sv.add_argument("--json", type=Path)
     sv.set_defaults(func=cmd_bench_server)
 
@@ -304,7 +308,8 @@ def cmd_bench_server(args: argparse.Namespace) -> int:
     if ckpt is None or index is None:
         ckpt, index = ensure_default(sugar_home())
     records = run(ckpt, index, args.url, args.endpoints, args.concurrency, args.seconds, args.max_requests,
-                  args.soak, args.api_key, args.engine, args.vllm_url, not args.no_compare)
+                  args.soak, args.api_key, args.engine, args.vllm_url, not args.no_compare, args.health,
+                  args.costs)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0
