@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from model.sample import Sample
 from model.sugar import SugarModel
 
@@ -17,7 +15,7 @@ def embed_samples(model: SugarModel, samples: Sequence[Sample], batch_size: int 
     out = []
     for b in range(len(samples)):
         vecs, summary, _ = e.item(b)
-        out.append(Embedded(vecs.numpy().astype(np.float32), summary.numpy().astype(np.float32)))
+        out.append(Embedded(vecs.detach().float().cpu().numpy(), summary.detach().float().cpu().numpy()))
     return out
 
 

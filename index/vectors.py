@@ -133,10 +133,6 @@ class VectorIndex:
             vi.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), fids.astype(np.int64))
         return vi
 
-    @property
-    def trained(self) -> bool:
-        return bool(self.index.is_trained)
-
     # ------------------------------------------------------------ mutation
     def add(self, fids: np.ndarray, vectors: np.ndarray) -> None:
         if len(fids) == 0:

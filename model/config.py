@@ -140,10 +140,6 @@ class TinyConfig:
         if self.patch_init not in ("dct", "random"):
             raise ValueError(f"tiny_config.patch_init must be 'dct' or 'random', got {self.patch_init!r}")
 
-    @property
-    def image_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

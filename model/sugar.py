@@ -114,12 +114,14 @@ class SugarModel(nn.Module):
             self.train(was_training)
         return concat_embeddings(parts)
 
-    def similarity(self, q: SliceEmbeddings, d: SliceEmbeddings) -> torch.Tensor:
-        """[Bq, Bd] ranking similarity: GA kernel + the configured length normalisation."""
+    def similarity(self, q: SliceEmbeddings, d: SliceEmbeddings,
+                   normalization: str | None = None) -> torch.Tensor:
+        """[Bq, Bd] ranking similarity: GA kernel + the configured length normalisation
+        (`normalization` overrides it, e.g. "none" for raw s)."""
         c = self.config
         return sugar_similarity(
             q.slices, d.slices, q.mask, d.mask, c.kernel_sigma, c.kernel_gamma,
-            c.length_normalization,
+            normalization or c.length_normalization,
         )
 
     # ------------------------------------------------------------ checkpoint I/O

@@ -76,12 +76,14 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     from model.sugar import SugarModel
 
     from .engine import make_engine
-    from .settings import StartupError, check_startup
+    from .settings import StartupError, check_startup, resolve_device
 
     check_startup(settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    model = SugarModel.from_pretrained(settings.checkpoint)
+    device = resolve_device(settings)
+    model = SugarModel.from_pretrained(settings.checkpoint, device=device, dtype=getattr(torch, settings.dtype))
+    logger.info("model on %s (%s): embedding and in-process generation run there", device, settings.dtype)
     try:
         index = DocumentIndex(settings.index, dim=model.embed_dim, embedding_version=model.embedding_version,
                               kernel=kernel_settings(model))

@@ -48,7 +48,6 @@ class RagPlan:
     messages: list[tuple[str, list[Part]]]
     used: list[Hit] = field(default_factory=list)
     dropped: list[Hit] = field(default_factory=list)
-    prompt_tokens: int = 0
     retrieval_ms: float = 0.0
 
 
@@ -216,7 +215,7 @@ class SugarService:
         if n > budget:
             raise BadRequest("max_tokens", f"the prompt takes {n} tokens and max_tokens {max_tokens}: more than "
                              f"the context of {self.engine.max_context()}")
-        return RagPlan(messages, hits[:used], hits[used:], n, retrieval_ms)
+        return RagPlan(messages, hits[:used], hits[used:], retrieval_ms)
 
     def prompt_tokens(self, messages) -> int:
         from model.prompts import chat_prompt
@@ -260,5 +259,7 @@ class SugarService:
                 self._ready_error = None
             except Exception as e:  # any failure turns /ready red, with the reason
                 self._ready_error = f"{type(e).__name__}: {e}"
+        lm = self.model.lm
         return {"model": self.model.embedding_version, "index_documents": self.index.count(),
-                "engine": self.engine.name, "error": self._ready_error}
+                "engine": self.engine.name, "device": str(self.model.backbone.device),
+                "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "error": self._ready_error}

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     vllm_max_model_len: int | None = None  # the context budget when engine = vllm
     vllm_timeout_s: float = 60.0
     threads: int = 0  # torch intra-op threads (0: torch's default)
+    # where embedding and in-process generation run: "auto" (CUDA when present), "cpu",
+    # "cuda" or "cuda:N"; the backbone's dtype: float32, bfloat16 or float16 (GPU)
+    device: str = "auto"
+    dtype: str = "float32"
     served_model_name: str = "sugar"
     # what a request may name (never read/fetched unless allow-listed)
     allow_paths: list[Path] = Field(default_factory=list)
@@ -66,6 +70,20 @@ class Settings(BaseSettings):
             AllowedPrefix.parse(entry)  # a malformed entry stops the start-up, naming itself
         return v
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in ("float32", "bfloat16", "float16"):
+            raise ValueError("dtype must be float32, bfloat16 or float16")
+        return v
+
     @field_validator("engine")
     @classmethod
     def _engine(cls, v: str) -> str:
@@ -76,6 +94,21 @@ class Settings(BaseSettings):
 
 class StartupError(RuntimeError):
     """The server refuses to start; the message says why."""
+
+
+def resolve_device(settings: Settings) -> str:
+    """The torch device to serve on; "cuda" without a GPU is refused, never a silent CPU fallback."""
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise StartupError(f"device {device!r} requested but CUDA is not available "
+                           "(SUGAR_DEVICE=cpu, or auto to use a GPU only when present)")
+    if settings.dtype == "float16" and device == "cpu":
+        raise StartupError("dtype float16 is for GPUs; on the CPU use float32 or bfloat16")
+    return device
 
 
 def check_startup(settings: Settings) -> None:

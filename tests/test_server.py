@@ -381,3 +381,24 @@ def test_bench_server_small(tiny_ckpt, tmp_path, capsys):
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows)
     assert data["batching_gain"]["model"]["gain"] > 0
     assert "micro-batching at concurrency 32" in capsys.readouterr().out
+
+
+def test_device_setting_is_shown_in_ready_and_refused_when_absent(tiny_ckpt, tmp_path):
+    import torch
+
+    from server.settings import StartupError
+
+    seed_index(tmp_path / "ix", tiny_ckpt, n=2)
+    app = create_app(settings_for(tiny_ckpt, tmp_path / "ix", device="cpu", dtype="bfloat16", ready_cache_s=0))
+    with TestClient(app) as c:
+        checks = c.get("/ready").json()["checks"]
+        assert checks["device"] == "cpu" and checks["dtype"] == "bfloat16"
+        r = c.post("/generate", json={"query": text_sample("x"), "max_tokens": 2, "retrieval": {"k": 1}})
+        assert r.status_code == 200
+    if not torch.cuda.is_available():
+        with pytest.raises(StartupError, match="CUDA is not available"):
+            with TestClient(create_app(settings_for(tiny_ckpt, tmp_path / "ix", device="cuda"))):
+                pass
+    with pytest.raises(StartupError, match="float16 is for GPUs"):
+        with TestClient(create_app(settings_for(tiny_ckpt, tmp_path / "ix", device="cpu", dtype="float16"))):
+            pass

@@ -163,11 +163,7 @@ class Evaluator:
         node[leaf] = {"chance": chance} if majority is None else {"chance": chance, "majority": majority}
 
     def sim(self, q: SliceEmbeddings, d: SliceEmbeddings, normalization: str | None = None) -> torch.Tensor:
-        from model.kernels import sugar_similarity
-
-        c = self.model.config
-        return sugar_similarity(q.slices, d.slices, q.mask, d.mask, c.kernel_sigma, c.kernel_gamma,
-                                normalization or c.length_normalization)
+        return self.model.similarity(q, d, normalization)
 
     # ----------------------------------------------------------- retrieval
     def retrieval(self) -> dict:

@@ -420,8 +420,7 @@ class Trainer:
             for j, qj in enumerate(q_keys):
                 if i != j and qi == qj:
                     same[i, j] = True
-        module = self.module.module if hasattr(self.module, "module") else self.module
-        out = module.nce(sim, same, scale)
+        out = self.module.nce(sim, same, scale)
         if self.triple is not None and c.beta > 0:
             t_qd = self.triple.similarity([p.query for p in pairs_all], doc_samples)
             mask_qd = ~same
@@ -509,8 +508,7 @@ class Trainer:
         rec = {k: self._global_value(k, v) for k, v in losses.items()}
         rec["loss"] = float(self.total({k: torch.tensor(v) for k, v in rec.items()}, step=step))
         rec["lr"] = self.scheduler.get_last_lr()[0]
-        module = self.module.module if hasattr(self.module, "module") else self.module
-        rec["temperature"] = float(1.0 / module.nce.scale.detach())
+        rec["temperature"] = float(1.0 / self.module.nce.scale.detach())
         rec["step"] = step
         rec["elapsed_s"] = round(time.time() - self.t0, 2)
         return rec
@@ -577,6 +575,9 @@ class Trainer:
             rec = self.step(step)
             self.metrics.append(rec)
             bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k.endswith("_loss")})
+            if self.cfg.log_every and (step + 1) % self.cfg.log_every == 0 and self.rank == 0:
+                logger.info("step %d/%d %s lr %.2e", step + 1, self.cfg.steps,
+                            " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k.endswith("_loss")), rec["lr"])
             if (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.cfg.steps:
                 self.save_state(step)
         return self.finish()
