@@ -118,6 +118,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--json", type=Path, help="write the nested results JSON here")
     p.add_argument("--out", type=Path, help="report directory (default: CKPT/eval)")
     p.add_argument("--quick", action="store_true", help="small test sets (smoke runs)")
+    p.add_argument("--medium", action="store_true", help="medium test sets (the claims table across seeds)")
     p.add_argument("--ablations", action="store_true",
                    help="train every ablation variant at the same budget, evaluate, print the table")
     p.add_argument("--steps", type=int, help="with --ablations: training steps per variant")
@@ -131,7 +132,7 @@ def _add_eval(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from training.evaluate import EvalConfig, evaluate, summary_table
 
-    cfg = EvalConfig.quick() if args.quick else EvalConfig()
+    cfg = EvalConfig.quick() if args.quick else EvalConfig.medium() if args.medium else EvalConfig()
     if args.ablations:
         from .ablations import run_ablations
 

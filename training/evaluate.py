@@ -77,6 +77,12 @@ class EvalConfig:
     batch_size: int = 32
 
     @classmethod
+    def medium(cls) -> EvalConfig:
+        """Between quick and full: the claims table across seeds and variants."""
+        return cls(n_scenes=240, n_pages=150, n_queries=100, n_houses=40, n_vqa_per_type=20,
+                   n_fashion=200, batch_size=32)
+
+    @classmethod
     def quick(cls) -> EvalConfig:
         return cls(n_scenes=80, n_pages=60, n_queries=30, n_houses=20, n_vqa_per_type=6,
                    n_fashion=40, batch_size=16)
