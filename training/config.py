@@ -153,7 +153,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "checkpoint_every": 100, "save_dtype": "float16"},
     # the paper's claims across seeds at a reduced budget (`sugar eval --ablations --preset claims`):
     # the shipped recipe's shape (stage 1, λ warm-up) with smaller batches, pools and step count
-    "claims": {"tiny": {"patch_size": 16}, "steps": 150, "threads": 1, "warmup": 15, "gen_batch": 8,
+    "claims": {"tiny": {"patch_size": 16}, "steps": 150, "threads": 2, "warmup": 15, "gen_batch": 8,
                "pair_batch": 16, "align_steps": 30, "lam_warmup": 50, "n_scenes": 600, "n_pages": 200,
                "n_houses": 300, "n_fashion": 1000},
     # a few steps: smoke tests and CI

@@ -79,8 +79,8 @@ class EvalConfig:
     @classmethod
     def medium(cls) -> EvalConfig:
         """Between quick and full: the claims table across seeds and variants."""
-        return cls(n_scenes=240, n_pages=150, n_queries=100, n_houses=40, n_vqa_per_type=20,
-                   n_fashion=200, batch_size=32)
+        return cls(n_scenes=200, n_pages=120, n_queries=80, n_houses=30, n_vqa_per_type=15,
+                   n_fashion=150, batch_size=32)
 
     @classmethod
     def quick(cls) -> EvalConfig:
