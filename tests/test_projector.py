@@ -79,3 +79,20 @@ def test_float16_checkpoint_vectors_match_its_embedding_version(tmp_path):
     assert loaded.compute_embedding_version() == loaded.embedding_version == model.embedding_version
     model.save_pretrained(tmp_path / "ck32")
     assert size16 < 0.6 * (tmp_path / "ck32" / "backbone" / "model.safetensors").stat().st_size
+
+
+def test_training_forward_is_the_served_function():
+    """Running statistics in training: after a step's update, train mode and eval mode
+    (and the folded plain projector) compute the same thing on the same batch."""
+    model = trained_a_little()
+    proj = model.lm.model.multi_modal_projector
+    x = torch.randn(4, 16, TEST_TINY["vision_hidden"]) * 3 + 40
+    proj.train()
+    with torch.no_grad():
+        proj(x)  # updates the running statistics
+        proj.in_norm.momentum = proj.out_norm.momentum = 0.0  # freeze them for the comparison
+        proj.in_norm.num_batches_tracked.fill_(10**6)
+        proj.out_norm.num_batches_tracked.fill_(10**6)
+        train_out = proj(x)
+        proj.eval()
+        torch.testing.assert_close(proj(x), train_out)
