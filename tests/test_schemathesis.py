@@ -50,6 +50,21 @@ def legitimate(failure: BaseException) -> bool:
         f"[{status}]" in text and marker in text for status, marker in LEGITIMATE) and text.count(" - ST") <= 1
 
 
+def runner(op, mode, headers: dict, failures: list[str]):
+    """One hypothesis test per operation and generation mode; failures are collected."""
+
+    @given(case=op.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def run(case):
+        try:
+            case.call_and_validate(headers=headers)
+        except BaseException as e:  # noqa: BLE001 - collected, reported together
+            if not legitimate(e):
+                failures.append(f"{case.operation.label} [{mode.value}]: {str(e)[:600]}")
+
+    return run
+
+
 def test_api_conforms_to_its_schema_with_every_check(app):
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {KEY}"})
     headers = {"Authorization": f"Bearer {KEY}"}
@@ -61,19 +76,8 @@ def test_api_conforms_to_its_schema_with_every_check(app):
             continue  # may answer 503 by design while a canary fails
         tested += 1
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @given(case=op.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
-                      database=None)
-            def run(case, mode=mode):
-                try:
-                    case.call_and_validate(headers=headers)
-                except BaseException as e:  # noqa: BLE001 - collected, reported together
-                    if not legitimate(e):
-                        failures.append(f"{case.operation.label} [{mode.value}]: {str(e)[:600]}")
-
             try:
-                run()
+                runner(op, mode, headers, failures)()
             except Unsatisfiable:  # e.g. no negative example exists for a parameterless GET
                 pass
     assert tested >= 15
