@@ -49,6 +49,7 @@ class SampleLimits:
 
 
 DEFAULT_LIMITS = SampleLimits()
+BLANK = " \t\n\r\f\v"  # what makes a text slice empty (ASCII whitespace; the API schema spells out the same class)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ def validate(sample: Sample, limits: SampleLimits = DEFAULT_LIMITS, where: str =
                 )
             if "\x00" in s.text:
                 raise SampleError(f"{f}.text", "contains a NUL character")
-            if not s.text.strip():
+            if not s.text.strip(BLANK):
                 raise SampleError(f"{f}.text", "is empty")
         elif s.type == "image":
             if s.image is None:

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    model_validator,
+)
+
+from model.sample import BLANK
 
 # Document ids: what a URL path segment carries unescaped and a file name can hold;
 # no "/", no leading "." (no "..", no hidden names). Enforced where ids are created.
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,255}$"
-INT64 = (-(2**63), 2**63 - 1)
+# filter integers: inside SQLite's int64, with a bound that reads the same as a double (so
+# /openapi.json means the same to clients that parse JSON numbers as floats)
+INT64 = (-9 * 10**18, 9 * 10**18)
 # below this a temperature is greedy decoding (vLLM's sampling epsilon): logits / 1e-100
 # overflow to inf/nan, and no sampler tells such temperatures apart from 0
 TEMPERATURE_FLOOR = 1e-5
@@ -54,6 +66,15 @@ def _check_filters(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _no_bools_for_ints(cls, data: Any) -> Any:
+    """JSON true is not the integer 1 (pydantic's lax mode would take it as one)."""
+    if isinstance(data, dict):
+        for name, f in cls.model_fields.items():
+            if f.annotation in (int, int | None) and isinstance(data.get(name), bool):
+                raise ValueError(f"{name}: expected an integer, got a boolean")
+    return data
+
+
 Text = Annotated[str, AfterValidator(_check_text)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
 Filters = Annotated[dict[str, Any], AfterValidator(_check_filters), WithJsonSchema({
@@ -71,18 +92,19 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0), AfterValidator(_temperatur
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _ints = model_validator(mode="before")(classmethod(_no_bools_for_ints))
 
 
-# non-empty after stripping whitespace, no NUL (what model.sample enforces); Python's
-# \s and str.strip agree on what whitespace is
-NON_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+# non-empty after stripping ASCII whitespace, no NUL (what model.sample enforces); the
+# character class is spelled out so every regex dialect reads the schema the same way
+NON_BLANK = r"^[^\x00]*[^ \t\n\r\f\v\x00][^\x00]*$"
 
 
 def _check_non_blank(value: str) -> str:
     _check_text(value)
     if "\x00" in value:
         raise ValueError("text contains a NUL character")
-    if not value.strip():
+    if not value.strip(BLANK):
         raise ValueError("text is empty")
     return value
 
@@ -141,8 +163,8 @@ class DocumentIn(SampleIn):
 
 class EmbedRequest(Strict):
     samples: list[SampleIn] = Field(min_length=1)
-    store: bool = False
-    upsert: bool = False
+    store: StrictBool = False
+    upsert: StrictBool = False
 
 
 class SliceEmbedding(BaseModel):
@@ -163,7 +185,7 @@ class EmbedResponse(BaseModel):
 
 
 class RetrievalOptions(Strict):
-    enabled: bool = True
+    enabled: StrictBool = True
     k: int | None = Field(default=None, ge=0)
     filters: Filters | None = None
 
@@ -199,7 +221,7 @@ class GenerateRequest(Strict):
     query: SampleIn
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: Temperature = 0.0
-    stream: bool = False
+    stream: StrictBool = False
     retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions)
 
 
@@ -258,6 +280,7 @@ class Loose(BaseModel):
     """OpenAI routes accept (and log) fields we do not use, as vLLM does."""
 
     model_config = ConfigDict(extra="allow")
+    _ints = model_validator(mode="before")(classmethod(_no_bools_for_ints))
 
 
 class ChatImageURL(Loose):
@@ -284,7 +307,7 @@ class ChatMessage(Loose):
 
 
 class StreamOptions(Loose):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(Loose):
@@ -295,7 +318,7 @@ class ChatCompletionRequest(Loose):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: Temperature | None = None
     n: int = Field(default=1, ge=1, le=1, description="one choice per request (n > 1 is not offered)")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     retrieval: RetrievalOptions | None = None
 
