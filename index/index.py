@@ -20,7 +20,7 @@ Invariants:
 
 Search: stage 1 FAISS top-K' on the summary vectors g; stage 2 rerank of the
 K' candidates by the GA-kernel similarity over slice vectors (model.kernels),
-with metadata equality filters applied exactly (an exact scan over the
+with metadata filters (equality, or `{"$prefix": ...}` on strings) applied exactly (an exact scan over the
 matching documents when the filter is selective).
 """
 
@@ -203,11 +203,14 @@ class DocumentIndex:
                               f"({self.embedding_version}); re-embed or use the matching checkpoint")
 
     def add(self, docs: Sequence[tuple[Sample, Embedded]], version: str | None = None,
-            upsert: bool = False) -> list[str]:
+            upsert: bool = False, delete_ids: Sequence[str] = (),
+            metadata_updates: dict[str, dict[str, Any]] | None = None) -> list[str]:
         """Store documents (one transaction) and index them; returns their ids.
 
         A document without an id gets a generated one. Without `upsert`, an
-        existing id raises KeyError and nothing of the batch is written.
+        existing id raises KeyError and nothing of the batch is written. In the
+        same transaction, `delete_ids` are deleted and `metadata_updates` replace the
+        metadata of existing documents (a source re-synced: `index.ingest`).
         """
         rows = []
         for sample, emb in docs:
@@ -223,7 +226,8 @@ class DocumentIndex:
         # it triggers) happen together, so two writers of the same id cannot apply their
         # vector changes in another order than they committed (issue #14)
         with self.store.write_lock:
-            added, deleted = self.store.write(rows, version or self.embedding_version, replace=upsert)
+            added, deleted = self.store.write(rows, version or self.embedding_version, replace=upsert,
+                                              delete_ids=delete_ids, metadata_updates=metadata_updates)
             self._apply(added, deleted)
         return ids
 

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS docs (
     embedding_version TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS docs_source ON docs (json_extract(metadata, '$.source'));
 CREATE TABLE IF NOT EXISTS blobs (hash TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,8 +128,10 @@ class DocumentStore:
         version: str,
         replace: bool,
         delete_ids: Sequence[str] = (),
+        metadata_updates: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
-        """One transaction: delete `delete_ids`, then insert `docs` (id, sample, vectors, summary).
+        """One transaction: delete `delete_ids`, then insert `docs` (id, sample, vectors, summary),
+        then replace the metadata of existing ids (`metadata_updates`: vectors unchanged).
 
         With `replace`, an existing id is deleted first (upsert); otherwise an
         existing id raises KeyError and nothing is written. Returns the added
@@ -163,6 +166,11 @@ class DocumentStore:
                     fid = int(cur.lastrowid)  # type: ignore[arg-type]
                     c.execute("INSERT INTO changes (op, fid) VALUES ('add', ?)", (fid,))
                     added.append((fid, np.asarray(summary, np.float32)))
+                for doc_id, meta in (metadata_updates or {}).items():
+                    cur = c.execute("UPDATE docs SET metadata = ? WHERE id = ?",
+                                    (json.dumps(meta, sort_keys=True), doc_id))
+                    if cur.rowcount != 1:
+                        raise KeyError(doc_id)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -318,27 +326,89 @@ class DocumentStore:
         return list(self.conn.execute("SELECT seq, op, fid FROM changes WHERE seq > ? ORDER BY seq", (seq,)))
 
     def matching_fids(self, filters: dict[str, Any]) -> list[int]:
-        """fids whose metadata equals `filters` on every key (JSON equality)."""
+        """fids whose metadata matches `filters` on every key: JSON equality, or for a value
+        `{"$prefix": "..."}` a string that starts with it (see `filter_matches`)."""
         clauses: list[str] = []
         args: list[Any] = []
         for k, v in filters.items():
-            if isinstance(v, (dict, list)):
+            path = "$." + json.dumps(k)
+            if is_prefix_filter(v):
+                clauses.append("substr(json_extract(metadata, ?), 1, ?) = ?")
+                args += [path, len(v[PREFIX]), v[PREFIX]]
+            elif isinstance(v, (dict, list)):
                 continue  # compared in Python below (JSON text formatting may differ)
-            clauses.append("json_extract(metadata, ?) IS ?")
-            args.append("$." + json.dumps(k))
-            args.append(_sql_value(v))
+            else:
+                clauses.append("json_extract(metadata, ?) IS ?")
+                args += [path, _sql_value(v)]
         where = " AND ".join(clauses) or "1"
         sql = f"SELECT fid, metadata FROM docs WHERE {where}"
         out = []
         for fid, meta in self.conn.execute(sql, args):
-            m = json.loads(meta)
-            if all(k in m and m[k] == v for k, v in filters.items()):  # exact JSON types
+            if filter_matches(json.loads(meta), filters):  # exact JSON types
                 out.append(fid)
+        return out
+
+    # ---------------------------------------------------------------- sources (index.ingest)
+    def source_documents(self, source: str) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+        """(id, slices, metadata) of every document whose metadata `source` is `source`."""
+        rows = self.conn.execute(
+            "SELECT id, slices, metadata FROM docs WHERE json_extract(metadata, '$.source') = ? ORDER BY fid",
+            (source,)).fetchall()
+        return [(r[0], json.loads(r[1]), json.loads(r[2])) for r in rows]
+
+    def sources(self) -> dict[str, int]:
+        """Every `source` in the store with its number of documents."""
+        return dict(self.conn.execute(
+            "SELECT json_extract(metadata, '$.source') AS s, COUNT(*) FROM docs WHERE s IS NOT NULL"
+            " GROUP BY s").fetchall())
+
+    def existing_ids(self, ids: Sequence[str]) -> dict[str, str | None]:
+        """Of `ids`, those in the store -> their `source` (None when they have none)."""
+        out: dict[str, str | None] = {}
+        ids = list(ids)
+        for a in range(0, len(ids), 500):
+            chunk = ids[a : a + 500]
+            q = (f"SELECT id, json_extract(metadata, '$.source') FROM docs"
+                 f" WHERE id IN ({','.join('?' * len(chunk))})")
+            out.update({r[0]: r[1] for r in self.conn.execute(q, chunk)})
         return out
 
     def version_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT embedding_version, COUNT(*) FROM docs GROUP BY 1").fetchall())
 
+
+
+PREFIX = "$prefix"
+
+
+def is_prefix_filter(v: Any) -> bool:
+    return isinstance(v, dict) and len(v) == 1 and isinstance(v.get(PREFIX), str)
+
+
+def filter_matches(metadata: dict[str, Any], filters: dict[str, Any]) -> bool:
+    for k, v in filters.items():
+        if k not in metadata:
+            return False
+        if is_prefix_filter(v):
+            if not (isinstance(metadata[k], str) and metadata[k].startswith(v[PREFIX])):
+                return False
+        elif metadata[k] != v:
+            return False
+    return True
+
+
+def slices_equal(stored: list[dict[str, Any]], sample: Sample) -> bool:
+    """Whether a stored document's slices are the sample's (texts equal, images byte-equal as stored)."""
+    if len(stored) != len(sample.slices):
+        return False
+    for row, s in zip(stored, sample.slices, strict=True):
+        if row["type"] != s.type:
+            return False
+        if s.type == "text" and row["text"] != s.text:
+            return False
+        if s.type == "image" and row["hash"] != blob_hash(encode_png(s.image)):  # type: ignore[arg-type]
+            return False
+    return True
 
 
 def _sql_value(v: Any) -> Any:

@@ -270,6 +270,11 @@ class LlavaBackbone(Backbone):
         with self.lock:
             return super().prompt_length(prompt)
 
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of plain text (no images, no special tokens): chunk budgets (index.chunking)."""
+        with self.lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _encode(self, prompts: Sequence[Prompt], padding_side: str) -> EncodedBatch:
         texts, spans = zip(*(self._expand(p) for p in prompts), strict=True)
         tok = self.tokenizer(

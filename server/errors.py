@@ -16,7 +16,7 @@ from model.sample import SampleError
 from . import protocol as P
 from .batching import Overloaded
 from .engine import EngineError
-from .service import BadRequest, Conflict, NotFound
+from .service import BadRequest, Conflict, NotFound, UploadRefused
 
 
 def error(status: int, kind: str, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
@@ -35,7 +35,7 @@ _DESCRIPTIONS = {
     408: "the request body did not arrive in time",
     409: "the document id exists",
     413: "request body too large",
-    422: "invalid request: schema, limits, bad images, refused URLs or paths",
+    422: "invalid request: schema, limits, bad images, refused URLs or paths, unreadable files",
     429: "queue full: retry after the Retry-After header",
     503: "generation engine unavailable or timed out",
 }
@@ -99,6 +99,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, exc: BadRequest):
         return error(422, "limit_exceeded", exc.message, exc.field)
+
+    @app.exception_handler(UploadRefused)
+    async def upload_refused(_: Request, exc: UploadRefused):
+        return error(422, "invalid_files", str(exc), "files", files=exc.files)
 
     @app.exception_handler(IndexError_)
     async def index_error(_: Request, exc: IndexError_):

@@ -63,6 +63,10 @@ def _check_filters(value: dict[str, Any]) -> dict[str, Any]:
     for k, v in value.items():
         if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
             raise ValueError(f"integer {v} of filter {k!r} is out of the int64 range")
+        if isinstance(v, dict) and any(isinstance(op, str) and op.startswith("$") for op in v):
+            if set(v) != {"$prefix"} or not isinstance(v["$prefix"], str):
+                raise ValueError(f"filter {k!r}: the only operator is {{\"$prefix\": string}} "
+                                 f"(got {sorted(v)})")
     return value
 
 
@@ -226,8 +230,14 @@ class GenerateRequest(Strict):
 
 
 class DocumentScore(BaseModel):
+    """A document a generation used (or dropped), with what a client needs to cite it: the
+    `source`, `title` and `page` of its metadata (null when the document has none)."""
+
     id: str
     score: float
+    source: str | None = None
+    title: str | None = None
+    page: int | None = None
 
 
 class Usage(BaseModel):
@@ -243,6 +253,37 @@ class GenerateResponse(BaseModel):
     usage: Usage
     timings: dict[str, float]
     finish_reason: str
+
+
+class UploadedFile(BaseModel):
+    file: str
+    source: str
+    status: Literal["added", "updated", "unchanged"]
+    format: str | None
+    ids: list[str]
+    chunks: int
+    images: int
+    embedded: int = Field(description="chunks embedded; unchanged chunks keep their vectors")
+    removed: int = Field(description="chunks of an earlier version of the file deleted")
+    skipped_images: list[str] = Field(description="linked images left out, each with its reason")
+
+
+class UploadSummary(BaseModel):
+    files: int
+    chunks: int
+    images: int
+    embedded: int
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+    skipped_images: int
+
+
+class UploadResponse(BaseModel):
+    ids: list[str]
+    files: list[UploadedFile]
+    summary: UploadSummary
 
 
 class DocumentOut(BaseModel):

@@ -17,6 +17,8 @@ from typing import Any
 
 from index import DocumentIndex, Embedded, Hit
 from index.embedding import embed_samples
+from index.ingest import UPLOAD_PREFIX, FileResult, Ingestor, pair_uploads
+from index.readers import ReadError, ReadOptions
 from model.prompts import Part, rag_parts
 from model.sample import Sample, SampleError, SampleLimits
 from model.sugar import SugarModel
@@ -41,6 +43,15 @@ class BadRequest(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field, self.message = field, message
+
+
+class UploadRefused(ValueError):
+    """Files of an upload that cannot be read ({"file", "reason"} each); nothing was stored."""
+
+    def __init__(self, files: list[dict[str, Any]]) -> None:
+        self.files = files
+        shown = "; ".join(f"{f['file']}: {f['reason']}" for f in files[:10])
+        super().__init__(f"{len(files)} file(s) cannot be read, nothing was stored: {shown}")
 
 
 @dataclass
@@ -232,6 +243,50 @@ class SugarService:
             raise EngineError(f"generation timed out after {self.settings.gen_timeout_s} s") from None
         finally:
             self.generations.release()
+
+    # ------------------------------------------------------------ uploads (index.ingest)
+    def _ingestor(self, metadata: dict[str, Any] | None) -> Ingestor:
+        from index.chunking import limits_for_model
+
+        if not hasattr(self, "_chunk_limits"):
+            self._chunk_limits = limits_for_model(self.model, self.settings.max_slices, self.settings.retrieval_k)
+
+        def fetch(src: str) -> bytes:
+            try:
+                return self._fetch_url(src, "image")
+            except SampleError as e:
+                raise ReadError(e.message) from None
+
+        opts = ReadOptions(limits=self.limits, resolve=fetch, pdf_page_images=self.settings.pdf_page_images)
+        return Ingestor(self.index, self._embed_sync, self.model.embedding_version, self._chunk_limits,
+                        self.model.backbone.count_text_tokens, opts, metadata=metadata)
+
+    async def upload(self, files: list[tuple[str, bytes]], metadata: dict[str, Any] | None) -> list[FileResult]:
+        """Read and chunk every file first; any unreadable file refuses the whole upload
+        (`UploadRefused`, nothing stored). Then embed and write everything in one transaction."""
+        ing = self._ingestor(metadata)
+        plans = await asyncio.to_thread(lambda: [ing.read_source(f) for f in pair_uploads(files)])
+        bad = [{"file": r.source.removeprefix(UPLOAD_PREFIX), "reason": r.reason} for r, *_ in plans
+               if r.status == "failed"]
+        if bad:
+            raise UploadRefused(bad)
+        samples = [s for _, emb, _, _ in plans for s in emb]
+        embs: list[Embedded] = []
+        step = self.settings.embed_max_batch
+        for a in range(0, len(samples), step):
+            embs += await self.embed(samples[a : a + step])
+        delete = [i for _, _, d, _ in plans for i in d]
+        updates = {k: v for *_, u in plans for k, v in u.items()}
+
+        def write() -> None:
+            self.index.add(list(zip(samples, embs, strict=True)), self.model.embedding_version, upsert=True,
+                           delete_ids=delete, metadata_updates=updates)
+
+        try:
+            await asyncio.to_thread(write)
+        except KeyError as e:
+            raise Conflict(f"document {e} changed during the upload; send it again") from None
+        return [r for r, *_ in plans]
 
     # ------------------------------------------------------------ documents
     async def get_document(self, doc_id: str):

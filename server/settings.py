@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     gen_timeout_s: float = 120.0
     retrieval_k: int = 3
     ready_cache_s: float = 5.0
+    # POST /documents/upload (the whole request stays under max_body_bytes too)
+    max_upload_files: int = 32
+    max_upload_file_bytes: int = 16 * 1024 * 1024
+    pdf_page_images: str = Field(default="auto", pattern="^(auto|always|never)$")
 
     @field_validator("allow_urls")
     @classmethod

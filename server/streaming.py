@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from .engine import EngineError, GenerationResult, complete_chars
 from .metrics import Metrics
+from .routes.wire import citation
 from .service import RagPlan, SugarService
 
 
@@ -64,8 +65,8 @@ async def native_stream(service: SugarService, plan: RagPlan, max_tokens: int, t
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
         final = {"done": True, "text": res.text,
-                 "documents": [{"id": h.id, "score": h.score} for h in plan.used],
-                 "dropped_documents": [{"id": h.id, "score": h.score} for h in plan.dropped],
+                 "documents": [citation(h) for h in plan.used],
+                 "dropped_documents": [citation(h) for h in plan.dropped],
                  "usage": usage(res),
                  "timings": {"retrieval_ms": plan.retrieval_ms,
                              "generation_ms": (time.perf_counter() - t1) * 1e3,

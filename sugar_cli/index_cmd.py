@@ -12,13 +12,26 @@ def add_parser(sub) -> None:
     p = sub.add_parser("index", help="build, search and maintain a document index")
     isub = p.add_subparsers(dest="index_cmd", required=True)
 
-    for name, what in (("add", "embed and add the documents of a JSONL file"),
+    for name, what in (("add", "read, chunk, embed and sync files and folders (Markdown, HTML, PDF, "
+                                "images, text, JSONL)"),
                        ("import", "add an exported JSONL (same as add)")):
-        a = isub.add_parser(name, help=what)
+        a = isub.add_parser(name, help=what, description=what + ". Re-running is idempotent: unchanged "
+                            "files are skipped, changed ones replace their chunks atomically.")
         a.add_argument("--index", type=Path, required=True)
         a.add_argument("--checkpoint", type=Path, required=True)
-        a.add_argument("--data", type=Path, required=True, help="JSONL of documents ({id, slices, metadata})")
-        a.add_argument("--upsert", action="store_true", help="replace documents whose id exists")
+        a.add_argument("--data", type=Path, required=True, nargs="+", metavar="PATH",
+                       help="files and folders (recursive); formats detected by content")
+        a.add_argument("--prune", action="store_true",
+                       help="delete the chunks of sources whose file no longer exists")
+        a.add_argument("--upsert", action="store_true",
+                       help="replace documents whose id exists from another source (JSONL ids)")
+        a.add_argument("--metadata", type=json.loads, default=None, metavar="JSON",
+                       help="a JSON object added to every chunk's metadata")
+        a.add_argument("--pdf-page-images", choices=["auto", "always", "never"], default="auto",
+                       help="add each rendered PDF page as an image: auto = pages without a text layer")
+        a.add_argument("--max-chunk-tokens", type=int, help="text tokens per chunk (default: from the "
+                       "model's context, SUGAR_RETRIEVAL_K chunks per prompt)")
+        a.add_argument("--max-chunk-images", type=int, default=4, help="image slices per chunk")
         a.add_argument("--batch-size", type=int, default=32)
         a.add_argument("--type", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
                        help="vector index type when the index is created")
@@ -76,44 +89,45 @@ def _open(path: Path, repair: bool = False, inspect: bool = False):
         raise SystemExit(f"sugar index: {e}") from None
 
 
-def read_documents(path: Path):
-    from model.jsonl import Document, iter_jsonl
-    from model.sample import SampleError
-
-    docs, errors = [], []
-    for line, rec in iter_jsonl(path):
-        if isinstance(rec, SampleError):
-            errors.append(f"{path}:{line}: {rec}")
-        elif not isinstance(rec, Document):
-            errors.append(f"{path}:{line}: a {rec.task!r} record is not a document (no 'task' for documents)")
-        else:
-            docs.append(rec.sample)
-    if errors:
-        raise SystemExit("sugar index: bad lines\n  " + "\n  ".join(errors[:20]))
-    return docs
-
-
 def cmd_add(args: argparse.Namespace) -> int:
+    """Sync files into the index; exit 1 when any file failed (the others are stored)."""
+    import dataclasses
+
     from tqdm import tqdm
 
     from index import IndexError_, VectorSettings
-    from index.embedding import add_samples, open_for_model
+    from index.chunking import limits_for_model
+    from index.embedding import embed_samples, open_for_model
+    from index.ingest import Ingestor, walk
+    from index.readers import ReadOptions
     from model.sugar import SugarModel
+    from server.settings import Settings
 
-    docs = read_documents(args.data)
+    if args.metadata is not None and not isinstance(args.metadata, dict):
+        raise SystemExit("sugar index: --metadata must be a JSON object")
+    files, _ = walk(args.data)
     model = SugarModel.from_pretrained(args.checkpoint)
     try:
         idx = open_for_model(args.index, model, settings=VectorSettings(type=args.type))
     except IndexError_ as e:
         raise SystemExit(f"sugar index: {e}") from None
-    with tqdm(total=len(docs), desc="indexing", unit="doc") as bar:
-        try:
-            ids = add_samples(idx, model, docs, args.batch_size, upsert=args.upsert, progress=bar.update)
-        except KeyError as e:
-            raise SystemExit(f"sugar index: document id {e} exists (use --upsert)") from None
+    settings = Settings()
+    limits = limits_for_model(model, settings.max_slices, settings.retrieval_k, max_images=args.max_chunk_images)
+    if args.max_chunk_tokens:
+        limits = dataclasses.replace(limits, max_tokens=args.max_chunk_tokens)
+    ing = Ingestor(idx, lambda s: embed_samples(model, s, args.batch_size), model.embedding_version, limits,
+                   model.backbone.count_text_tokens, ReadOptions(pdf_page_images=args.pdf_page_images),
+                   metadata=args.metadata, batch_size=args.batch_size)
+    with tqdm(total=len(files), desc="indexing", unit="file") as bar:
+        def on_file(r) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{r.status}: {Path(r.source).name}"[:60])
+
+        summary = ing.sync_paths(args.data, prune=args.prune, upsert=args.upsert, on_file=on_file)
     idx.close()
-    print(f"added {len(ids)} documents; index now holds {idx.count()}")
-    return 0
+    print(summary.text())
+    print(f"index now holds {idx.count()} documents")
+    return 1 if summary.failed else 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -4,8 +4,10 @@ Positive and negative generation for every operation: no 5xx, responses,
 statuses, headers and content types as declared, schema-invalid requests
 refused, schema-valid requests accepted. Two refusals are legitimate and
 listed here because JSON Schema cannot express them: image bytes that do not
-decode (any string can be "base64") and a PUT whose body id differs from its
-path id. `SUGAR_SCHEMATHESIS_EXAMPLES` sets examples per operation and mode
+decode (any string can be "base64"), uploaded files that are not readable
+documents (any bytes can be a "binary" part), an upload `metadata` part that
+is not a JSON object, the same file name twice in one upload, and a PUT whose
+body id differs from its path id. `SUGAR_SCHEMATHESIS_EXAMPLES` sets examples per operation and mode
 (default 12; `.ci/run` runs more).
 """
 
@@ -27,7 +29,8 @@ KEY = "schemathesis-key"
 EXAMPLES = int(os.environ.get("SUGAR_SCHEMATHESIS_EXAMPLES", "12"))
 # (status, text in the response) of refusals a schema cannot express
 LEGITIMATE = [(422, '.base64"'), (422, "invalid base64"), (422, "cannot decode image"),
-              (422, "differs from the path id")]
+              (422, "differs from the path id"), (422, '"invalid_files"'), (422, '"field":"metadata"'),
+              (422, "the same file name twice")]
 
 
 @pytest.fixture(scope="module")

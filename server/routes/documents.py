@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
+
+from index.ingest import SyncSummary
 
 from .. import protocol as P
 from ..deps import Svc
@@ -25,6 +28,61 @@ async def create_document(doc: P.DocumentIn, service: Svc) -> P.DocumentAck:
     [e] = await service.embed([sample])
     await service.store([sample], [e], upsert=False)
     return P.DocumentAck(id=doc.id, status="created")
+
+
+UPLOAD_DOC = """Files as users have them: Markdown (images linked from it may be sent in the same
+upload), HTML, PDF, PNG/JPEG/WebP/GIF images (a `name.txt`/`name.md` sent beside `name.png` is
+its caption), plain text and JSONL documents. Each file is read, chunked at its structure and
+stored under the source `upload:<file name>`: sending the same file again changes nothing
+(`unchanged`), a new version replaces its chunks (`updated`). Every file is read before anything
+is stored: if any cannot be read, the answer is 422 (`invalid_files`, each file with its reason)
+and nothing is stored."""
+
+
+def _upload_name(raw: str | None, k: int) -> str:
+    name = (raw or "").replace("\\", "/").lstrip("/")
+    if not name:
+        raise BadRequest(f"files[{k}]", "a file part without a file name")
+    if len(name) > 255 or any(ord(c) < 32 or c == "\x7f" for c in name) or ".." in name.split("/"):
+        raise BadRequest(f"files[{k}]", f"file name {name[:80]!r} is not allowed (control characters, "
+                         "'..' or over 255 characters)")
+    return name
+
+
+@router.post("/documents/upload", response_model=P.UploadResponse, responses=responses(*COMMON, 409, 422, 429),
+             description=UPLOAD_DOC)
+async def upload_documents(
+    service: Svc,
+    files: Annotated[list[UploadFile], File(description="one or more files (repeat the part `files`)", min_length=1)],
+    metadata: Annotated[str | None, Form(description="a JSON object added to every chunk's metadata")] = None,
+) -> P.UploadResponse:
+    st = service.settings
+    if len(files) > st.max_upload_files:
+        raise BadRequest("files", f"{len(files)} files exceed the limit of {st.max_upload_files}")
+    meta = None
+    if metadata is not None:
+        try:
+            meta = P._check_json(json.loads(metadata))
+        except (json.JSONDecodeError, ValueError) as e:
+            raise BadRequest("metadata", f"not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise BadRequest("metadata", "must be a JSON object")
+    named: list[tuple[str, bytes]] = []
+    for k, f in enumerate(files):
+        name = _upload_name(f.filename, k)
+        data = await f.read(st.max_upload_file_bytes + 1)
+        if len(data) > st.max_upload_file_bytes:
+            raise BadRequest(f"files[{k}]", f"{name}: larger than the limit of {st.max_upload_file_bytes} bytes")
+        if any(n == name for n, _ in named):
+            raise BadRequest(f"files[{k}]", f"{name}: the same file name twice in one upload")
+        named.append((name, data))
+    results = await service.upload(named, meta)
+    out = [P.UploadedFile(file=r.source.removeprefix("upload:"), chunks=len(r.ids),
+                          **{k: v for k, v in r.to_dict().items() if k in P.UploadedFile.model_fields
+                             and k not in ("file", "chunks")}) for r in results]
+    totals = SyncSummary(results).to_dict()
+    summary = P.UploadSummary(**{k: v for k, v in totals.items() if k in P.UploadSummary.model_fields})
+    return P.UploadResponse(ids=[i for f in out for i in f.ids], files=out, summary=summary)
 
 
 @router.put("/documents/{doc_id}", response_model=P.DocumentAck, responses=responses(*COMMON, 422, 429))

@@ -12,7 +12,7 @@ from ..deps import Mtr, Svc
 from ..errors import COMMON, responses
 from ..streaming import native_stream as _native_stream
 from ..streaming import sse
-from .wire import parse_samples, retrieved
+from .wire import citation, parse_samples, retrieved
 
 router = APIRouter(tags=["native"])
 SSE = {200: {"content": {"application/json": {}, "text/event-stream": {}},
@@ -58,8 +58,8 @@ async def generate(req: P.GenerateRequest, service: Svc, metrics: Mtr):
     gen_s = time.perf_counter() - t1
     metrics.tokens(res.completion_tokens, gen_s)
     return P.GenerateResponse(
-        text=res.text, documents=[P.DocumentScore(id=h.id, score=h.score) for h in plan.used],
-        dropped_documents=[P.DocumentScore(id=h.id, score=h.score) for h in plan.dropped],
+        text=res.text, documents=[P.DocumentScore(**citation(h)) for h in plan.used],
+        dropped_documents=[P.DocumentScore(**citation(h)) for h in plan.dropped],
         usage=P.Usage(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
                       total_tokens=res.prompt_tokens + res.completion_tokens),
         timings={"retrieval_ms": plan.retrieval_ms, "generation_ms": gen_s * 1e3,

@@ -22,7 +22,7 @@ from ..service import BadRequest, NotFound, SugarService
 from ..settings import Settings
 from ..streaming import openai_stream, sse, usage
 from .native import SSE
-from .wire import encode_vector
+from .wire import citation, encode_vector
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -106,7 +106,7 @@ async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metric
     plan = await service.plan(history, query, max_tokens, r.enabled, r.k, r.filters)
     temperature = 0.0 if req.temperature is None else req.temperature
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    retrieved_docs = [{"id": h.id, "score": h.score} for h in plan.used]
+    retrieved_docs = [citation(h) for h in plan.used]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse(service, lambda: openai_stream(service, plan, max_tokens, temperature, cid, created,

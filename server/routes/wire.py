@@ -41,6 +41,19 @@ def retrieved(h: Hit, images: str) -> P.RetrievedDocument:
                                slices=slices_out(h.document, images))  # type: ignore[arg-type]
 
 
+def citation(h: Hit) -> dict:
+    """A used document as the generation responses carry it (id, score, source, title, page)."""
+    m = h.metadata
+    page = m.get("page")
+    return {"id": h.id, "score": h.score, "source": _str_or_none(m.get("source")),
+            "title": _str_or_none(m.get("title")),
+            "page": page if isinstance(page, int) and not isinstance(page, bool) else None}
+
+
+def _str_or_none(v) -> str | None:
+    return v if isinstance(v, str) else None
+
+
 def encode_vector(v: np.ndarray, fmt: str):
     if fmt == "base64":
         return base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()

@@ -1,0 +1,264 @@
+"""Ingestion end to end: `sugar index add` over folders (sync, idempotency, prune, kill -9),
+`POST /documents/upload`, source filters and citations — on a tiny real checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sugar_cli.main import main
+from tests.conftest import make_image, png_bytes
+from tests.docs_fixtures import make_pdf, write_notes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add(ix, ckpt, *paths, extra=()):
+    return main(["index", "add", "--index", str(ix), "--checkpoint", str(ckpt), "--data",
+                 *[str(p) for p in paths], *extra])
+
+
+def summary_of(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("files "))
+
+
+def docs(ix):
+    from index import DocumentIndex
+
+    idx = DocumentIndex(ix)
+    out = {i: idx.get(i, with_images=False) for i in idx.list_ids(0, 10_000)}
+    ok, problems = idx.verify()
+    idx.close()
+    assert ok, problems
+    return out
+
+
+def test_folder_sync_is_idempotent_and_replaces_only_what_changed(tiny_ckpt, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    files = write_notes(notes)
+    ix = tmp_path / "ix"
+    assert add(ix, tiny_ckpt, notes) == 0
+    first = summary_of(capsys.readouterr().out)
+    # the figure linked from guide.md is also a file of the folder: indexed on its own too
+    assert first.startswith("files 7: 7 added, 0 updated, 0 unchanged, 0 failed; chunks 10 (10 embedded), images 5")
+    stored = docs(ix)
+    by_source: dict[str, list] = {}
+    for d in stored.values():
+        by_source.setdefault(d.metadata["source"], []).append(d)
+    assert set(by_source) == {str(p.absolute()) for p in files.values()} | {str(notes / "img" / "fig1.png")}
+    guide = sorted(by_source[str(files["guide.md"].absolute())], key=lambda d: d.metadata["chunk"])
+    assert [d.metadata["headings"] for d in guide] == [["Field guide"], ["Field guide", "Rivers"]]
+    assert [s["type"] for s in guide[0].slices] == ["text", "image", "text"]  # the figure in place, alt beside
+    assert guide[0].slices[2]["text"] == "the north gate"
+    cat = by_source[str(files["cat.png"].absolute())][0]
+    assert [s.get("text") for s in cat.slices] == [None, "A photo of the harbour cat."]
+    pdf = sorted(by_source[str(files["report.pdf"].absolute())], key=lambda d: d.metadata["chunk"])
+    assert [d.metadata["page"] for d in pdf] == [1, 2] and pdf[0].metadata["title"] == "Quarterly report"
+    assert {"j0", "j1"} <= set(stored)
+
+    # a re-run changes nothing and embeds nothing
+    assert add(ix, tiny_ckpt, notes) == 0
+    assert summary_of(capsys.readouterr().out).startswith(
+        "files 7: 0 added, 0 updated, 7 unchanged, 0 failed; chunks 10 (0 embedded)")
+    assert {i: d.fid for i, d in docs(ix).items()} == {i: d.fid for i, d in stored.items()}
+
+    # one section edited: only its chunk is embedded again; the other keeps its vectors
+    files["guide.md"].write_text(files["guide.md"].read_text().replace("runs east", "runs west"))
+    assert add(ix, tiny_ckpt, notes) == 0
+    out = summary_of(capsys.readouterr().out)
+    assert "0 added, 1 updated, 6 unchanged" in out and "(1 embedded)" in out
+    after = docs(ix)
+    assert after[guide[0].id].fid == guide[0].fid and after[guide[1].id].fid != guide[1].fid
+    assert "runs west" in after[guide[1].id].slices[0]["text"]
+
+    # a shorter file drops its stale chunks in the same transaction
+    files["guide.md"].write_text("# Field guide\n\nOnly this now.\n")
+    add(ix, tiny_ckpt, notes)
+    out = summary_of(capsys.readouterr().out)
+    assert "removed 1" in out
+    assert guide[1].id not in docs(ix)
+
+    # a deleted file: kept without --prune, its chunks deleted with it
+    files["notes.txt"].unlink()
+    add(ix, tiny_ckpt, notes)
+    assert any(d.metadata["source"].endswith("notes.txt") for d in docs(ix).values())
+    capsys.readouterr()
+    assert add(ix, tiny_ckpt, notes, extra=["--prune"]) == 0
+    assert "removed 1" in summary_of(capsys.readouterr().out)
+    assert not any(d.metadata["source"].endswith("notes.txt") for d in docs(ix).values())
+
+
+def test_failures_are_reported_per_file_and_the_rest_is_stored(tiny_ckpt, tmp_path, capsys):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    (d / "ok.md").write_text("# Fine\n\nA good note.\n")
+    (d / "locked.pdf").write_bytes(make_pdf([["secret"]], encrypt=True))
+    (d / "bundle.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    raw = png_bytes(make_image(1, (200, 200)))
+    (d / "broken.png").write_bytes(raw[: len(raw) // 2])
+    (d / "bad.jsonl").write_text('{"task": "vqa", "slices": [{"type":"text","text":"q"}], "answer": "a"}\n')
+    assert add(tmp_path / "ix", tiny_ckpt, d, tmp_path / "nope.md") == 1
+    out = capsys.readouterr().out
+    assert summary_of(out).startswith("files 6: 1 added, 0 updated, 0 unchanged, 5 failed")
+    assert f"failed: {d / 'locked.pdf'}: encrypted PDF" in out
+    assert f"failed: {d / 'bundle.zip'}: zip archive" in out
+    assert f"failed: {d / 'broken.png'}: cannot decode image" in out
+    assert "bad.jsonl:1: a 'vqa' record is not a document" in out
+    assert f"failed: {tmp_path / 'nope.md'}: no such file or folder" in out
+    assert len(docs(tmp_path / "ix")) == 1
+
+
+def test_jsonl_ids_identical_content_is_not_an_error_other_content_needs_upsert(tiny_ckpt, tmp_path, capsys):
+    row = {"id": "doc-0", "slices": [{"type": "text", "text": "same words"}]}
+    (tmp_path / "a.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps(row) + "\n")  # another file, the same document
+    ix = tmp_path / "ix"
+    assert add(ix, tiny_ckpt, tmp_path / "a.jsonl") == 0
+    assert add(ix, tiny_ckpt, tmp_path / "b.jsonl") == 0
+    capsys.readouterr()
+    (tmp_path / "c.jsonl").write_text(json.dumps({**row, "slices": [{"type": "text", "text": "other"}]}) + "\n")
+    assert add(ix, tiny_ckpt, tmp_path / "c.jsonl") == 1
+    assert f"document id 'doc-0' exists from {tmp_path / 'a.jsonl'} (use --upsert to replace it)" in \
+        capsys.readouterr().out
+    assert add(ix, tiny_ckpt, tmp_path / "c.jsonl", extra=["--upsert"]) == 0
+    assert docs(ix)["doc-0"].slices == [{"type": "text", "text": "other"}]
+
+
+def test_killed_run_rerun_finishes_with_nothing_lost_or_duplicated(tiny_ckpt, tmp_path):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(150):
+        (src / f"note{i:03d}.md").write_text(f"# Note {i}\n\nBody of note {i}.\n\n## More\n\nSecond part {i}.\n")
+    ix = tmp_path / "ix"
+    cmd = [sys.executable, "-m", "sugar_cli.main", "index", "add", "--index", str(ix), "--checkpoint",
+           str(tiny_ckpt), "--data", str(src), "--batch-size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    n = 0
+    while time.time() < deadline and proc.poll() is None:
+        if (ix / "store.sqlite").exists():
+            try:
+                with sqlite3.connect(ix / "store.sqlite", timeout=1) as c:
+                    n = c.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+            except sqlite3.Error:
+                n = 0
+            if n >= 20:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 20 <= n < 300
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = summary_of(done.stdout)
+    assert "0 updated" in line and "0 failed" in line
+    stored = docs(ix)
+    assert len(stored) == 300 == len({(d.metadata["source"], d.metadata["chunk"]) for d in stored.values()})
+    assert all(d.metadata["chunks"] == 2 for d in stored.values())
+
+
+# ------------------------------------------------------------------ server
+@pytest.fixture(scope="module")
+def upload_client(tiny_ckpt, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from tests.server_fixtures import seed_index, settings_for
+
+    ix = tmp_path_factory.mktemp("up") / "ix"
+    seed_index(ix, tiny_ckpt, n=2)
+    app = create_app(settings_for(tiny_ckpt, ix, max_upload_files=8, max_upload_file_bytes=200_000,
+                                  ready_cache_s=0))
+    with TestClient(app) as c:
+        yield c
+
+
+def test_upload_reads_chunks_stores_and_is_idempotent(upload_client, tmp_path):
+    files = write_notes(tmp_path)
+    parts = [("files", ("guide.md", files["guide.md"].read_bytes(), "text/markdown")),
+             ("files", ("img/fig1.png", (tmp_path / "img" / "fig1.png").read_bytes(), "image/png")),
+             ("files", ("report.pdf", files["report.pdf"].read_bytes(), "application/pdf")),
+             ("files", ("cat.png", files["cat.png"].read_bytes(), "image/png")),
+             ("files", ("cat.txt", b"A photo of the harbour cat.", "text/plain"))]
+    r = upload_client.post("/documents/upload", files=parts, data={"metadata": json.dumps({"team": "docs"})})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["summary"] == {"files": 4, "chunks": 6, "images": 4, "embedded": 6, "added": 4, "updated": 0,
+                               "unchanged": 0, "removed": 0, "skipped_images": 0}
+    by_file = {f["file"]: f for f in body["files"]}
+    assert by_file["guide.md"]["images"] == 1  # the figure sent beside it, read in place
+    assert by_file["guide.md"]["source"] == "upload:guide.md" and by_file["cat.png"]["chunks"] == 1
+    d = upload_client.get(f"/documents/{by_file['report.pdf']['ids'][0]}").json()
+    assert d["metadata"]["team"] == "docs" and d["metadata"]["page"] == 1
+    assert d["metadata"]["source"] == "upload:report.pdf"
+    again = upload_client.post("/documents/upload", files=parts).json()
+    assert again["summary"]["unchanged"] == 4 and again["summary"]["embedded"] == 0
+    assert again["ids"] == body["ids"]
+
+
+def test_upload_bad_files_are_422_naming_each_and_nothing_is_stored(upload_client):
+    before = upload_client.get("/documents").json()["total"]
+    raw = png_bytes(make_image(1, (200, 200)))
+    parts = [("files", ("fine.md", b"# ok\n\ntext", "text/markdown")),
+             ("files", ("locked.pdf", make_pdf([["x"]], encrypt=True), "application/pdf")),
+             ("files", ("half.png", raw[: len(raw) // 2], "image/png")),
+             ("files", ("a.zip", b"PK\x03\x04" + b"\x00" * 30, "application/zip")),
+             ("files", ("bomb.html", b"<p>x</p>" * 300_000, "text/html"))]
+    r = upload_client.post("/documents/upload", files=parts[:4])
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["type"] == "invalid_files" and "nothing was stored" in err["message"]
+    reasons = {f["file"]: f["reason"] for f in err["files"]}
+    assert set(reasons) == {"locked.pdf", "half.png", "a.zip"}
+    assert reasons["locked.pdf"].startswith("encrypted PDF") and "zip archive" in reasons["a.zip"]
+    assert upload_client.get("/documents").json()["total"] == before
+    r = upload_client.post("/documents/upload", files=[parts[4]])
+    assert r.status_code == 422 and "bomb.html: larger than the limit of 200000 bytes" in r.json()["error"]["message"]
+    r = upload_client.post("/documents/upload", files=[parts[0]], data={"metadata": "[1]"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "metadata"
+    r = upload_client.post("/documents/upload", files=[parts[0], parts[0]])
+    assert r.status_code == 422 and "the same file name twice" in r.json()["error"]["message"]
+    r = upload_client.post("/documents/upload", files=[parts[0]] * 9)
+    assert r.status_code == 422 and "9 files exceed the limit of 8" in r.json()["error"]["message"]
+    r = upload_client.post("/documents/upload", data={"metadata": "{}"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "files"
+    assert upload_client.get("/health").status_code == 200
+    assert upload_client.get("/documents").json()["total"] == before
+
+
+def test_source_filters_with_prefix_and_citations_in_answers(upload_client):
+    md = b"# Ferries\n\nThe ferry to Vell leaves at noon.\n"
+    pdf = make_pdf([["Ferry tickets cost two coins."]])
+    up = upload_client.post("/documents/upload", files=[("files", ("travel/ferry.md", md, "text/markdown")),
+                                                        ("files", ("travel/fares.pdf", pdf, "application/pdf"))])
+    assert up.status_code == 200, up.text
+    q = {"slices": [{"type": "text", "text": "ferry"}]}
+    r = upload_client.post("/retrieve", json={"query": q, "k": 10, "filters": {"source": "upload:travel/ferry.md"}})
+    assert [h["metadata"]["source"] for h in r.json()["results"]] == ["upload:travel/ferry.md"]
+    r = upload_client.post("/retrieve", json={"query": q, "k": 10, "filters": {"source": {"$prefix": "upload:travel/"}}})
+    assert sorted(h["metadata"]["source"] for h in r.json()["results"]) == ["upload:travel/fares.pdf",
+                                                                           "upload:travel/ferry.md"]
+    r = upload_client.post("/retrieve", json={"query": q, "filters": {"source": {"$regex": "x"}}})
+    assert r.status_code == 422 and "the only operator is" in r.json()["error"]["message"]
+    g = upload_client.post("/generate", json={"query": q, "max_tokens": 2, "retrieval": {
+        "k": 2, "filters": {"source": {"$prefix": "upload:travel/"}}}})
+    assert g.status_code == 200, g.text
+    cites = {d["source"]: d for d in g.json()["documents"] + g.json()["dropped_documents"]}
+    assert cites["upload:travel/fares.pdf"]["page"] == 1 and cites["upload:travel/fares.pdf"]["title"] == \
+        "Quarterly report"
+    assert cites["upload:travel/ferry.md"]["title"] == "Ferries" and cites["upload:travel/ferry.md"]["page"] is None
+    c = upload_client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "ferry"}],
+                                                         "max_tokens": 2, "retrieval": {"k": 1, "filters": {
+                                                             "source": "upload:travel/ferry.md"}}})
+    assert c.json()["retrieved"][0]["source"] == "upload:travel/ferry.md"
+    assert set(c.json()["retrieved"][0]) == {"id", "score", "source", "title", "page"}

@@ -1,0 +1,200 @@
+"""Readers (Markdown, HTML, PDF, images, text), format detection and structure-aware chunking."""
+
+from __future__ import annotations
+
+import pytest
+
+from index.chunking import ChunkLimits, approx_tokens, chunk, chunk_id
+from index.readers import Block, Parsed, ReadError, ReadOptions, detect, read
+from tests.conftest import make_image, png_bytes
+from tests.docs_fixtures import data_uri, make_pdf
+
+
+def kinds(p: Parsed) -> list[tuple[str, str]]:
+    return [(b.kind, b.text) for b in p.blocks]
+
+
+def local(files: dict[str, bytes]) -> ReadOptions:
+    def resolve(src: str) -> bytes:
+        if src not in files:
+            raise ReadError("not found")
+        return files[src]
+
+    return ReadOptions(resolve=resolve)
+
+
+# ------------------------------------------------------------------ Markdown
+def test_markdown_keeps_order_headings_lists_tables_code_and_images_in_place():
+    md = (f"# Guide\n\nIntro *text*.\n\n## Setup\n\n- one\n- two\n\n![red square]({data_uri(1)})\n\n"
+          "| a | b |\n|---|---|\n| 1 | 2 |\n\n```\nrun it\n```\n\n![local](pics/x.png)\n")
+    p = read(md.encode(), "g.md", local({"pics/x.png": png_bytes(make_image(2))}))
+    assert p.format == "markdown" and p.title == "Guide"
+    assert kinds(p) == [("heading", "Guide"), ("text", "Intro text."), ("heading", "Setup"), ("text", "- one"),
+                        ("text", "- two"), ("image", "red square"), ("text", "a | b"), ("text", "1 | 2"),
+                        ("text", "run it"), ("image", "local")]
+    assert [b.level for b in p.blocks if b.kind == "heading"] == [1, 2]
+    assert p.blocks[5].image.size == (40, 30) and p.skipped == []
+
+
+def test_markdown_unresolvable_images_are_skipped_counted_and_keep_their_alt_text():
+    p = read(b"Text.\n\n![a map](http://127.0.0.1:9/map.png) and ![](missing.png)\n", "n.md", ReadOptions())
+    assert kinds(p) == [("text", "Text."), ("text", "a map"), ("text", "and")]
+    assert len(p.skipped) == 2 and all("not read here" in s for s in p.skipped)
+
+
+def test_markdown_image_inside_a_paragraph_splits_it_in_order():
+    p = read(f"before ![x]({data_uri()}) after\n".encode(), "a.md")
+    assert kinds(p) == [("text", "before"), ("image", "x"), ("text", "after")]
+
+
+# ------------------------------------------------------------------ HTML
+def test_html_main_text_in_order_scripts_styles_navigation_dropped():
+    html = (f"<html><head><title>Harbour</title><style>p{{}}</style></head><body><nav>menu</nav>"
+            f"<main><h1>Boats</h1><p>Leave at <b>dawn</b>.</p><script>alert(1)</script>"
+            f"<figure><img src='{data_uri(3)}'><figcaption>A boat at dawn</figcaption></figure>"
+            f"<table><tr><th>day</th><th>boats</th></tr><tr><td>Mon</td><td>3</td></tr></table>"
+            f"<ul><li>one</li><li>two</li></ul></main><footer>(c)</footer></body></html>")
+    p = read(html.encode(), "h.html")
+    assert p.title == "Harbour"
+    assert kinds(p) == [("heading", "Boats"), ("text", "Leave at dawn."), ("image", "A boat at dawn"),
+                        ("text", "day | boats"), ("text", "Mon | 3"), ("text", "one"), ("text", "two")]
+    assert "alert" not in str(kinds(p)) and "menu" not in str(kinds(p))
+
+
+def test_html_remote_images_only_through_the_resolver():
+    html = b"<p>x</p><img src='http://127.0.0.1:1/a.png' alt='remote'>"
+    p = read(html, "h.html")
+    assert kinds(p) == [("text", "x"), ("text", "remote")] and len(p.skipped) == 1
+    p = read(html, "h.html", ReadOptions(resolve=lambda src: png_bytes(make_image(5))))
+    assert [b.kind for b in p.blocks] == ["text", "image"] and p.skipped == []
+
+
+def test_html_bombs_deep_nesting_reads_and_too_many_elements_is_refused():
+    deep = b"<div>" * 50_000 + b"deep text" + b"</div>" * 50_000
+    p = read(deep, "d.html", ReadOptions(max_elements=100_000))
+    assert ("text", "deep text") in kinds(p)
+    with pytest.raises(ReadError, match="elements exceeds the limit of 1000"):
+        read(b"<p>x</p>" * 2000, "w.html", ReadOptions(max_elements=1000))
+
+
+# ------------------------------------------------------------------ PDF
+def test_pdf_text_per_page_with_embedded_images_in_place():
+    pdf = make_pdf([["Sales rose in spring.", make_image(3, (80, 60)), "Costs fell."], ["Outlook is calm."]])
+    p = read(pdf, "r.pdf")
+    assert p.format == "pdf" and p.title == "Quarterly report"
+    assert [(b.kind, b.text, b.page) for b in p.blocks] == [
+        ("text", "Sales rose in spring.", 1), ("image", "", 1), ("text", "Costs fell.", 1),
+        ("text", "Outlook is calm.", 2)]
+
+
+def test_pdf_page_images_auto_renders_pages_without_text_always_renders_all():
+    pdf = make_pdf([[make_image(1, (80, 60))], ["Only text here."]])
+    auto = read(pdf, "s.pdf")
+    assert [(b.kind, b.text, b.page) for b in auto.blocks] == [("image", "Page 1", 1),
+                                                               ("text", "Only text here.", 2)]
+    always = read(pdf, "s.pdf", ReadOptions(pdf_page_images="always"))
+    assert [(b.kind, b.page) for b in always.blocks] == [("image", 1), ("image", 2), ("text", 2)]
+    never = read(pdf, "s.pdf", ReadOptions(pdf_page_images="never"))
+    assert [(b.kind, b.page) for b in never.blocks] == [("image", 1), ("text", 2)]
+
+
+def test_pdf_encrypted_and_corrupt_are_refused_with_the_reason():
+    with pytest.raises(ReadError, match="encrypted PDF"):
+        read(make_pdf([["secret"]], encrypt=True), "e.pdf")
+    good = make_pdf([["text"]])
+    with pytest.raises(ReadError, match="not a readable PDF"):
+        read(good[: len(good) // 3], "t.pdf")
+
+
+# ------------------------------------------------------------------ images and text
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_images_with_sidecar_caption(fmt):
+    p = read(png_bytes(make_image(1), fmt), f"a.{fmt.lower()}", caption="A caption.\n")
+    assert p.format == "image" and p.title == "a" and kinds(p)[1] == ("text", "A caption.")
+    assert p.blocks[0].image.mode == "RGB"
+
+
+def test_truncated_image_is_refused():
+    raw = png_bytes(make_image(1, (200, 200)))
+    with pytest.raises(ReadError, match="cannot decode image"):
+        read(raw[: len(raw) // 2], "t.png")
+
+
+def test_text_paragraphs():
+    assert kinds(read(b"one\r\n\r\ntwo\n\n\n", "n.txt")) == [("text", "one"), ("text", "two")]
+
+
+# ------------------------------------------------------------------ detection
+@pytest.mark.parametrize(("data", "name", "fmt"), [
+    (b"%PDF-1.7\n...", "report.bin", "pdf"),
+    (png_bytes(make_image()), "photo.pdf", "image"),  # content wins over the extension
+    (b"<!DOCTYPE html><p>x", "page", "html"),
+    (b"<div><body>x</body></div>", "frag.txt2", "html"),
+    (b'{"id": "a", "slices": []}\n', "docs", "jsonl"),
+    (b"plain words", "notes.txt", "text"),
+    (b"# Title\n\ntext", "README", "markdown"),
+])
+def test_detect_by_content(data, name, fmt):
+    assert detect(data, name) == fmt
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"PK\x03\x04rest", "zip archive"), (b"\x1f\x8b\x08rest", "gzip archive"),
+    (b"\x00\x01\x02\xff\xfe", "binary file of an unsupported type"), (b"  \n", "empty file"),
+])
+def test_detect_refuses_archives_and_unknown_binaries(data, reason):
+    with pytest.raises(ReadError, match=reason):
+        detect(data, "x.md")
+
+
+# ------------------------------------------------------------------ chunking
+def test_chunks_split_at_headings_carry_heading_path_and_stable_ids():
+    p = read(b"# A\n\npara a.\n\n## B\n\npara b.\n\n# C\n\npara c.\n", "/n/x.md")
+    samples = chunk(p, "/n/x.md", "h1")
+    assert [s.metadata["headings"] for s in samples] == [["A"], ["A", "B"], ["C"]]
+    assert [s.slices[0].text for s in samples] == ["A\n\npara a.", "A > B\n\npara b.", "C\n\npara c."]
+    assert [s.id for s in samples] == [chunk_id("/n/x.md", n) for n in range(3)]
+    assert samples[0].id == chunk_id("/n/x.md", 0) and samples[0].id.startswith("x.md-")
+    again = chunk(read(b"# A\n\npara a.\n\n## B\n\npara b.\n\n# C\n\npara c.\n", "/n/x.md"), "/n/x.md", "h1")
+    assert [s.id for s in again] == [s.id for s in samples]
+    m = samples[1].metadata
+    assert m == {"source": "/n/x.md", "title": "A", "headings": ["A", "B"], "chunk": 1, "chunks": 3,
+                 "source_hash": "h1", "format": "markdown"}
+
+
+def test_chunks_respect_token_and_image_budgets_and_keep_images_with_their_text():
+    blocks = []
+    for i in range(6):
+        blocks.append(Block("text", f"paragraph {i} " + "word " * 30))
+        blocks.append(Block("image", f"figure {i}", image=make_image(i)))
+    limits = ChunkLimits(max_tokens=90, max_images=2)
+    samples = chunk(Parsed("markdown", "t", blocks), "/t.md", "h", limits)
+    for s in samples:
+        texts = [x.text for x in s.slices if x.type == "text" and not x.text.startswith("figure")]
+        assert sum(approx_tokens(t) for t in texts) <= 90
+        assert len(s.images) <= 2
+        # every image directly follows the paragraph it belongs to, its alt right after it
+        mods = s.modalities
+        for k, x in enumerate(s.slices):
+            if x.type == "image":
+                assert mods[k - 1] == "text" and s.slices[k + 1].text.startswith("figure")
+    joined = [x.text for s in samples for x in s.slices if x.type == "text"]
+    order = [int(t.split()[1]) for t in joined if t.startswith(("paragraph", "figure"))]
+    assert order == sorted(order)  # nothing reordered or lost
+    assert sum(len(s.images) for s in samples) == 6
+
+
+def test_an_over_budget_paragraph_is_split_at_sentences():
+    text = " ".join(f"Sentence number {i} is here." for i in range(40))
+    samples = chunk(Parsed("text", "t", [Block("text", text)]), "/t.txt", "h", ChunkLimits(max_tokens=30))
+    parts = [s.slices[0].text for s in samples]
+    assert len(parts) > 3 and all(approx_tokens(t) <= 30 for t in parts)
+    assert all(t.endswith(".") for t in parts)
+    assert " ".join(parts) == text
+
+
+def test_pdf_chunks_carry_their_page():
+    p = read(make_pdf([["first page text"], ["second page text"]]), "/r.pdf")
+    samples = chunk(p, "/r.pdf", "h")
+    assert [(s.metadata["page"], s.slices[0].text) for s in samples] == [(1, "first page text"),
+                                                                         (2, "second page text")]
