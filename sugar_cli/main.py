@@ -51,6 +51,14 @@ def _add_bench(sub) -> None:
     ix.add_argument("--queries", type=int, default=200)
     ix.add_argument("--json", type=Path)
     ix.set_defaults(func=cmd_bench_index)
+    ig = bsub.add_parser("ingest", help="reading + chunking vs embedding; unchanged re-run vs first run")
+    ig.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
+    ig.add_argument("--pages", type=int, default=1000, help="pages of the text PDF")
+    ig.add_argument("--files", type=int, default=1000, help="Markdown files")
+    ig.add_argument("--embed-sample", type=int, default=256,
+                    help="chunks embedded to measure the embedding rate (evenly spaced)")
+    ig.add_argument("--json", type=Path)
+    ig.set_defaults(func=cmd_bench_ingest)
     sv = bsub.add_parser("server", help="load generator on loopback: /embed /retrieve /generate")
     sv.add_argument("--url", help="an already running server (default: start our own)")
     sv.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
@@ -297,6 +305,17 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     from .bench_index import run
 
     records = run(args.sizes, args.dim, args.type, args.queries)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from model.sugar import DEFAULT_CHECKPOINT
+
+    from .bench_ingest import run
+
+    records = run(args.checkpoint or DEFAULT_CHECKPOINT, args.pages, args.files, args.embed_sample)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

@@ -262,3 +262,99 @@ def test_source_filters_with_prefix_and_citations_in_answers(upload_client):
                                                              "source": "upload:travel/ferry.md"}}})
     assert c.json()["retrieved"][0]["source"] == "upload:travel/ferry.md"
     assert set(c.json()["retrieved"][0]) == {"id", "score", "source", "title", "page"}
+
+
+# ------------------------------------------------------------------ real documents
+REAL = {"pdf": Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf"),  # Debian libtasn1-doc: a PDF manual
+        "html": Path("/usr/share/doc/libxslt1-dev/html"),  # Debian libxslt1-dev: an HTML manual, logos
+        "md": Path("/usr/share/doc/libjs-underscore/README.md")}  # Debian libjs-underscore
+
+
+@pytest.mark.skipif(not all(p.exists() for p in REAL.values()),
+                    reason="Debian libtasn1-doc, libxslt1-dev, libjs-underscore not installed (.ci/run installs them)")
+def test_real_manuals_pdf_html_markdown(tiny_ckpt, tmp_path, capsys):
+    import shutil
+
+    import pypdfium2 as pdfium
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(REAL["html"], corpus / "xslt")
+    shutil.copy(REAL["pdf"], corpus / "libtasn1.pdf")
+    shutil.copy(REAL["md"], corpus / "README.md")
+    ix = tmp_path / "ix"
+    assert add(ix, tiny_ckpt, corpus) == 1  # the manual ships two gzipped XML sources: refused, named
+    out = capsys.readouterr().out
+    line = summary_of(out)
+    assert " 2 failed" in line
+    assert out.count(": gzip archive: archives are not read") == 2
+    assert "ISO-8859-1" in (REAL["html"] / "news.html").read_bytes()[:200].decode("latin-1")  # read, not failed
+    stored = list(docs(ix).values())
+    pdf = [d for d in stored if d.metadata["source"].endswith("libtasn1.pdf")]
+    n_pages = len(pdfium.PdfDocument(REAL["pdf"].read_bytes()))
+    assert {d.metadata["page"] for d in pdf} == set(range(1, n_pages + 1)) - {
+        p for p in range(1, n_pages + 1) if not _page_has_text(REAL["pdf"], p)}
+    html = [d for d in stored if d.metadata["format"] == "html"]
+    with_images = [d for d in html if any(s["type"] == "image" for s in d.slices)]
+    assert with_images, "the manual's logos (GIFs beside the pages) are read in place"
+    assert "skipped image in" in out  # logos the package does not ship: skipped and counted
+    assert any(d.metadata["title"] for d in html)
+    md = [d for d in stored if d.metadata["source"].endswith("README.md")]
+    assert md and md[0].metadata["format"] == "markdown"
+    assert add(ix, tiny_ckpt, corpus) == 1
+    assert " 0 added, 0 updated" in summary_of(capsys.readouterr().out)
+
+
+def _page_has_text(path: Path, page: int) -> bool:
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument(path.read_bytes())
+    try:
+        return bool(doc[page - 1].get_textpage().get_text_range().strip())
+    finally:
+        doc.close()
+
+
+def test_thousand_page_pdf_chunks_every_page_in_order():
+    from index.chunking import chunk
+    from index.readers import read
+    from sugar_cli.bench_ingest import text_pdf
+
+    p = read(text_pdf(1000, lines=6), "/m.pdf")
+    samples = chunk(p, "/m.pdf", "h")
+    pages = [s.metadata["page"] for s in samples]
+    assert pages == sorted(pages) and set(pages) == set(range(1, 1001))
+    assert len({s.id for s in samples}) == len(samples)
+
+
+def test_bench_ingest_small(tiny_ckpt, capsys):
+    from sugar_cli.bench_ingest import run
+
+    rec = run(tiny_ckpt, pages=5, files=5, embed_sample=4)
+    assert rec["sync"]["rerun"]["unchanged"] == 6 and rec["sync"]["rerun"]["embedded"] == 0
+    assert rec["pdf"]["chunks"] >= 5 and rec["md"]["chunks"] >= 10
+    assert "first / re-run:" in capsys.readouterr().out
+
+
+@pytest.mark.xfail(strict=True, reason="issue #10: the shipped checkpoint's embeddings do not yet match a "
+                   "caption to its chunk (measured: the figure's chunk is not ranked first)")
+def test_a_question_about_a_figure_caption_retrieves_its_chunk(tmp_path):
+    from index.embedding import embed_samples, open_for_model
+    from index.ingest import Ingestor
+    from model.sample import Sample
+    from model.sugar import DEFAULT_CHECKPOINT, SugarModel
+
+    topics = ["The lighthouse at Kell harbour", "A map of the northern ferry routes", "The bakery on Mill street",
+              "Winter storms over the bay", "The old stone bridge at Orrin", "Fishing boats returning at dusk"]
+    notes = tmp_path / "notes"
+    (notes / "img").mkdir(parents=True)
+    for i, t in enumerate(topics):
+        make_image(i).save(notes / "img" / f"f{i}.png")
+        (notes / f"note{i}.md").write_text(f"# Note {i}\n\nGeneral words about the town.\n\n![{t}](img/f{i}.png)\n\n"
+                                           f"## Other\n\nUnrelated paragraph {i} about weather and trade.\n")
+    model = SugarModel.from_pretrained(DEFAULT_CHECKPOINT)
+    idx = open_for_model(tmp_path / "ix", model)
+    Ingestor(idx, lambda s: embed_samples(model, s), model.embedding_version).sync_paths([notes])
+    for i, t in enumerate(topics):
+        [q] = embed_samples(model, [Sample.build([f"Where is {t.lower()}?"])])
+        top = idx.search(q, k=1)[0]
+        assert (top.metadata["source"], top.metadata["chunk"]) == (str(notes / f"note{i}.md"), 0), t

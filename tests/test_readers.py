@@ -120,6 +120,11 @@ def test_truncated_image_is_refused():
         read(raw[: len(raw) // 2], "t.png")
 
 
+def test_html_in_a_declared_legacy_charset_reads():
+    html = '<?xml version="1.0" encoding="ISO-8859-1"?><html><body><p>Caf\u00e9 cr\u00e8me</p></body></html>'
+    assert kinds(read(html.encode("latin-1"), "x.html")) == [("text", "Caf\u00e9 cr\u00e8me")]
+
+
 def test_text_paragraphs():
     assert kinds(read(b"one\r\n\r\ntwo\n\n\n", "n.txt")) == [("text", "one"), ("text", "two")]
 
@@ -132,6 +137,8 @@ def test_text_paragraphs():
     (b"<div><body>x</body></div>", "frag.txt2", "html"),
     (b'{"id": "a", "slices": []}\n', "docs", "jsonl"),
     (b"plain words", "notes.txt", "text"),
+    (b"int main(void) { return 0; }", "prog.c", "text"),
+    ("<html><p>caf\u00e9</p>".encode("latin-1"), "old.html", "html"),  # not UTF-8: read as Latin-1
     (b"# Title\n\ntext", "README", "markdown"),
 ])
 def test_detect_by_content(data, name, fmt):

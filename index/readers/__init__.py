@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import PurePath
 
-from .base import Block, Parsed, ReadError, ReadOptions
+from .base import Block, Parsed, ReadError, ReadOptions, decode_text
 from .html import read_html
 from .markdown import read_markdown
 from .pdf import read_pdf
@@ -58,11 +58,15 @@ def detect(data: bytes, name: str) -> str:
         raise ReadError("tar archive: archives are not read (unpack it and add the files)")
     if not data.strip():
         raise ReadError("empty file")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
+    controls = sum(b < 32 and b not in (9, 10, 12, 13) for b in head)
+    if b"\x00" in head or controls > len(head) // 10:
         if suffix in IMAGE_SUFFIXES:
-            raise ReadError(f"not a readable image (the content is not {suffix[1:].upper()})") from None
+            raise ReadError(f"not a readable image (the content is not {suffix[1:].upper()})")
+        raise ReadError("binary file of an unsupported type (supported: Markdown, HTML, PDF, "
+                        "PNG/JPEG/WebP/GIF images, text, JSONL)")
+    try:
+        text = decode_text(data)
+    except UnicodeDecodeError:
         raise ReadError("binary file of an unsupported type (supported: Markdown, HTML, PDF, "
                         "PNG/JPEG/WebP/GIF images, text, JSONL)") from None
     if "\x00" in text:
@@ -74,9 +78,9 @@ def detect(data: bytes, name: str) -> str:
     if suffix == ".jsonl" or (suffix not in MARKDOWN_SUFFIXES | {".txt"} and start.startswith("{")
                               and '"slices"' in text[:4096]):
         return "jsonl"
-    if suffix == ".txt":
-        return "text"
-    return "markdown"  # CommonMark reads plain text as paragraphs too
+    if suffix in MARKDOWN_SUFFIXES or suffix == "":
+        return "markdown"
+    return "text"  # .txt, source code, logs...: paragraphs as they are
 
 
 def read(data: bytes, name: str, opts: ReadOptions | None = None, fmt: str | None = None,

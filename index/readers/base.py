@@ -10,6 +10,7 @@ return a half-read document silently.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -58,6 +59,25 @@ class ReadOptions:
     pdf_page_images: str = "auto"  # "auto" (pages without a text layer) | "always" | "never"
     pdf_render_scale: float = 1.0  # 72 dpi x scale
     max_elements: int = 200_000  # HTML: more elements than this is refused (a "bomb")
+
+
+_CHARSET = re.compile(rb"""(?:charset|encoding)\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.I)
+
+
+def decode_text(data: bytes) -> str:
+    """Text of a file: UTF-8 (BOM dropped), else the charset the file declares (HTML
+    `<meta charset>`, an XML declaration), else Windows-1252 (a superset of Latin-1 for
+    printable text). Raises UnicodeDecodeError only when none of these applies."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as first:
+        m = _CHARSET.search(data[:4096])
+        for enc in ([m.group(1).decode("ascii")] if m else []) + ["cp1252"]:
+            try:
+                return data.decode(enc)
+            except (LookupError, UnicodeDecodeError):
+                continue
+        raise first
 
 
 def load_image(raw: bytes, where: str, limits: SampleLimits) -> Image.Image:

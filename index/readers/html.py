@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from selectolax.lexbor import LexborHTMLParser
 
-from .base import Block, Parsed, ReadError, ReadOptions, resolve_image
+from .base import Block, Parsed, ReadError, ReadOptions, decode_text, resolve_image
 
 DROP = {"script", "style", "noscript", "template", "nav", "aside", "footer", "form", "button",
         "iframe", "object", "embed", "svg", "canvas", "select", "textarea", "head", "-comment"}
@@ -36,7 +36,7 @@ def html_text(fragment: str) -> str:
 
 
 def read_html(data: bytes, name: str, opts: ReadOptions) -> Parsed:
-    text = data.decode("utf-8-sig", errors="replace")
+    text = decode_text(data)
     tree = LexborHTMLParser(text)
     n_elements = len(tree.css("*"))
     if n_elements > opts.max_elements:

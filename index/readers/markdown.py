@@ -11,7 +11,7 @@ from __future__ import annotations
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from .base import Block, Parsed, ReadOptions, resolve_image
+from .base import Block, Parsed, ReadOptions, decode_text, resolve_image
 
 
 def _parser() -> MarkdownIt:
@@ -43,7 +43,7 @@ def _inline_parts(tok: Token) -> list[tuple[str, str]]:
 
 
 def read_markdown(data: bytes, name: str, opts: ReadOptions) -> Parsed:
-    text = data.decode("utf-8-sig")
+    text = decode_text(data)
     tokens = _parser().parse(text)
     parsed = Parsed(format="markdown", title="")
     heading_level = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-from .base import Block, Parsed, ReadOptions, load_image
+from .base import Block, Parsed, ReadOptions, decode_text, load_image
 
 
 def read_image(data: bytes, name: str, opts: ReadOptions, caption: str = "") -> Parsed:
@@ -17,7 +17,7 @@ def read_image(data: bytes, name: str, opts: ReadOptions, caption: str = "") -> 
 
 
 def read_text(data: bytes, name: str, opts: ReadOptions) -> Parsed:
-    text = data.decode("utf-8-sig")
+    text = decode_text(data)
     parsed = Parsed(format="text", title=PurePath(name).stem)
     for para in text.replace("\r\n", "\n").split("\n\n"):
         para = para.strip()

@@ -1,0 +1,126 @@
+"""`sugar bench ingest`: reading + chunking against embedding, and a re-run against the first run.
+
+Builds two corpora in a temporary folder — a text PDF of `pages` pages and
+`files` Markdown files with headings and paragraphs — and measures, in one
+run on the same machine:
+
+1. reading + chunking (the readers, the chunker, the model's tokenizer
+   counting the budgets; no embedding) per corpus, in chunks per second;
+2. embedding those chunks with the checkpoint (all of them, or an evenly
+   spaced sample of `embed_sample` chunks: the rate is per chunk);
+3. a first `sync` of both corpora into a fresh index (read, chunk, embed,
+   write) against a second, unchanged one (hash and skip).
+
+Ratios printed: embedding time / read+chunk time (goal ≥ 20: the model stays
+the bottleneck) and first run / unchanged re-run (goal ≥ 50).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("harbour ferry tide lantern market bridge storm river orchard mill stone north winter "
+         "boat trade weather lighthouse square baker dusk").split()
+
+
+def _sentence(i: int, n: int = 12) -> str:
+    return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n)).capitalize() + "."
+
+
+def text_pdf(pages: int, lines: int = 30) -> bytes:
+    """A plain PDF (Helvetica text, `lines` lines per page) written directly: no PDF library."""
+    objs: list[bytes] = []
+    font_id, pages_id = 3, 2
+    kids = []
+    body: list[tuple[int, bytes]] = []
+    next_id = 4
+    for p in range(pages):
+        text = "BT /F1 10 Tf 40 760 Td 14 TL " + " ".join(
+            f"({_sentence(p * lines + k)}) '" for k in range(lines)) + " ET"
+        stream = text.encode()
+        content_id, page_id = next_id, next_id + 1
+        next_id += 2
+        body.append((content_id, b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"))
+        body.append((page_id, b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents %d 0 R "
+                     b"/Resources << /Font << /F1 3 0 R >> >> >>" % content_id))
+        kids.append(page_id)
+    objs_by_id = {1: b"<< /Type /Catalog /Pages 2 0 R >>",
+                  pages_id: b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids)
+                  + b"] /Count %d >>" % len(kids),
+                  font_id: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"}
+    objs_by_id.update(dict(body))
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = {}
+    for i in sorted(objs_by_id):
+        offsets[i] = len(out)
+        out += b"%d 0 obj\n" % i + objs_by_id[i] + b"\nendobj\n"
+    xref = len(out)
+    n = max(objs_by_id) + 1
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % n
+    for i in range(1, n):
+        out += b"%010d 00000 n \n" % offsets[i]
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (n, xref)
+    del objs
+    return bytes(out)
+
+
+def markdown_files(root: Path, n: int) -> None:
+    for i in range(n):
+        (root / f"note{i:04d}.md").write_text(
+            f"# Note {i}\n\n{_sentence(i)} {_sentence(i + 1)}\n\n## Details\n\n- {_sentence(i + 2)}\n"
+            f"- {_sentence(i + 3)}\n\n{_sentence(i + 4)} {_sentence(i + 5)}\n")
+
+
+def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: int = 256,
+        batch_size: int = 32) -> dict:
+    from index.chunking import limits_for_model
+    from index.embedding import embed_samples, open_for_model
+    from index.ingest import Ingestor, walk
+    from model.sugar import SugarModel
+
+    model = SugarModel.from_pretrained(checkpoint)
+    limits = limits_for_model(model)
+    records: dict = {"checkpoint": str(checkpoint), "pages": pages, "files": files}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "pdf").mkdir()
+        (root / "pdf" / "manual.pdf").write_bytes(text_pdf(pages))
+        (root / "md").mkdir()
+        markdown_files(root / "md", files)
+        idx = open_for_model(root / "ix", model)
+
+        def embed(s):
+            return embed_samples(model, s, batch_size)
+
+        ing = Ingestor(idx, embed, model.embedding_version, limits, model.backbone.count_text_tokens,
+                       batch_size=batch_size)
+        print(f"{'corpus':10s} {'chunks':>7s} {'read+chunk s':>13s} {'embed s (est.)':>15s} {'embed/read':>11s}")
+        for name in ("pdf", "md"):
+            sources, _ = walk([root / name])
+            t = time.perf_counter()
+            chunks = [s for f in sources for s in ing.chunks(f, "bench")[1]]
+            read_s = time.perf_counter() - t
+            step = max(1, len(chunks) // max(1, embed_sample))
+            sample = chunks[::step][:embed_sample]
+            t = time.perf_counter()
+            ing.embed_all(sample)
+            per_chunk = (time.perf_counter() - t) / len(sample)
+            embed_s = per_chunk * len(chunks)
+            records[name] = {"chunks": len(chunks), "read_chunk_s": read_s, "embed_s": embed_s,
+                             "embedded_for_rate": len(sample), "ratio_embed_over_read": embed_s / read_s}
+            print(f"{name:10s} {len(chunks):7d} {read_s:13.2f} {embed_s:15.2f} {embed_s / read_s:10.1f}x")
+        t = time.perf_counter()
+        first = ing.sync_paths([root / "pdf", root / "md"])
+        first_s = time.perf_counter() - t
+        t = time.perf_counter()
+        again = ing.sync_paths([root / "pdf", root / "md"])
+        again_s = time.perf_counter() - t
+        idx.close()
+        records["sync"] = {"first_s": first_s, "rerun_s": again_s, "ratio": first_s / again_s,
+                           "first": first.to_dict(), "rerun": again.to_dict()}
+        print(f"first sync   {first_s:8.2f} s   {first.text().splitlines()[0]}")
+        print(f"re-run       {again_s:8.2f} s   {again.text().splitlines()[0]}")
+        print(f"first / re-run: {first_s / again_s:.0f}x")
+    return records
