@@ -1,7 +1,8 @@
 """FastAPI app: a short assembly of the pieces.
 
 - `routes/`: one APIRouter per area — native inference (/embed /retrieve
-  /generate), documents, OpenAI-compatible /v1, probes and metrics;
+  /generate), documents (and uploads, index stats), OpenAI-compatible /v1,
+  probes and metrics, the web playground (/ui);
 - `middleware.py`: API key, body size and deadline, per-route metrics;
 - `errors.py`: every error as `{"error": {"type", "message", "field"?}}`;
 - `deps.py`: the service, settings and metrics from `app.state`.
@@ -23,7 +24,7 @@ from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import install_guard
 from .protocol import apply_limits
-from .routes import documents, native, openai, probes
+from .routes import documents, native, openai, probes, ui
 from .service import SugarService
 from .settings import Settings
 
@@ -53,7 +54,7 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
     app.state.metrics = metrics
     install_guard(app, settings, metrics)
     install_error_handlers(app)
-    for router in (probes.router, native.router, documents.router, openai.router):
+    for router in (probes.router, native.router, documents.router, openai.router, ui.router):
         app.include_router(router)
 
     def openapi() -> dict:

@@ -16,8 +16,10 @@ from .metrics import Metrics
 from .settings import Settings
 
 OPEN_PATHS = {"/health", "/ready"}  # probes carry no secrets
+UI_PATHS = ("/", "/ui")  # the playground's static files (server/routes/ui.py): no data, no secret
 KNOWN_ROUTES = {"/health", "/ready", "/metrics", "/embed", "/retrieve", "/generate", "/documents",
-                "/v1/models", "/v1/embeddings", "/v1/chat/completions", "/openapi.json", "/docs"}
+                "/v1/models", "/v1/embeddings", "/v1/chat/completions", "/openapi.json", "/docs",
+                "/documents/upload", "/index/stats", "/", "/ui"}
 
 
 def route_name(request: Request) -> str:
@@ -42,7 +44,8 @@ def install_guard(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             return error(status, *args, **kw)
 
         needs_key = settings.api_key and path not in OPEN_PATHS and not (
-            path == "/metrics" and settings.metrics_public)
+            path == "/metrics" and settings.metrics_public) and not (
+            request.method in ("GET", "HEAD") and (path in UI_PATHS or path.startswith("/ui/")))
         if needs_key:
             header = request.headers.get("authorization", "")
             token = header[7:] if header.lower().startswith("bearer ") else ""

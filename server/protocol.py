@@ -286,6 +286,17 @@ class UploadResponse(BaseModel):
     summary: UploadSummary
 
 
+class IndexStats(BaseModel):
+    count: int
+    dim: int
+    type: str
+    vectors: int
+    tombstones: int
+    embedding_version: str
+    embedding_versions: dict[str, int]
+    size_bytes: int
+
+
 class DocumentOut(BaseModel):
     id: str
     metadata: dict[str, Any]

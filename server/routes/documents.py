@@ -96,6 +96,11 @@ async def put_document(doc_id: DocId, doc: P.SampleIn, service: Svc) -> P.Docume
     return P.DocumentAck(id=doc_id, status="updated")
 
 
+@router.get("/index/stats", response_model=P.IndexStats, responses=responses(401))
+async def index_stats(service: Svc) -> P.IndexStats:
+    return P.IndexStats(**await asyncio.to_thread(service.index.stats))
+
+
 @router.get("/documents", response_model=P.DocumentList, responses=responses(401, 422))
 async def list_documents(service: Svc, offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> P.DocumentList:

@@ -1,0 +1,271 @@
+"""The web playground in a real browser: Debian's chromium + chromium-driver through Selenium,
+against a live `sugar serve` on the shipped checkpoint and its built-in collection (with an
+API key). Skipped where Chromium is absent; `.ci/run` installs it. Screenshots of each page at
+1280 and 390 px wide go to $SUGAR_BROWSER_ARTIFACTS (default build/browser-artifacts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_image
+from tests.server_fixtures import free_port
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and DRIVER):
+    pytest.skip("Debian chromium and chromium-driver are not installed", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "playground-key"
+ARTIFACTS = Path(os.environ.get("SUGAR_BROWSER_ARTIFACTS", ROOT / "build" / "browser-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SUGAR_HOME": str(home), "SUGAR_MAX_IMAGE_PIXELS": "262144",
+           "SUGAR_READY_CACHE_S": "0"}
+    log = open(home / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "sugar_cli.main", "serve", "--port", str(port), "--api-key", KEY],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            log.close()
+            raise RuntimeError("sugar serve did not become ready:\n" + (home / "serve.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def driver():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    d.implicitly_wait(0)
+    yield d
+    d.quit()
+
+
+def wait(d, cond, timeout=60):
+    return WebDriverWait(d, timeout, poll_frequency=0.05).until(lambda _: cond())
+
+
+def api(url, method, path, body=None):
+    req = urllib.request.Request(url + path, method=method, data=json.dumps(body).encode() if body else None,
+                                 headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def console_errors(d) -> list[str]:
+    return [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def no_alert(d) -> bool:
+    try:
+        _ = d.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def search(d, text, prefix=""):
+    box = d.find_element(By.ID, "search-text")
+    box.clear()
+    box.send_keys(text)
+    src = d.find_element(By.ID, "search-source")
+    src.clear()
+    if prefix:
+        src.send_keys(prefix)
+    d.find_element(By.ID, "search-go").click()
+
+
+def shoot(d, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for width in (1280, 390):
+        d.set_window_size(width, 900)
+        time.sleep(0.2)
+        d.save_screenshot(str(ARTIFACTS / f"{name}-{width}.png"))
+    d.set_window_size(1280, 900)
+
+
+def test_1_api_key_prompt_then_text_search_shows_cards_with_loaded_images(server, driver):
+    d = driver
+    d.get(server + "/")  # redirects to /ui
+    assert d.current_url.endswith("/ui")
+    assert not d.find_element(By.ID, "key-form").is_displayed()  # asked only when a request needs it
+    search(d, "The banner of House")
+    wait(d, lambda: d.find_element(By.ID, "key-form").is_displayed())  # 401 -> the key prompt
+    d.find_element(By.ID, "key-input").send_keys("wrong")
+    d.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait(d, lambda: "refused" in d.find_element(By.ID, "key-error").text)  # 401 again: asked again
+    d.find_element(By.ID, "key-input").send_keys(KEY)
+    d.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait(d, lambda: len(d.find_elements(By.CSS_SELECTOR, "#search-results .card")) >= 3)
+    wait(d, lambda: d.execute_script(
+        "const im=[...document.querySelectorAll('#search-results img')];"
+        "return im.length>0 && im.every(i=>i.complete && i.naturalWidth>0)"))
+    assert float(d.find_element(By.ID, "search-results").get_attribute("data-render-ms")) <= 300
+    assert "score" in d.find_element(By.CSS_SELECTOR, "#search-results .card .scores").text
+    assert d.execute_script("return sessionStorage.getItem('sugar.apiKey')") == KEY
+    assert not d.find_element(By.ID, "key-form").is_displayed()
+    shoot(d, "search")
+
+
+def test_2_debounced_typing_sends_one_request(server, driver):
+    d = driver
+    d.execute_script("""
+      window.__calls = 0; const f = window.fetch;
+      window.fetch = (...a) => { if (String(a[0]).includes('/retrieve')) window.__calls++; return f(...a); };""")
+    box = d.find_element(By.ID, "search-text")
+    box.clear()
+    for ch in "House banner colour":
+        box.send_keys(ch)
+    time.sleep(1.2)
+    assert d.execute_script("return window.__calls") == 1
+
+
+def test_3_image_search_via_file_input(server, driver, tmp_path):
+    d = driver
+    d.find_element(By.ID, "search-text").clear()
+    img = tmp_path / "q.png"
+    make_image(3, (64, 64)).save(img)
+    d.find_element(By.ID, "search-image").send_keys(str(img))
+    wait(d, lambda: "results in" in d.find_element(By.ID, "search-meta").text
+         and d.find_element(By.ID, "search-image-name").text == "q.png")
+    assert d.find_elements(By.CSS_SELECTOR, "#search-results .card")
+
+
+def test_4_oversized_image_shows_the_servers_message(server, driver, tmp_path):
+    d = driver
+    big = tmp_path / "big.png"
+    make_image(4, (800, 800)).save(big)
+    d.find_element(By.ID, "search-image").send_keys(str(big))
+    wait(d, lambda: "exceeds the limit of 262144" in d.find_element(By.ID, "search-error").text)
+    assert d.find_element(By.ID, "search-error").text.startswith("422: ")
+
+
+def test_5_ask_streams_and_lists_cited_documents(server, driver, tmp_path):
+    d = driver
+    d.find_element(By.ID, "tab-ask").click()
+    d.find_element(By.ID, "ask-text").send_keys("Describe the image.")
+    img = tmp_path / "scene.png"
+    make_image(5, (64, 64)).save(img)
+    d.find_element(By.ID, "ask-image").send_keys(str(img))
+    max_tokens = d.find_element(By.ID, "ask-max")
+    max_tokens.clear()
+    max_tokens.send_keys("24")
+    d.execute_script("""
+      window.__lens = []; const el = document.getElementById('ask-answer');
+      new MutationObserver(() => window.__lens.push(el.textContent.length))
+        .observe(el, {childList: true, characterData: true, subtree: true});""")
+    d.find_element(By.ID, "ask-go").click()
+    wait(d, lambda: "tokens/s" in d.find_element(By.ID, "ask-timings").text, timeout=120)
+    lens = d.execute_script("return window.__lens")
+    assert len({n for n in lens if n > 0}) >= 2, lens  # the answer grew token by token
+    cited = d.find_elements(By.CSS_SELECTOR, "#ask-docs li")
+    assert cited and "cited" in cited[0].text
+    shoot(d, "ask")
+
+
+def test_6_upload_markdown_with_image_search_it_then_delete(server, driver, tmp_path):
+    d = driver
+    md = tmp_path / "zephyr.md"
+    md.write_text("# Zephyrine notes\n\nThe zephyrine lantern hangs by the quay.\n\n![the lantern](lantern.png)\n")
+    make_image(6, (64, 64)).save(tmp_path / "lantern.png")
+    d.find_element(By.ID, "tab-library").click()
+    d.find_element(By.ID, "upload-files").send_keys(f"{md}\n{tmp_path / 'lantern.png'}")
+    d.find_element(By.ID, "upload-go").click()
+    wait(d, lambda: d.find_element(By.ID, "upload-summary").is_displayed())
+    rows = [r.text for r in d.find_elements(By.CSS_SELECTOR, "#upload-summary tbody tr")]
+    assert any(r.startswith("zephyr.md added") for r in rows), rows
+    wait(d, lambda: "count" in d.find_element(By.ID, "index-stats").text)
+    shoot(d, "library")
+    d.find_element(By.ID, "tab-search").click()
+    d.find_element(By.ID, "search-image").clear()
+    d.execute_script("document.getElementById('search-image').value='';")
+    search(d, "zephyrine lantern", prefix="upload:zephyr")
+    wait(d, lambda: any("Zephyrine" in c.text for c in d.find_elements(By.CSS_SELECTOR, "#search-results .card")))
+    card = d.find_element(By.CSS_SELECTOR, "#search-results .card")
+    doc_id = card.get_attribute("data-id")
+    card.click()
+    wait(d, lambda: d.find_element(By.ID, "doc-dialog").is_displayed())
+    d.find_element(By.ID, "doc-delete").click()
+    wait(d, lambda: not d.find_element(By.ID, "doc-dialog").is_displayed())
+    with pytest.raises(urllib.error.HTTPError) as e:
+        api(server, "GET", f"/documents/{doc_id}")
+    assert e.value.code == 404
+
+
+def test_7_document_text_with_markup_renders_inert(server, driver):
+    d = driver
+    evil = 'Quokka <script>alert("x")</script> <img src=x onerror=alert(1)> end'
+    api(server, "POST", "/documents", {"id": "evil-doc", "slices": [{"type": "text", "text": evil}],
+                                       "metadata": {"title": "<b onmouseover=alert(2)>t</b>"}})
+    search(d, "Quokka script alert", prefix="")
+    wait(d, lambda: any(c.get_attribute("data-id") == "evil-doc"
+                        for c in d.find_elements(By.CSS_SELECTOR, "#search-results .card")))
+    card = next(c for c in d.find_elements(By.CSS_SELECTOR, "#search-results .card")
+                if c.get_attribute("data-id") == "evil-doc")
+    assert evil in card.text and "<b onmouseover=alert(2)>t</b>" in card.text  # shown as text
+    assert not d.find_elements(By.CSS_SELECTOR, "#search-results script, #search-results img[src='x'], #search-results b")
+    time.sleep(0.5)
+    assert no_alert(d)
+    api(server, "DELETE", "/documents/evil-doc")
+
+
+def test_8_ui_headers_csp_and_page_weight(server):
+    with urllib.request.urlopen(server + "/ui", timeout=10) as r:
+        csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    weight = sum(len(urllib.request.urlopen(server + p, timeout=10).read())
+                 for p in ("/ui", "/ui/app.js", "/ui/style.css"))
+    assert weight <= 200_000, weight
+    with pytest.raises(urllib.error.HTTPError) as e:  # the page's files need no key; the API does
+        urllib.request.urlopen(server + "/documents", timeout=10)
+    assert e.value.code == 401
+
+
+def test_9_no_console_errors_on_the_happy_path(server, driver):
+    d = driver
+    d.get_log("browser")  # drop what the earlier tests (401s and 422s on purpose) logged
+    d.get(server + "/ui")  # sessionStorage keeps the key
+    for tab in ("tab-ask", "tab-library", "tab-search"):
+        d.find_element(By.ID, tab).click()
+    search(d, "House")
+    wait(d, lambda: len(d.find_elements(By.CSS_SELECTOR, "#search-results .card")) >= 1)
+    d.find_element(By.ID, "tab-library").click()
+    wait(d, lambda: "count" in d.find_element(By.ID, "index-stats").text)
+    time.sleep(0.5)
+    assert console_errors(d) == []
