@@ -16,7 +16,7 @@ from sugar_cli.main import main
 from tests.conftest import make_image
 from training.config import TrainConfig, preset
 from training.data import GenExample, text
-from training.loop import Trainer, encode_gen
+from training.loop import Trainer, encode_gen, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +183,23 @@ def test_jsonl_pools_pick_tasks_by_weight(tmp_path):
     assert {pools.gen_example(rng, {"vqa": 1.0}).kind for _ in range(20)} == {"vqa"}
     # weights over tasks the file lacks fall back to every example
     assert {pools.gen_example(rng, {"rag": 1.0}).kind for _ in range(200)} == {"caption", "vqa"}
+
+
+def test_substitutions_and_drops_are_recorded_in_training_json(tmp_path, monkeypatch):
+    import training.data as data
+
+    # Fashion-MNIST absent: its share is drawn as VQA / caption examples, counted
+    monkeypatch.setattr(data, "fashion_available", lambda root=data.FASHION_DIR: False)
+    cfg = preset("smoke").with_overrides(["steps=2", 'gen_kinds={"fashion": 1.0}', 'pair_kinds={"fashion": 1.0}'])
+    out = train(cfg, tmp_path / "a")
+    report = json.loads((out / "training.json").read_text())["data_report"]
+    assert report["substituted"] == {"generative fashion -> vqa (Fashion-MNIST not installed)": 8,
+                                     "pair fashion -> caption (Fashion-MNIST not installed)": 16}
+    # a JSONL without pair lines: every pair example of every step is dropped, and said so
+    make_image(1).save(tmp_path / "a.png")
+    row = {"task": "caption", "slices": [{"type": "image", "path": "a.png"}], "answer": "noise"}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    cfg = preset("smoke").with_overrides(["steps=2", "pair_batch=3", f'data="{tmp_path / "d.jsonl"}"'])
+    out = train(cfg, tmp_path / "b")
+    report = json.loads((out / "training.json").read_text())["data_report"]
+    assert report["dropped"] == {"pair examples the data cannot give (None)": 6}

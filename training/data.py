@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,9 @@ class SyntheticPools:
         self.pages = [interleaved_document(self.split, rng, i) for i in range(n_pages)]
         self.houses: list[Knowledge] = knowledge_base(self.split, n_houses, house_offset)
         self._images: dict[tuple, Image.Image] = {}
+        # examples of one kind drawn as another (Fashion-MNIST absent): counted, reported in
+        # training.json (`data_report`) and logged by the trainer
+        self.substitutions: Counter[str] = Counter()
         self.fashion: tuple[np.ndarray, np.ndarray] | None = None
         if n_fashion and fashion_available():
             imgs, labels = load_fashion("train" if split == "train" else "test")
@@ -146,6 +150,7 @@ class SyntheticPools:
     def gen_example(self, rng: random.Random, kinds: dict[str, float]) -> GenExample:
         kind = rng.choices(list(kinds), list(kinds.values()))[0]
         if kind == "fashion" and self.fashion is None:
+            self.substitutions["generative fashion -> vqa (Fashion-MNIST not installed)"] += 1
             kind = "vqa"
         if kind == "caption":
             sc = rng.choice(self.scenes)
@@ -178,6 +183,7 @@ class SyntheticPools:
     def pair_example(self, rng: random.Random, kinds: dict[str, float], hard_negatives: float) -> PairExample:
         kind = rng.choices(list(kinds), list(kinds.values()))[0]
         if kind == "fashion" and self.fashion is None:
+            self.substitutions["pair fashion -> caption (Fashion-MNIST not installed)"] += 1
             kind = "caption"
         if kind == "caption":
             i = rng.randrange(len(self.scenes))
@@ -235,6 +241,8 @@ class JsonlPools:
                     self.pairs.append(PairExample(Sample(texts), r.sample, "document"))
                 else:
                     skipped += 1
+        self.skipped_documents = skipped
+        self.substitutions: Counter[str] = Counter()
         self.by_task: dict[str, list[GenExample]] = {}
         for g in self.gen:
             self.by_task.setdefault(g.kind, []).append(g)

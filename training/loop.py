@@ -311,6 +311,11 @@ class Trainer:
         self.optimizer = self.accel.prepare(self.optimizer)
         self.accel.register_for_checkpointing(self.scheduler, self.module)
         self.start_step = 0
+        self.dropped: dict[str, int] = {}
+        if isinstance(self.pools, SyntheticPools) and self.pools.fashion is None and (
+                c.gen_kinds.get("fashion", 0) > 0 or c.pair_kinds.get("fashion", 0) > 0):
+            logger.warning("Fashion-MNIST is not installed (Debian dataset-fashion-mnist): its share of "
+                           "the batches is drawn as VQA/caption examples (counted in training.json)")
 
     def _lr_lambda(self, step: int) -> float:
         c = self.cfg
@@ -356,14 +361,35 @@ class Trainer:
         gen = [self.pools.gen_example(rng, kinds) for _ in range(c.gen_batch)] if c.use_gen else []
         pairs = ([self.pools.pair_example(rng, c.pair_kinds, c.hard_negatives) for _ in range(c.pair_batch)]
                  if c.use_disc else [])
+        n_gen, n_pairs = len(gen), len(pairs)
         gen = [g for g in gen if g is not None]
         pairs = [p for p in pairs if p is not None]
+        self._drop("generative examples the data cannot give (None)", n_gen - len(gen))
+        self._drop("pair examples the data cannot give (None)", n_pairs - len(pairs))
+        self._drop("generative examples beyond a multiple of the world size", len(gen) % self.world_size)
+        self._drop("pair examples beyond a multiple of the world size", len(pairs) % self.world_size)
 
         def shard(xs: list) -> list:
             n = len(xs) // self.world_size
             return xs[self.rank * n : (self.rank + 1) * n]
 
         return Batch(shard(gen), shard(pairs))
+
+    def _drop(self, what: str, n: int) -> None:
+        """Count examples a batch loses (reported in training.json; logged the first time)."""
+        if n <= 0:
+            return
+        if what not in self.dropped:
+            logger.warning("training data: %s — %d dropped at this step (counted in training.json)", what, n)
+        self.dropped[what] = self.dropped.get(what, 0) + n
+
+    def data_report(self) -> dict:
+        subs = dict(getattr(self.pools, "substitutions", {}))
+        report = {"substituted": subs, "dropped": dict(self.dropped)}
+        skipped = getattr(self.pools, "skipped_documents", 0)
+        if skipped:
+            report["documents_not_used"] = skipped
+        return report
 
     # -------------------------------------------------------------- one step
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -602,6 +628,8 @@ class Trainer:
             "final": self.metrics[-1] if self.metrics else {},
             "teacher_minimal_pair_accuracy": self.teacher_report,
             "teacher_weights": dict(self.triple.weights) if self.triple else {},
+            # what the data could not give as configured: kinds drawn as others, examples dropped
+            "data_report": self.data_report(),
             "wall_time_s": round(time.time() - self.t0, 1),
             "code_version": code_version(),
             "world_size": self.world_size,
