@@ -10,15 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from model.config import SMOKE_TINY
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
-TEST_TINY = dict(
-    image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
-    text_hidden=64, text_layers=2, text_heads=2, text_kv_heads=2, vocab_size=512,
-    max_positions=512,
-)
+TEST_TINY = dict(SMOKE_TINY)  # the one tiny test model (model/config.py)
 
 
 def make_image(seed: int = 0, size: tuple[int, int] = (40, 30)) -> Image.Image:

@@ -14,7 +14,7 @@ from tests.conftest import TEST_TINY, make_image
 
 def trained_a_little(seed: int = 0) -> SugarModel:
     """A tiny model whose projector statistics moved off their init (train-mode passes)."""
-    model = build_tiny_model(SugarConfig(embed_dim=32), TinyConfig(**TEST_TINY, seed=seed))
+    model = build_tiny_model(SugarConfig(embed_dim=32), TinyConfig(**TEST_TINY, seed=seed, projector_norm=True))
     proj = model.lm.model.multi_modal_projector
     assert isinstance(proj, NormalizedProjector)
     proj.train()

@@ -202,4 +202,4 @@ def test_substitutions_and_drops_are_recorded_in_training_json(tmp_path, monkeyp
     cfg = preset("smoke").with_overrides(["steps=2", "pair_batch=3", f'data="{tmp_path / "d.jsonl"}"'])
     out = train(cfg, tmp_path / "b")
     report = json.loads((out / "training.json").read_text())["data_report"]
-    assert report["dropped"] == {"pair examples the data cannot give (None)": 6}
+    assert report["dropped"] == {"pair examples: the data has none": 6}

@@ -6,8 +6,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-SMALL = {"image_size": 32, "vision_hidden": 32, "vision_layers": 1, "vision_heads": 2, "text_hidden": 64,
-         "text_layers": 2, "text_heads": 2, "text_kv_heads": 2, "vocab_size": 512, "max_positions": 1024}
+from model.config import SMOKE_TINY
+
+SMALL = {k: v for k, v in SMOKE_TINY.items() if k != "patch_size"}  # the probe sets its own patch size
 
 
 def load():

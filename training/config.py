@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.config import SMOKE_TINY, SugarConfig, TinyConfig
+
 from .world import SEEN_NAME_OFFSET
 
 ABLATIONS = ("joint", "gen_only", "disc_only", "no_ga", "no_triple", "last_token")
@@ -22,8 +24,10 @@ ABLATIONS = ("joint", "gen_only", "disc_only", "no_ga", "no_triple", "last_token
 class TrainConfig:
     # model
     backbone: str = "tiny"  # "tiny" (random init, built locally) or a HF directory / hub id
-    tiny: dict[str, Any] = field(default_factory=dict)  # TinyConfig overrides
-    sugar: dict[str, Any] = field(default_factory=dict)  # SugarConfig overrides
+    # the tiny backbone's and the Sugar heads' settings; JSON recipes and `--set` give them as
+    # (partial) objects, merged onto the defaults (`--set` merges onto the current values)
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+    sugar: SugarConfig = field(default_factory=SugarConfig)
     lora_rank: int = 0  # > 0: LoRA (peft) on the language model; 0: full training
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -78,6 +82,10 @@ class TrainConfig:
     save_dtype: str = "float32"  # backbone weights as stored: "float32" | "float16" | "bfloat16"
 
     def __post_init__(self) -> None:
+        if isinstance(self.tiny, dict):
+            self.tiny = TinyConfig.from_dict(self.tiny)
+        if isinstance(self.sugar, dict):
+            self.sugar = SugarConfig.from_dict(self.sugar)
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
         if self.n_houses >= SEEN_NAME_OFFSET:
@@ -115,7 +123,11 @@ class TrainConfig:
                 changes[key] = json.loads(raw)
             except json.JSONDecodeError:
                 changes[key] = raw
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        current = self.to_dict()
+        for key in ("tiny", "sugar"):  # nested settings: merged, not replaced
+            if isinstance(changes.get(key), dict):
+                changes[key] = {**current[key], **changes[key]}
+        return TrainConfig.from_dict({**current, **changes})
 
     def ablated(self) -> TrainConfig:
         """The effective settings of the chosen ablation."""
@@ -126,7 +138,7 @@ class TrainConfig:
         elif a == "no_triple":
             c.beta = 0.0
         elif a == "last_token":
-            c.sugar = {**c.sugar, "pooling": "last"}
+            c.sugar = dataclasses.replace(c.sugar, pooling="last")
         return c
 
     @property
@@ -145,11 +157,10 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # the default checkpoint: budgeted to train in <= 10 minutes on 2 CPU cores
     "tiny": {"tiny": {"patch_size": 16}, "steps": 300, "threads": 2},
-    # the checkpoint shipped with the project (model/shipped/): the tiny architecture
-    # trained longer, captions first (stage 1), λ warmed up, many more house names,
-    # stored in float16 (issue #10; its closing note has the measurements)
-    "shipped": {"tiny": {"patch_size": 16}, "steps": 1600, "threads": 2, "warmup": 50,
-                "align_steps": 150, "lam_warmup": 300, "pair_batch": 24, "n_houses": 1500,
+    # the checkpoint shipped with the project (model/default_checkpoint/): the tiny
+    # preset's recipe (its measured best: no projector normalisation, λ = 1 from the
+    # start) trained 5x longer with many more house names, stored in float16 (issue #10)
+    "shipped": {"tiny": {"patch_size": 16}, "steps": 1500, "threads": 2, "warmup": 50, "n_houses": 1500,
                 "checkpoint_every": 100, "save_dtype": "float16"},
     # the paper's claims across seeds at a reduced budget (`sugar eval --ablations --preset claims`):
     # the shipped recipe's shape (stage 1, λ warm-up) with smaller batches, pools and step count
@@ -159,9 +170,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a few steps: smoke tests and CI
     "smoke": {"steps": 6, "gen_batch": 4, "pair_batch": 8, "n_scenes": 60, "n_pages": 20,
               "n_houses": 20, "n_fashion": 40, "log_every": 2, "checkpoint_every": 3,
-              "tiny": {"image_size": 32, "vision_hidden": 32, "vision_layers": 1,
-                       "vision_heads": 2, "text_hidden": 64, "text_layers": 2, "text_heads": 2,
-                       "text_kv_heads": 2, "vocab_size": 512, "max_positions": 1024},
+              "tiny": dict(SMOKE_TINY),
               "image_size": 32, "teachers": {"text": None, "image": None, "cross": None}},
 }
 

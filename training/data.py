@@ -12,12 +12,14 @@ one teacher feature computed once and cached. Two kinds of example:
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -106,8 +108,48 @@ def fashion_catalog_doc(label: int) -> Sample:
 # ---------------------------------------------------------------- the pools
 
 
+@dataclass
+class MinimalPair:
+    """A teacher check: does an anchor sit closer to its positive than to the twin that
+    differs in one attribute? Image triplets re-render the scene; text ones paraphrase."""
+
+    attribute: str
+    image: tuple[Slice, Slice, Slice]
+    text: tuple[Slice, Slice, Slice]
+
+
+class Pools(Protocol):
+    """The one interface between training data and the loop (training/loop.py calls
+    nothing else): the synthetic world (with Fashion-MNIST) and users' JSONL implement it.
+
+    `gen_example` / `pair_example` always return an example; the loop asks only when
+    `can_generate` / `can_pair` say the data has that kind. Kinds the data cannot give
+    as configured are drawn as others and counted in `substitutions`."""
+
+    substitutions: Counter[str]
+
+    @property
+    def can_generate(self) -> bool: ...
+
+    @property
+    def can_pair(self) -> bool: ...
+
+    def gen_example(self, rng: random.Random, kinds: dict[str, float]) -> GenExample: ...
+
+    def pair_example(self, rng: random.Random, kinds: dict[str, float], hard_negatives: float) -> PairExample: ...
+
+    def tokenizer_corpus(self) -> list[str]: ...
+
+    def teacher_slices(self) -> list[Slice]: ...
+
+    def minimal_pairs(self, n: int) -> list[MinimalPair]: ...
+
+
 class SyntheticPools:
     """Finite pools of one split: scenes + twins, pages, knowledge, fashion items."""
+
+    can_generate = True
+    can_pair = True
 
     def __init__(self, split: str, seed: int, n_scenes: int, n_pages: int, n_houses: int,
                  n_fashion: int = 0, image_size: int = 64, house_offset: int = 0) -> None:
@@ -135,6 +177,47 @@ class SyntheticPools:
             imgs, labels = load_fashion("train" if split == "train" else "test")
             idx = np.random.default_rng(seed).permutation(len(labels))[:n_fashion]
             self.fashion = (imgs[idx], labels[idx])
+        elif n_fashion:
+            logger.warning("Fashion-MNIST is not installed (Debian dataset-fashion-mnist): fashion "
+                           "examples are drawn as VQA/caption ones (counted in `substitutions`)")
+
+    # ----------------------------------------------------------- what the loop asks
+    def tokenizer_corpus(self) -> list[str]:
+        return ([sc.caption() for sc in self.scenes[:500]]
+                + [f"The banner of House {h.name}" for h in self.houses])
+
+    def teacher_slices(self) -> list[Slice]:
+        """Every distinct slice the pools can put in a batch (teacher features, cached once)."""
+        slices: list[Slice] = []
+        for sc, tw in zip(self.scenes, self.twins, strict=True):
+            slices.append(self.scene_sample(sc).slices[0])
+            slices.extend(self.scene_sample(t).slices[0] for t in tw.values())
+            slices.append(Slice.of_text(sc.caption()))
+        for doc, scenes in self.pages:
+            slices.extend(doc.slices)
+            slices.extend(Slice.of_text(sc.caption()) for sc in scenes)
+        for h in self.houses:
+            slices.extend(h.document().slices)
+            slices.extend(Slice.of_text(q) for q in h.questions())
+        if self.fashion is not None:
+            slices.extend(Slice.of_image(fashion_image(a)) for a in self.fashion[0])
+            slices.extend(fashion_catalog_doc(k).slices[0] for k in range(10))
+        return slices
+
+    def minimal_pairs(self, n: int) -> list[MinimalPair]:
+        """Up to `n` per attribute: the anchor is a re-render (other jitter seed) of the
+        scene, or the paraphrased caption."""
+        rng = random.Random(0)
+        out: list[MinimalPair] = []
+        for attr in ATTRIBUTES:
+            cases = [(sc, tw[attr]) for sc, tw in zip(self.scenes, self.twins, strict=True) if attr in tw][:n]
+            for sc, twin in cases:
+                anchor = dataclasses.replace(sc, seed=rng.randrange(1 << 30))
+                image = (self.scene_sample(anchor).slices[0], self.scene_sample(sc).slices[0],
+                         self.scene_sample(twin).slices[0])
+                text = (Slice.of_text(sc.caption(1)), Slice.of_text(sc.caption()), Slice.of_text(twin.caption()))
+                out.append(MinimalPair(attr, image, text))
+        return out
 
     def image(self, scene: Scene) -> Image.Image:
         key = (scene.key, scene.seed)
@@ -252,19 +335,39 @@ class JsonlPools:
             raise ValueError(f"{path}: no training examples (need caption/vqa/rag/pair lines)")
         logger.info("%s: %d generative and %d pair examples", path, len(self.gen), len(self.pairs))
 
+    @property
+    def can_generate(self) -> bool:
+        return bool(self.gen)
+
+    @property
+    def can_pair(self) -> bool:
+        return bool(self.pairs)
+
     def gen_example(self, rng: random.Random, kinds: dict[str, float] | None = None) -> GenExample:
         """A generative example; `kinds` (task -> weight) picks among the tasks the
         file has (caption/vqa/rag), all examples when none of them is present."""
         if not self.gen:
-            return None  # type: ignore[return-value]
+            raise ValueError("this JSONL has no caption/vqa/rag lines (check can_generate)")
         present = {k: w for k, w in (kinds or {}).items() if k in self.by_task and w > 0}
         if not present:
+            self.substitutions["generative: none of the weighted tasks in the file -> any task"] += 1
             return rng.choice(self.gen)
         task = rng.choices(list(present), list(present.values()))[0]
         return rng.choice(self.by_task[task])
 
     def pair_example(self, rng: random.Random, kinds=None, hard_negatives: float = 0.0) -> PairExample:
-        return rng.choice(self.pairs) if self.pairs else None  # type: ignore[return-value]
+        if not self.pairs:
+            raise ValueError("this JSONL has no pair lines or documents with text and images (check can_pair)")
+        return rng.choice(self.pairs)
+
+    def tokenizer_corpus(self) -> list[str]:
+        return [e.answer for e in self.gen]
+
+    def teacher_slices(self) -> list[Slice]:
+        return []  # computed (and cached) as batches reach them
+
+    def minimal_pairs(self, n: int) -> list[MinimalPair]:
+        return []  # users' data has no known minimal pairs: teachers are not checked
 
 
 BUILTIN_SEED, BUILTIN_HOUSES, BUILTIN_PAGES = 7, 200, 300

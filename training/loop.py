@@ -10,6 +10,7 @@ same batches), `Trainer.step` (forward, named losses, backward, optimiser),
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,7 +26,6 @@ from torch import nn
 from tqdm import tqdm
 
 from model.backbone import EncodedBatch, load_backbone
-from model.config import SugarConfig, TinyConfig
 from model.heads import GlobalBatchNorm
 from model.prompts import Prompt, answer_text, chat_prompt, rag_parts
 from model.sample import Sample
@@ -33,9 +33,8 @@ from model.sugar import SliceEmbeddings, SugarModel
 from model.teachers import CachedTeacher, TripleKernel, load_teacher
 
 from .config import TrainConfig
-from .data import GenExample, JsonlPools, PairExample, SyntheticPools
+from .data import GenExample, JsonlPools, MinimalPair, PairExample, Pools, SyntheticPools
 from .losses import ContrastiveLoss, GenerativeLoss, StructureLoss, student_similarity
-from .world import ATTRIBUTES
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +55,11 @@ def warmup_cosine(step: int, steps: int, warmup: int, min_lr_ratio: float) -> fl
 
 
 def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
-    sugar_cfg = SugarConfig.from_dict({**SugarConfig().to_dict(), **cfg.sugar})
+    sugar_cfg = cfg.sugar
     if cfg.backbone == "tiny":
         from model.tiny import build_tiny
 
-        tiny = TinyConfig.from_dict({**TinyConfig().to_dict(), **cfg.tiny, "seed": cfg.seed})
+        tiny = dataclasses.replace(cfg.tiny, seed=cfg.seed)
         backbone = build_tiny(tiny, corpus=corpus, fmt=sugar_cfg.prompts)
     else:
         backbone = load_backbone(cfg.backbone)
@@ -117,34 +116,19 @@ def build_teachers(cfg: TrainConfig, cache_dir: Path) -> TripleKernel | None:
                         weights=cfg.teacher_weights, sigma=cfg.teacher_sigma)
 
 
-def teacher_minimal_pair_accuracy(triple: TripleKernel, pools: SyntheticPools, n: int = 60) -> dict:
+def teacher_minimal_pair_accuracy(triple: TripleKernel, cases: list[MinimalPair]) -> dict:
     """Per teacher and attribute: does the teacher put a re-rendered (image) or
     paraphrased (text) anchor closer to its scene than to the minimal-pair twin?"""
     report: dict[str, dict[str, float]] = {}
-    rng = random.Random(0)
     for role in triple.active:
         teacher = triple.teachers[role]
         assert teacher is not None
-        per_attr: dict[str, float] = {}
-        for attr in ATTRIBUTES:
-            cases = [(sc, tw[attr]) for sc, tw in zip(pools.scenes, pools.twins, strict=True) if attr in tw]
-            cases = cases[:n]
-            if not cases:
-                continue
-            correct = 0
-            for sc, twin in cases:
-                if teacher.supports("image") and role != "text":
-                    anchor = pools.scene_sample(type(sc)(**{**sc.__dict__, "seed": rng.randrange(1 << 30)}))
-                    a, p, q = (anchor.slices[0], pools.scene_sample(sc).slices[0],
-                               pools.scene_sample(twin).slices[0])
-                else:
-                    from model.sample import Slice
-
-                    a, p, q = (Slice.of_text(sc.caption(1)), Slice.of_text(sc.caption()),
-                               Slice.of_text(twin.caption()))
-                f = teacher.encode_slices([a, p, q])
-                correct += int(float(f[0] @ f[1]) > float(f[0] @ f[2]))
-            per_attr[attr] = correct / len(cases)
+        hits: dict[str, list[int]] = {}
+        for case in cases:
+            a, p, q = case.image if teacher.supports("image") and role != "text" else case.text
+            f = teacher.encode_slices([a, p, q])
+            hits.setdefault(case.attribute, []).append(int(float(f[0] @ f[1]) > float(f[0] @ f[2])))
+        per_attr = {attr: sum(v) / len(v) for attr, v in hits.items()}
         per_attr["overall"] = sum(per_attr.values()) / max(1, len(per_attr))
         report[role] = per_attr
     return report
@@ -270,22 +254,17 @@ class Trainer:
     # -------------------------------------------------------------- setup
     def _setup(self) -> None:
         c = self.cfg
-        if c.data:
-            self.pools: Any = JsonlPools(c.data)
-            corpus = [e.answer for e in self.pools.gen]
-        else:
-            self.pools = SyntheticPools("train", c.seed, c.n_scenes, c.n_pages, c.n_houses,
-                                       c.n_fashion, c.image_size)
-            corpus = [sc.caption() for sc in self.pools.scenes[:500]]
-            corpus += [f"The banner of House {h.name}" for h in self.pools.houses]
-        self.model = build_model(c, corpus)
+        self.pools: Pools = JsonlPools(c.data) if c.data else SyntheticPools(
+            "train", c.seed, c.n_scenes, c.n_pages, c.n_houses, c.n_fashion, c.image_size)
+        self.model = build_model(c, self.pools.tokenizer_corpus())
         for mod in self.model.modules():  # heads and the tiny projector's batch norms
             if isinstance(mod, GlobalBatchNorm):
                 mod.process_group = self.group
         self.triple = build_teachers(c, self.cache_dir)
         self.teacher_report: dict = {}
-        if self.triple is not None and isinstance(self.pools, SyntheticPools):
-            self.teacher_report = teacher_minimal_pair_accuracy(self.triple, self.pools)
+        cases = self.pools.minimal_pairs(60) if self.triple is not None else []
+        if self.triple is not None and cases:
+            self.teacher_report = teacher_minimal_pair_accuracy(self.triple, cases)
             for role, acc in self.teacher_report.items():
                 logger.info("teacher %s minimal-pair accuracy: %s", role,
                             {k: round(v, 3) for k, v in acc.items()})
@@ -312,10 +291,6 @@ class Trainer:
         self.accel.register_for_checkpointing(self.scheduler, self.module)
         self.start_step = 0
         self.dropped: dict[str, int] = {}
-        if isinstance(self.pools, SyntheticPools) and self.pools.fashion is None and (
-                c.gen_kinds.get("fashion", 0) > 0 or c.pair_kinds.get("fashion", 0) > 0):
-            logger.warning("Fashion-MNIST is not installed (Debian dataset-fashion-mnist): its share of "
-                           "the batches is drawn as VQA/caption examples (counted in training.json)")
 
     def _lr_lambda(self, step: int) -> float:
         c = self.cfg
@@ -323,27 +298,9 @@ class Trainer:
 
     def precompute_teachers(self) -> None:
         """Teacher features for every distinct slice of the pools, once (cached on disk)."""
-        if self.triple is None or not isinstance(self.pools, SyntheticPools):
+        slices = self.pools.teacher_slices() if self.triple is not None else []
+        if not slices:
             return
-        from model.sample import Slice
-
-        slices = []
-        p = self.pools
-        for sc, tw in zip(p.scenes, p.twins, strict=True):
-            slices.append(p.scene_sample(sc).slices[0])
-            slices.extend(p.scene_sample(t).slices[0] for t in tw.values())
-            slices.append(Slice.of_text(sc.caption()))
-        for doc, scenes in p.pages:
-            slices.extend(doc.slices)
-            slices.extend(Slice.of_text(sc.caption()) for sc in scenes)
-        for h in p.houses:
-            slices.extend(h.document().slices)
-            slices.extend(Slice.of_text(q) for q in h.questions())
-        if p.fashion is not None:
-            from .data import fashion_catalog_doc, fashion_image
-
-            slices.extend(Slice.of_image(fashion_image(a)) for a in p.fashion[0])
-            slices.extend(fashion_catalog_doc(k).slices[0] for k in range(10))
         chunk = 256
         for a in tqdm(range(0, len(slices), chunk), desc="teacher features", unit="chunk",
                       disable=self.rank != 0):
@@ -358,14 +315,14 @@ class Trainer:
         c = self.cfg
         rng = random.Random(f"{c.seed}:{step}")
         kinds = c.align_kinds if step < c.align_steps else c.gen_kinds
-        gen = [self.pools.gen_example(rng, kinds) for _ in range(c.gen_batch)] if c.use_gen else []
-        pairs = ([self.pools.pair_example(rng, c.pair_kinds, c.hard_negatives) for _ in range(c.pair_batch)]
-                 if c.use_disc else [])
-        n_gen, n_pairs = len(gen), len(pairs)
-        gen = [g for g in gen if g is not None]
-        pairs = [p for p in pairs if p is not None]
-        self._drop("generative examples the data cannot give (None)", n_gen - len(gen))
-        self._drop("pair examples the data cannot give (None)", n_pairs - len(pairs))
+        p = self.pools
+        gen = [p.gen_example(rng, kinds) for _ in range(c.gen_batch)] if c.use_gen and p.can_generate else []
+        pairs = ([p.pair_example(rng, c.pair_kinds, c.hard_negatives) for _ in range(c.pair_batch)]
+                 if c.use_disc and p.can_pair else [])
+        if c.use_gen and not p.can_generate:
+            self._drop("generative examples: the data has none", c.gen_batch)
+        if c.use_disc and not p.can_pair:
+            self._drop("pair examples: the data has none", c.pair_batch)
         self._drop("generative examples beyond a multiple of the world size", len(gen) % self.world_size)
         self._drop("pair examples beyond a multiple of the world size", len(pairs) % self.world_size)
 
