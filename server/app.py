@@ -87,7 +87,7 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     logger.info("model on %s (%s): embedding and in-process generation run there", device, settings.dtype)
     try:
         index = DocumentIndex(settings.index, dim=model.embed_dim, embedding_version=model.embedding_version,
-                              kernel=kernel_settings(model))
+                              kernel=kernel_settings(model), snapshot_every=settings.snapshot_every)
     except IndexError_ as e:
         raise StartupError(str(e)) from None
     engine = make_engine(settings, model)

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from model.prompts import Part, chat_prompt
 from model.sample import encode_png_base64
@@ -56,18 +57,33 @@ async def complete_chars(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
             yield kept
 
 
+@dataclass
+class Prepared:
+    """A prompt rendered and tokenised once (its images processed): what the service
+    measured against the context budget is what the engine decodes from."""
+
+    tokens: int
+    batch: Any  # the backbone's EncodedBatch
+
+
 class Engine(ABC):
     name: str
 
     @abstractmethod
     def max_context(self) -> int: ...
 
+    def prepare(self, messages: Messages) -> Prepared | None:
+        """Tokenise the prompt here, once, when this engine decodes from our tokens
+        (in process); None when the engine tokenises itself (vLLM)."""
+        return None
+
     @abstractmethod
-    async def generate(self, messages: Messages, max_tokens: int, temperature: float) -> GenerationResult: ...
+    async def generate(self, messages: Messages, max_tokens: int, temperature: float,
+                       prepared: Prepared | None = None) -> GenerationResult: ...
 
     @abstractmethod
     def stream(self, messages: Messages, max_tokens: int, temperature: float,
-               result: list[GenerationResult]) -> AsyncIterator[str]:
+               result: list[GenerationResult], prepared: Prepared | None = None) -> AsyncIterator[str]:
         """Yield text deltas; append the final GenerationResult to `result` at the end."""
 
     @abstractmethod
@@ -95,8 +111,12 @@ class HFEngine(Engine):
     def _prompt(self, messages: Messages):
         return chat_prompt(messages, self.model.config.prompts, eos=self.backbone.eos_token)
 
+    def prepare(self, messages: Messages) -> Prepared:
+        batch = self.backbone.encode([self._prompt(messages)], padding_side="left")
+        return Prepared(int(batch.input_ids.shape[1]), batch)
+
     def _run(self, messages: Messages, max_tokens: int, temperature: float, streamer=None,
-             cancel: threading.Event | None = None) -> GenerationResult:
+             cancel: threading.Event | None = None, prepared: Prepared | None = None) -> GenerationResult:
         if self.poisoned:
             raise EngineError(self.poisoned)
         import torch
@@ -106,8 +126,7 @@ class HFEngine(Engine):
             def __call__(self, input_ids, scores, **kw):  # noqa: ARG002
                 return bool(cancel is not None and cancel.is_set())
 
-        prompt = self._prompt(messages)
-        batch = self.backbone.encode([prompt], padding_side="left").to(self.backbone.device)
+        batch = (prepared or self.prepare(messages)).batch.to(self.backbone.device)
         sampling = temperature > 0
         with torch.no_grad():
             out = self.backbone.model.generate(
@@ -125,24 +144,27 @@ class HFEngine(Engine):
         reason = "cancelled" if cancel is not None and cancel.is_set() else ("stop" if stopped else "length")
         return GenerationResult(text, int(batch.input_ids.shape[1]), n, reason)
 
-    async def generate(self, messages: Messages, max_tokens: int, temperature: float) -> GenerationResult:
+    async def generate(self, messages: Messages, max_tokens: int, temperature: float,
+                       prepared: Prepared | None = None) -> GenerationResult:
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         try:
-            return await loop.run_in_executor(self.pool, self._run, messages, max_tokens, temperature, None, cancel)
+            return await loop.run_in_executor(self.pool, self._run, messages, max_tokens, temperature, None, cancel,
+                                              prepared)
         except asyncio.CancelledError:
             cancel.set()
             raise
 
     async def stream(self, messages: Messages, max_tokens: int, temperature: float,
-                     result: list[GenerationResult]) -> AsyncIterator[str]:
+                     result: list[GenerationResult], prepared: Prepared | None = None) -> AsyncIterator[str]:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.backbone.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                         timeout=0.05)
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.pool, self._run, messages, max_tokens, temperature, streamer, cancel)
+        fut = loop.run_in_executor(self.pool, self._run, messages, max_tokens, temperature, streamer, cancel,
+                                   prepared)
         first = True
         try:
             while True:
@@ -233,7 +255,8 @@ class VLLMEngine(Engine):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def generate(self, messages: Messages, max_tokens: int, temperature: float) -> GenerationResult:
+    async def generate(self, messages: Messages, max_tokens: int, temperature: float,
+                       prepared: Prepared | None = None) -> GenerationResult:
         import httpx
 
         body = await self._body(messages, max_tokens, temperature, False)
@@ -250,7 +273,7 @@ class VLLMEngine(Engine):
                                 usage.get("completion_tokens", 0), choice.get("finish_reason") or "stop")
 
     async def stream(self, messages: Messages, max_tokens: int, temperature: float,
-                     result: list[GenerationResult]) -> AsyncIterator[str]:
+                     result: list[GenerationResult], prepared: Prepared | None = None) -> AsyncIterator[str]:
         import httpx
 
         body = await self._body(messages, max_tokens, temperature, True)

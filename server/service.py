@@ -24,7 +24,7 @@ from model.sample import Sample, SampleError, SampleLimits
 from model.sugar import SugarModel
 
 from .batching import EmbeddingBatcher, GenerationLimiter
-from .engine import Engine, EngineError, GenerationResult
+from .engine import Engine, EngineError, GenerationResult, Prepared
 from .settings import Settings
 from .urls import UrlPolicy, UrlRefused
 
@@ -60,6 +60,7 @@ class RagPlan:
     used: list[Hit] = field(default_factory=list)
     dropped: list[Hit] = field(default_factory=list)
     retrieval_ms: float = 0.0
+    prepared: Prepared | None = None  # the prompt as tokenised for the budget (in-process engine)
 
 
 class SugarService:
@@ -213,20 +214,32 @@ class SugarService:
         return await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)
 
     def _fit(self, history, query: Sample, hits: list[Hit], max_tokens: int, retrieval_ms: float) -> RagPlan:
+        """The prompt with every retrieved document is tokenised once (by the engine when it
+        decodes from our tokens) and handed to the engine as is when it fits; otherwise
+        documents are dropped from the end, counting tokens, and the chosen prompt is
+        prepared once."""
         docs = [h.document.to_sample() for h in hits]  # type: ignore[union-attr]
         budget = self.engine.max_context() - max_tokens
         fmt = self.model.config.prompts
+
+        def messages_with(n: int):
+            return [*history, ("user", rag_parts(docs[:n], query, fmt))]
+
         used = len(hits)
-        while True:
-            messages = [*history, ("user", rag_parts(docs[:used], query, fmt))]
-            n = self.prompt_tokens(messages)
-            if n <= budget or used == 0:
-                break
+        messages = messages_with(used)
+        prepared = self.engine.prepare(messages)
+        n = prepared.tokens if prepared is not None else self.prompt_tokens(messages)
+        while n > budget and used > 0:
             used -= 1
+            messages = messages_with(used)
+            n = self.prompt_tokens(messages)
+            prepared = None
         if n > budget:
             raise BadRequest("max_tokens", f"the prompt takes {n} tokens and max_tokens {max_tokens}: more than "
                              f"the context of {self.engine.max_context()}")
-        return RagPlan(messages, hits[:used], hits[used:], retrieval_ms)
+        if prepared is None:
+            prepared = self.engine.prepare(messages)
+        return RagPlan(messages, hits[:used], hits[used:], retrieval_ms, prepared)
 
     def prompt_tokens(self, messages) -> int:
         from model.prompts import chat_prompt
@@ -237,7 +250,7 @@ class SugarService:
     async def generate(self, plan: RagPlan, max_tokens: int, temperature: float) -> GenerationResult:
         self.generations.acquire()
         try:
-            return await asyncio.wait_for(self.engine.generate(plan.messages, max_tokens, temperature),
+            return await asyncio.wait_for(self.engine.generate(plan.messages, max_tokens, temperature, plan.prepared),
                                           self.settings.gen_timeout_s)
         except asyncio.TimeoutError:
             raise EngineError(f"generation timed out after {self.settings.gen_timeout_s} s") from None

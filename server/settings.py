@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     gen_timeout_s: float = 120.0
     retrieval_k: int = 3
     ready_cache_s: float = 5.0
+    snapshot_every: int = Field(default=1000, ge=1)  # index writes between FAISS snapshots
     # POST /documents/upload (the whole request stays under max_body_bytes too)
     max_upload_files: int = 32
     max_upload_file_bytes: int = 16 * 1024 * 1024

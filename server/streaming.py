@@ -60,7 +60,8 @@ async def native_stream(service: SugarService, plan: RagPlan, max_tokens: int, t
     result: list[GenerationResult] = []
     t1 = time.perf_counter()
     try:
-        async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result)):
+        async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result,
+                                                                 plan.prepared)):
             yield f"data: {json.dumps({'delta': delta})}\n\n"
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
@@ -91,7 +92,8 @@ async def openai_stream(service: SugarService, plan: RagPlan, max_tokens: int, t
     t1 = time.perf_counter()
     try:
         yield chunk({"role": "assistant", "content": ""}, retrieved=retrieved_docs)
-        async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result)):
+        async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result,
+                                                                 plan.prepared)):
             yield chunk({"content": delta})
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)

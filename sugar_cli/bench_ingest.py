@@ -8,8 +8,10 @@ run on the same machine:
    counting the budgets; no embedding) per corpus, in chunks per second;
 2. embedding those chunks with the checkpoint (all of them, or an evenly
    spaced sample of `embed_sample` chunks: the rate is per chunk);
-3. a first `sync` of both corpora into a fresh index (read, chunk, embed,
-   write) against a second, unchanged one (hash and skip).
+3. a first `sync` into a fresh index (read, chunk, embed, write) against a
+   second, unchanged one (hash and skip), on a corpus of `sync_pages` pages
+   and `sync_files` files (default: the same sizes; the first sync embeds
+   every chunk, so smaller sizes keep the benchmark short).
 
 Ratios printed: embedding time / read+chunk time (goal ≥ 20: the model stays
 the bottleneck) and first run / unchanged re-run (goal ≥ 50).
@@ -74,7 +76,7 @@ def markdown_files(root: Path, n: int) -> None:
 
 
 def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: int = 256,
-        batch_size: int = 32) -> dict:
+        batch_size: int = 32, sync_pages: int | None = None, sync_files: int | None = None) -> dict:
     from index.chunking import limits_for_model
     from index.embedding import embed_samples, open_for_model
     from index.ingest import Ingestor, walk
@@ -111,11 +113,16 @@ def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: in
             records[name] = {"chunks": len(chunks), "read_chunk_s": read_s, "embed_s": embed_s,
                              "embedded_for_rate": len(sample), "ratio_embed_over_read": embed_s / read_s}
             print(f"{name:10s} {len(chunks):7d} {read_s:13.2f} {embed_s:15.2f} {embed_s / read_s:10.1f}x")
+        # the sync runs embed everything: on a corpus of their own size (default: the same)
+        sync = root / "sync"
+        (sync / "md").mkdir(parents=True)
+        (sync / "manual.pdf").write_bytes(text_pdf(pages if sync_pages is None else sync_pages))
+        markdown_files(sync / "md", files if sync_files is None else sync_files)
         t = time.perf_counter()
-        first = ing.sync_paths([root / "pdf", root / "md"])
+        first = ing.sync_paths([sync])
         first_s = time.perf_counter() - t
         t = time.perf_counter()
-        again = ing.sync_paths([root / "pdf", root / "md"])
+        again = ing.sync_paths([sync])
         again_s = time.perf_counter() - t
         idx.close()
         records["sync"] = {"first_s": first_s, "rerun_s": again_s, "ratio": first_s / again_s,

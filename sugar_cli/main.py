@@ -57,6 +57,8 @@ def _add_bench(sub) -> None:
     ig.add_argument("--files", type=int, default=1000, help="Markdown files")
     ig.add_argument("--embed-sample", type=int, default=256,
                     help="chunks embedded to measure the embedding rate (evenly spaced)")
+    ig.add_argument("--sync-pages", type=int, help="PDF pages of the sync corpus (default: --pages)")
+    ig.add_argument("--sync-files", type=int, help="Markdown files of the sync corpus (default: --files)")
     ig.add_argument("--json", type=Path)
     ig.set_defaults(func=cmd_bench_ingest)
     sv = bsub.add_parser("server", help="load generator on loopback: /embed /retrieve /generate")
@@ -315,7 +317,8 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 
     from .bench_ingest import run
 
-    records = run(args.checkpoint or DEFAULT_CHECKPOINT, args.pages, args.files, args.embed_sample)
+    records = run(args.checkpoint or DEFAULT_CHECKPOINT, args.pages, args.files, args.embed_sample,
+                  sync_pages=args.sync_pages, sync_files=args.sync_files)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,3 +371,77 @@ def test_store_behind_its_snapshot_is_refused_then_repaired_on_request(tmp_path)
         DocumentIndex(lost, dim=D, embedding_version="v1")
     repaired = DocumentIndex(lost, dim=D, embedding_version="v1", repair=True)
     assert repaired.verify()[0] and repaired.vectors.count == repaired.count()
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_server_sigkilled_while_clients_race_put_and_delete_keeps_the_index_whole(tiny_ckpt, tmp_path, round_):
+    """Issue #14's reproduction through the public interface: 8 clients PUT and DELETE the
+    same 3 ids on a running `sugar serve` (snapshots every 5 writes), the server is killed
+    with SIGKILL mid-traffic, then `sugar index verify` must pass and every document the
+    store holds must be found by a search for its own vector."""
+    import threading
+
+    import httpx
+
+    from sugar_cli.main import main
+    from tests.server_fixtures import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    ix = tmp_path / "ix"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(root), "SUGAR_SNAPSHOT_EVERY": "5"}
+    proc = subprocess.Popen([sys.executable, "-m", "sugar_cli.main", "serve", "--checkpoint", str(tiny_ckpt),
+                             "--index", str(ix), "--port", str(port)], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "server did not start"
+            time.sleep(0.2)
+        acks = [0]
+        stop = threading.Event()
+
+        def client(k: int) -> None:
+            rng = random.Random(k * 100 + round_)
+            with httpx.Client(base_url=url, timeout=30) as c:
+                while not stop.is_set():
+                    doc = f"race-{rng.randrange(3)}"
+                    try:
+                        if rng.random() < 0.6:
+                            r = c.put(f"/documents/{doc}", json={"slices": [
+                                {"type": "text", "text": f"client {k} writes {rng.random()}"}]})
+                        else:
+                            r = c.delete(f"/documents/{doc}")
+                        if r.status_code in (200, 404):
+                            acks[0] += 1
+                    except httpx.HTTPError:
+                        return  # the server is gone
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        while acks[0] < 40 + 20 * round_ and time.time() < deadline + 60:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert acks[0] >= 40
+    assert main(["index", "verify", "--index", str(ix)]) == 0
+    idx = DocumentIndex(ix)
+    ids = idx.list_ids(0, 100)
+    assert len(ids) <= 3
+    for doc_id in ids:
+        d = idx.get(doc_id)
+        hits = idx.search(Embedded(d.vectors, d.summary), k=3, rerank=False)
+        assert doc_id in [h.id for h in hits]

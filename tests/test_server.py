@@ -29,7 +29,7 @@ def app_and_client(tiny_ckpt, tmp_path_factory):
     seed_index(ix, tiny_ckpt)
     app = create_app(settings_for(tiny_ckpt, ix, api_key=KEY, max_body_bytes=2_000_000,
                                   max_image_pixels=1_000_000, max_slices=16, max_k=20,
-                                  max_tokens_limit=600, ready_cache_s=0))
+                                  max_tokens_limit=1100, ready_cache_s=0))
     with TestClient(app) as c:
         c.headers.update(AUTH)
         yield app, c
@@ -189,7 +189,7 @@ def test_bad_inputs_are_4xx_naming_the_field(client, body, status, field, needle
 def test_limits_on_k_and_max_tokens_and_malformed_json(client):
     r = client.post("/retrieve", json={"query": text_sample("x"), "k": 21})
     assert r.status_code == 422 and r.json()["error"]["field"] == "k"
-    r = client.post("/generate", json={"query": text_sample("x"), "max_tokens": 601})
+    r = client.post("/generate", json={"query": text_sample("x"), "max_tokens": 1101})
     assert r.status_code == 422 and r.json()["error"]["field"] == "max_tokens"
     r = client.post("/embed", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
@@ -209,6 +209,31 @@ def test_context_budget_drops_documents_from_the_end(client, app_and_client):
     kept, dropped = tight["documents"], tight["dropped_documents"]
     assert dropped and [d["id"] for d in kept + dropped] == [d["id"] for d in full["documents"]]
     assert tight["usage"]["prompt_tokens"] + ctx - need + 10 <= ctx
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_rag_prompt_is_tokenised_once_and_decoded_as_measured(client, app_and_client, monkeypatch, stream):
+    """The prompt measured against the context budget is the one the engine decodes: one
+    generation-side tokenisation per request (the query's embedding is another path)."""
+    bb = app_and_client[0].state.service.model.backbone
+    calls = []
+    real = type(bb).encode
+
+    def counting(self, prompts, padding_side="right"):
+        if padding_side == "left":
+            calls.append(len(prompts))
+        return real(self, prompts, padding_side)
+
+    monkeypatch.setattr(type(bb), "encode", counting)
+    body = {"query": text_sample("What colour is the banner of House H3?"), "max_tokens": 2,
+            "retrieval": {"k": 3}, "stream": stream}
+    if stream:
+        with client.stream("POST", "/generate", json=body) as r:
+            final = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")][-1]
+    else:
+        final = client.post("/generate", json=body).json()
+    assert calls == [1]
+    assert len(final["documents"]) == 3 and final["usage"]["prompt_tokens"] > 0
 
 
 def test_backpressure_429(tiny_ckpt, tmp_path):
