@@ -182,6 +182,7 @@ async function runSearch() {
   if (!text.trim() && !searchImage) return;
   const seq = ++searchSeq;
   $("search-error").textContent = "";
+  $("search-meta").textContent = "searching…";
   const body = { query: await sampleFrom(text, searchImage), k: Number($("search-k").value) || 5 };
   const prefix = $("search-source").value.trim();
   if (prefix) body.filters = { source: { $prefix: prefix } };
@@ -198,7 +199,11 @@ async function runSearch() {
     out.dataset.renderMs = (performance.now() - tAnswer).toFixed(1);
     $("search-meta").textContent = `${data.results.length} results in ${(tAnswer - t0).toFixed(0)} ms`;
   } catch (e) {
-    if (seq === searchSeq) { $("search-error").textContent = e.message; $("search-results").replaceChildren(); }
+    if (seq === searchSeq) {
+      $("search-error").textContent = e.message;
+      $("search-meta").textContent = "";
+      $("search-results").replaceChildren();
+    }
   }
 }
 
@@ -235,6 +240,7 @@ $("ask-form").addEventListener("submit", async (ev) => {
   $("ask-answer").textContent = "";
   $("ask-timings").textContent = "";
   $("ask-docs").replaceChildren();
+  $("ask-timings").textContent = "retrieving and generating…";
   try {
     const body = {
       query: await sampleFrom($("ask-text").value, $("ask-image").files[0]),
@@ -250,6 +256,7 @@ $("ask-form").addEventListener("submit", async (ev) => {
     });
   } catch (e) {
     $("ask-error").textContent = e.message;
+    $("ask-timings").textContent = "";
   } finally {
     go.disabled = false;
   }
