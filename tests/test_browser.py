@@ -190,12 +190,17 @@ def test_5_ask_streams_and_lists_cited_documents(server, driver, tmp_path):
       window.__lens = []; const el = document.getElementById('ask-answer');
       new MutationObserver(() => window.__lens.push(el.textContent.length))
         .observe(el, {childList: true, characterData: true, subtree: true});""")
+    d.find_element(By.ID, "ask-retrieval").click()  # off: the model captions the image (many tokens)
     d.find_element(By.ID, "ask-go").click()
     wait(d, lambda: "tokens/s" in d.find_element(By.ID, "ask-timings").text, timeout=120)
     lens = d.execute_script("return window.__lens")
     assert len({n for n in lens if n > 0}) >= 2, lens  # the answer grew token by token
+    assert not d.find_elements(By.CSS_SELECTOR, "#ask-docs li")  # no retrieval, nothing cited
+    d.find_element(By.ID, "ask-retrieval").click()  # on again: the documents used are listed
+    d.find_element(By.ID, "ask-go").click()
+    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#ask-docs li"), timeout=120)
     cited = d.find_elements(By.CSS_SELECTOR, "#ask-docs li")
-    assert cited and "cited" in cited[0].text
+    assert "cited" in cited[0].text and "score" in cited[0].text
     shoot(d, "ask")
 
 
