@@ -1,6 +1,7 @@
 """Property-based API tests generated from /openapi.json, every schemathesis check on.
 
-Positive and negative generation for every operation: no 5xx, responses,
+Positive and negative generation for every operation (the multipart upload:
+positive only, see below): no 5xx, responses,
 statuses, headers and content types as declared, schema-invalid requests
 refused, schema-valid requests accepted. Two refusals are legitimate and
 listed here because JSON Schema cannot express them: image bytes that do not
@@ -79,6 +80,12 @@ def test_api_conforms_to_its_schema_with_every_check(app):
             continue  # may answer 503 by design while a canary fails
         tested += 1
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if mode is GenerationMode.NEGATIVE and op.path == "/documents/upload":
+                # a multipart part is bytes on the wire: a "type" mutation (an array or object
+                # where a file or the metadata string goes) reaches the server as the same bytes
+                # a valid part could hold, so no negative example exists; tests/test_ingest.py
+                # covers the upload's refusals
+                continue
             try:
                 runner(op, mode, headers, failures)()
             except Unsatisfiable:  # e.g. no negative example exists for a parameterless GET
