@@ -27,8 +27,14 @@ for p in "$pa" "$pb"; do
   for _ in $(seq 600); do curl -sf "http://127.0.0.1:$p/ready" >/dev/null && break; sleep 0.5; done
   curl -sf "http://127.0.0.1:$p/ready" >/dev/null || { tail -20 "$tmp/old.log" "$tmp/new.log"; exit 1; }
 done
+for p in "$pa" "$pb"; do  # warm-up: first requests load lazily built state on both servers
+  for ep in retrieve generate; do
+    curl -sf "http://127.0.0.1:$p/$ep" -H 'content-type: application/json' \
+      -d '{"query": {"slices": [{"type": "text", "text": "warm up"}]}, "max_tokens": 2}' >/dev/null || true
+  done
+done
 for round in 1 2; do
-  for side in "old $old $pa" "new ${new:-working tree} $pb"; do
+  for side in "old $old $pa" "new ${new:-working-tree} $pb"; do
     set -- $side
     echo "=== round $round: $1 ($2)"
     "$py" -m sugar_cli.main bench server --url "http://127.0.0.1:$3" --checkpoint "$ckpt" --index "$tmp/ix-new" \
