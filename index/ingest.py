@@ -24,6 +24,7 @@ stored content is identical (then it is left as it is: not an error).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -190,8 +191,7 @@ class Ingestor:
         fmt = detect(f.data, f.name)
         if fmt == "jsonl":
             return fmt, self._jsonl(f, digest), 0, []
-        opts = self.options
-        opts = ReadOptions(**{**opts.__dict__, "resolve": self._resolver(f)})
+        opts = dataclasses.replace(self.options, resolve=self._resolver(f))
         caption = f.caption.decode("utf-8-sig", errors="replace") if f.caption else ""
         parsed = read(f.data, f.name, opts, fmt, caption=caption)
         samples = chunk(parsed, f.source, digest, self.limits, self.count, self.metadata)

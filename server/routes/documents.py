@@ -77,9 +77,9 @@ async def upload_documents(
             raise BadRequest(f"files[{k}]", f"{name}: the same file name twice in one upload")
         named.append((name, data))
     results = await service.upload(named, meta)
-    out = [P.UploadedFile(file=r.source.removeprefix("upload:"), chunks=len(r.ids),
-                          **{k: v for k, v in r.to_dict().items() if k in P.UploadedFile.model_fields
-                             and k not in ("file", "chunks")}) for r in results]
+    out = [P.UploadedFile(file=r.source.removeprefix("upload:"),
+                          **{k: v for k, v in r.to_dict().items() if k in P.UploadedFile.model_fields})
+           for r in results]
     totals = SyncSummary(results).to_dict()
     summary = P.UploadSummary(**{k: v for k, v in totals.items() if k in P.UploadSummary.model_fields})
     return P.UploadResponse(ids=[i for f in out for i in f.ids], files=out, summary=summary)
