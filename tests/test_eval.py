@@ -37,6 +37,9 @@ def test_eval_writes_json_report_and_plots(smoke, tmp_path, capsys):
         for group, key in REQUIRED:
             assert 0.0 <= split[group][key] <= 1.0, (group, key)
     assert len(res["position_curve"]) == 5 and len(res["seen"]["position_curve"]) == 5
+    for split in (res, res["seen"]):
+        tok = split["image_tokens"]
+        assert tok["norm_ratio"] > 0 and 0 <= tok["common_share"] <= 1 and -1 <= tok["cos_between_images"] <= 1
     # baselines mirror the result paths: chance everywhere, majority where answers are scored
     b = res["baselines"]
     assert b["minimal_pairs"]["color"]["chance"] == 0.25
@@ -47,6 +50,33 @@ def test_eval_writes_json_report_and_plots(smoke, tmp_path, capsys):
     for f in ("eval.json", "eval.md", "eval_bars.png", "position_curve.png"):
         assert (tmp_path / "rep" / f).stat().st_size > 100
     assert "| retrieval.r@1 |" in capsys.readouterr().out
+
+
+def test_image_token_statistics_against_known_projectors():
+    import torch
+
+    from model.config import SugarConfig, TinyConfig
+    from model.sugar import build_tiny_model
+    from tests.conftest import TEST_TINY
+    from training.evaluate import EvalConfig, Evaluator
+
+    model = build_tiny_model(SugarConfig(embed_dim=32), TinyConfig(**TEST_TINY))
+    ev = Evaluator(model, EvalConfig.quick(), "seen")
+    proj = model.lm.model.multi_modal_projector
+    text_rms = float(model.lm.get_input_embeddings().weight.pow(2).mean().sqrt())
+    with torch.no_grad():
+        proj.linear_2.weight.zero_()  # every image token is the bias: one shared vector
+        proj.linear_2.bias.copy_(torch.linspace(-1, 1, proj.linear_2.bias.numel()))
+        tok = ev.image_tokens()["image_tokens"]
+        bias_rms = float(proj.linear_2.bias.pow(2).mean().sqrt())
+        assert tok["common_share"] == pytest.approx(1.0, abs=1e-5)
+        assert tok["cos_between_images"] == pytest.approx(1.0, abs=1e-5)
+        assert tok["norm_ratio"] == pytest.approx(bias_rms / text_rms, rel=1e-4)
+        # tokens that differ image to image: the shared share and the cosine fall
+        proj.linear_2.weight.normal_()
+        proj.linear_2.bias.zero_()
+        spread = ev.image_tokens()["image_tokens"]
+        assert spread["common_share"] < 0.99 and spread["cos_between_images"] < 0.99
 
 
 def test_rank_metrics_against_hand_computed():

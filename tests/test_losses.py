@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from training.losses import ContrastiveLoss, GenerativeLoss, StructureLoss
+from training.losses import ContrastiveLoss, GenerativeLoss, StructureLoss, image_token_loss
 
 
 def ce(row, target):
@@ -62,3 +63,26 @@ def test_gen_loss_only_counts_labelled_tokens():
     got = GenerativeLoss()(logits, labels)["gen_loss"]
     want = torch.nn.functional.cross_entropy(logits[0, 1:3], torch.tensor([3, 5]))
     torch.testing.assert_close(got, want)
+
+
+def _image_token_loss_reference(tokens, text_rms):
+    rows = tokens.tolist()
+    n, d = len(rows), len(rows[0])
+    mean = [sum(r[j] for r in rows) / n for j in range(d)]
+    unit = d * text_rms ** 2
+    common = math.log(1 + sum(m * m for m in mean) / unit)
+    spread = sum(sum((v - m) ** 2 for v, m in zip(r, mean, strict=True)) for r in rows) / n
+    return common + (0.5 * math.log(spread / unit)) ** 2
+
+
+def test_image_token_loss_matches_reference_and_its_extremes():
+    torch.manual_seed(0)
+    y = torch.randn(12, 5) * 2 + torch.tensor([3.0, -1.0, 0.0, 0.5, 2.0])
+    assert float(image_token_loss(y, torch.tensor(0.4))) == pytest.approx(_image_token_loss_reference(y, 0.4), rel=1e-5)
+    centred = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])  # mean 0, RMS 1: nothing to penalise
+    assert float(image_token_loss(centred, torch.tensor(1.0))) == pytest.approx(0.0, abs=1e-7)
+    # 10x the text scale costs log(10)^2
+    assert float(image_token_loss(centred * 10, torch.tensor(1.0))) == pytest.approx(math.log(10) ** 2, rel=1e-6)
+    # a shared vector 100x a text token in energy costs log(101), whatever the spread's scale
+    shifted = centred + torch.tensor([10.0, 10.0])
+    assert float(image_token_loss(shifted, torch.tensor(1.0))) == pytest.approx(math.log(101), rel=1e-6)

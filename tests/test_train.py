@@ -203,3 +203,49 @@ def test_substitutions_and_drops_are_recorded_in_training_json(tmp_path, monkeyp
     out = train(cfg, tmp_path / "b")
     report = json.loads((out / "training.json").read_text())["data_report"]
     assert report["dropped"] == {"pair examples: the data has none": 6}
+
+
+def _image_token_penalty(tr: Trainer) -> float:
+    """The regulariser's value on the projector's image tokens of 24 training scenes."""
+    from training.losses import image_token_loss
+
+    images = [tr.pools.image(sc) for sc in tr.pools.scenes[:24]]
+    llava = tr.model.backbone.model
+    pv = tr.model.backbone.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        y = torch.cat(list(llava.get_image_features(pixel_values=pv).pooler_output))
+        return float(image_token_loss(y, llava.get_input_embeddings().weight.pow(2).mean().sqrt()))
+
+
+def test_image_reg_keeps_image_tokens_centred_and_at_text_scale(tmp_path):
+    # the regulariser (ρ = image_reg) pulls the image tokens' common vector down and
+    # their spread to the text scale; plain training does not
+    runs = {}
+    for rho in (0.0, 5.0):
+        cfg = preset("smoke").with_overrides(["steps=30", "warmup=2", "lr=0.01", f"image_reg={rho}"])
+        tr = Trainer(cfg, tmp_path / f"r{rho}")
+        before = _image_token_penalty(tr)
+        recs = [tr.step(s) for s in range(30)]
+        runs[rho] = (before, _image_token_penalty(tr), recs)
+    (b0, a0, recs0), (b5, a5, recs5) = runs[0.0], runs[5.0]
+    assert b0 == pytest.approx(b5)  # same seed, same start
+    assert "image_reg_loss" not in recs0[-1] and "image_reg_loss" in recs5[-1]
+    assert a5 < 0.5 * b5 and a5 < 0.5 * a0
+    # the penalty is part of the logged total: L = gen + λ(nce + β struct) + ρ image_reg
+    r = recs5[-1]
+    total = r["gen_loss"] + r["nce_loss"] + 0.1 * r.get("struct_loss", 0.0) + 5.0 * r["image_reg_loss"]
+    assert r["loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_image_reg_needs_a_llava_projector(tmp_path, monkeypatch):
+    from training.loop import TrainModule
+
+    cfg = preset("smoke").with_overrides(["image_reg=1.0"])
+    tr = Trainer(cfg, tmp_path)
+
+    class NotLlava:
+        model = None
+
+    monkeypatch.setattr(tr.model, "backbone", NotLlava())
+    with pytest.raises(ValueError, match="image_reg > 0 needs a LLaVA backbone"):
+        TrainModule(tr.model, cfg)

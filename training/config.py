@@ -53,6 +53,9 @@ class TrainConfig:
     learn_temperature: bool = False
     teacher_temperature: float = 0.1
     hard_negatives: float = 0.5  # fraction of caption pairs with a minimal-pair twin
+    # ρ, weight of the image-token regulariser (LLaVA backbones; docs/METHOD.md §9): keeps
+    # the projector's image tokens centred and at the scale of text embeddings
+    image_reg: float = 0.0
     # stage 1 (LLaVA's feature alignment): for the first `align_steps` steps the
     # generative half of each batch holds only `align_kinds` (captions: one fixed
     # instruction, so the LM learns to read the image tokens before it learns to

@@ -320,9 +320,37 @@ class Evaluator:
             curve.append(float(np.mean([_match(pr, a) for pr, a in zip(preds, answers, strict=True)])))
         return {"rag": res, "position_curve": curve}
 
+    # ----------------------------------------------------------- image tokens
+    def image_tokens(self) -> dict:
+        """What the LM is shown of an image (docs/METHOD.md §9), over the split's scenes:
+        `norm_ratio` (RMS of the image tokens / RMS of the text embeddings),
+        `common_share` (share of their energy in the direction all tokens share: 1 means
+        every token is the same vector) and `cos_between_images` (mean cosine between
+        the same token position of two different scenes)."""
+        llava = self.model.backbone.model
+        if not hasattr(llava, "get_image_features"):
+            return {}
+        scenes = self.pools.scenes[: min(64, len(self.pools.scenes))]
+        images = [self.pools.image(sc) for sc in scenes]
+        pv = self.model.backbone.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        feats = llava.get_image_features(pixel_values=pv.to(self.model.backbone.device, llava.dtype))
+        y = torch.stack(list(getattr(feats, "pooler_output", feats))).float()  # [images, tokens, d]
+        text = llava.get_input_embeddings().weight.float()
+        flat_y = y.reshape(-1, y.shape[-1])
+        energy = float(flat_y.pow(2).sum(-1).mean())
+        unit = torch.nn.functional.normalize(y, dim=-1)
+        n = unit.shape[0]
+        between = torch.einsum("atd,btd->ab", unit, unit) / unit.shape[1]
+        off = ~torch.eye(n, dtype=torch.bool)
+        return {"image_tokens": {
+            "norm_ratio": float(flat_y.pow(2).mean().sqrt() / text.pow(2).mean().sqrt()),
+            "common_share": float(flat_y.mean(0).pow(2).sum()) / energy,
+            "cos_between_images": float(between[off].mean()) if n > 1 else 1.0,
+        }}
+
     def run(self, fashion: bool = True) -> dict:
         out: dict = {}
-        parts = [self.retrieval, self.minimal_pairs, self.vqa, self.rag]
+        parts = [self.image_tokens, self.retrieval, self.minimal_pairs, self.vqa, self.rag]
         if fashion:
             parts.insert(3, self.fashion)
         for part in parts:
@@ -381,6 +409,7 @@ SUMMARY_KEYS = [
     "vqa.overall", *[f"vqa.{t}" for t in VQA_TYPES], "vqa_blank.overall",
     *[f"vqa_blank.{t}" for t in VQA_TYPES], "fashion_mnist.vqa", "fashion_mnist.retrieval.r@1",
     "rag.no_retrieval", "rag.own_retrieval", "rag.gold", "rag.retrieval_r@1",
+    "image_tokens.norm_ratio", "image_tokens.common_share", "image_tokens.cos_between_images",
 ]
 
 

@@ -34,7 +34,13 @@ from model.teachers import CachedTeacher, TripleKernel, load_teacher
 
 from .config import TrainConfig
 from .data import GenExample, JsonlPools, MinimalPair, PairExample, Pools, SyntheticPools
-from .losses import ContrastiveLoss, GenerativeLoss, StructureLoss, student_similarity
+from .losses import (
+    ContrastiveLoss,
+    GenerativeLoss,
+    StructureLoss,
+    image_token_loss,
+    student_similarity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,13 +178,35 @@ class TrainModule(nn.Module):
         super().__init__()
         self.model = model
         self.nce = ContrastiveLoss(cfg.temperature, cfg.learn_temperature)
+        self._image_tokens: list[torch.Tensor] = []
+        self._projector = None
+        if cfg.image_reg > 0:
+            inner = getattr(getattr(model.backbone, "model", None), "model", None)
+            self._projector = getattr(inner, "multi_modal_projector", None)
+            if self._projector is None:
+                raise ValueError("image_reg > 0 needs a LLaVA backbone (a multi_modal_projector)")
+            self._projector.register_forward_hook(self._keep_image_tokens)
+
+    def _keep_image_tokens(self, _module, _inputs, output) -> None:
+        if self.training:
+            self._image_tokens.append(output.reshape(-1, output.shape[-1]))
+
+    def image_reg(self) -> torch.Tensor | None:
+        """The regulariser over the image tokens of this forward (None: none, or off)."""
+        tokens, self._image_tokens = self._image_tokens, []
+        if self._projector is None or not tokens:
+            return None
+        text = self.model.backbone.model.get_input_embeddings().weight.detach()
+        return image_token_loss(torch.cat(tokens), text.float().pow(2).mean().sqrt())
 
     def forward(self, gen: EncodedBatch | None, embed: list[EncodedBatch]):
         logits = None
+        self._image_tokens = []
         if gen is not None:
             logits = self.model.lm(**gen.to(self.model.backbone.device).model_inputs()).logits
+        embs = [self.model.embed_batch(b) for b in embed]
         # the temperature leaves forward too: DDP must see every parameter used here
-        return logits, [self.model.embed_batch(b) for b in embed], self.nce.scale
+        return logits, embs, self.nce.scale, self.image_reg()
 
 
 def gather_embeddings(e: SliceEmbeddings, group=None) -> SliceEmbeddings:
@@ -362,7 +390,7 @@ class Trainer:
             # normalised alike), and every rank runs the same collectives
             embed = [model.encode([p.query for p in batch.pairs] + [p.positive for p in batch.pairs]
                                   + negs)]
-        logits, embs, scale = self.module(gen_enc, embed)
+        logits, embs, scale, image_reg = self.module(gen_enc, embed)
         if embs:
             B = len(batch.pairs)
             e = embs[0]
@@ -376,6 +404,8 @@ class Trainer:
                                      normalizer=float(n_tok.clamp_min(1))))
         if embs:
             out.update(self._disc_losses(batch, embs, negs, scale))
+        if image_reg is not None:
+            out["image_reg_loss"] = image_reg
         return out
 
     def _disc_losses(self, batch: Batch, embs: list[SliceEmbeddings], negs: list[Sample],
@@ -465,7 +495,7 @@ class Trainer:
 
     def total(self, losses: dict[str, torch.Tensor], gen_scale: float = 1.0,
               step: int | None = None) -> torch.Tensor:
-        """L = L_g + λ (L_nce + β L_struct).
+        """L = L_g + λ (L_nce + β L_struct) + ρ L_image.
 
         Under data parallelism each rank holds a partial sum of the global L_g and
         the whole (gathered) L_d: `gen_scale` = world size makes DDP's gradient
@@ -474,7 +504,7 @@ class Trainer:
         c = self.cfg
         total = losses.get("gen_loss", torch.zeros(())) * gen_scale
         disc = losses.get("nce_loss", torch.zeros(())) + c.beta * losses.get("struct_loss", torch.zeros(()))
-        return total + self.lam(step) * disc
+        return total + self.lam(step) * disc + c.image_reg * losses.get("image_reg_loss", torch.zeros(()))
 
     def step(self, step: int) -> dict[str, float]:
         batch = self.batch(step)

@@ -10,7 +10,11 @@
   (a constant row: e.g. text queries against image documents without a
   cross-modal teacher) are skipped rather than pulled towards uniform (ours).
 
-The loop sums `λ·(nce + β·struct) + gen` and logs every `*_loss`.
+- `image_token_loss` -> the image-token regulariser (ours, docs/METHOD.md §9):
+  the size of the image tokens' common vector and the squared log-ratio of
+  their spread around it to the text embeddings' scale.
+
+The loop sums `λ·(nce + β·struct) + gen + ρ·image_reg` and logs every `*_loss`.
 """
 
 from __future__ import annotations
@@ -105,3 +109,28 @@ class StructureLoss(nn.Module):
         log_s = F.log_softmax(student_logits[informative], dim=1)
         kl = (t * (torch.log(t.clamp_min(1e-12)) - log_s)).masked_fill(t == 0, 0.0).sum(1)
         return {"struct_loss": kl.mean()}
+
+
+def image_token_loss(tokens: torch.Tensor, text_rms: torch.Tensor) -> torch.Tensor:
+    """Keep the projector's image tokens centred and at the scale of text embeddings.
+
+    tokens: [N, d], every image token of a forward pass (projector output);
+    text_rms: the per-element RMS of the LM's input embedding table (t).
+    With μ the mean token and c_n = y_n - μ:
+
+        common = log(1 + ||μ||² / (d t²))                 the shared vector, in text-token units
+        spread = (½ log(mean_n ||c_n||² / (d t²)))²       what is left, at the text scale
+
+    Trained from random init, nothing else stops a direction shared by every image
+    token from growing until, after the LM's RMSNorm, all images look alike (§9).
+    Both terms are measured in units of a text token and logged, so a shared vector
+    hundreds of times the text scale costs a few units and its gradient stays bounded.
+    The penalty acts on the trained function itself: the checkpoint stays a plain
+    LLaVA projector, and training and serving compute the same thing.
+    """
+    y = tokens.float()
+    unit = y.shape[-1] * text_rms.float().pow(2).clamp_min(1e-12)  # d t²: a text token's energy
+    mu = y.mean(0)
+    common = torch.log1p(mu.pow(2).sum() / unit)
+    spread = 0.5 * torch.log((y - mu).pow(2).sum(-1).mean().clamp_min(1e-12) / unit)
+    return common + spread.pow(2)
