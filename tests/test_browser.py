@@ -190,9 +190,15 @@ def test_5_ask_streams_and_lists_cited_documents(server, driver, tmp_path):
       window.__lens = []; const el = document.getElementById('ask-answer');
       new MutationObserver(() => window.__lens.push(el.textContent.length))
         .observe(el, {childList: true, characterData: true, subtree: true});""")
+    d.execute_script("""
+      window.__bodies = []; const f = window.fetch;
+      window.fetch = (url, opts) => { if (opts && opts.body) window.__bodies.push(opts.body); return f(url, opts); };""")
     d.find_element(By.ID, "ask-retrieval").click()  # off: the model captions the image (many tokens)
     d.find_element(By.ID, "ask-go").click()
     wait(d, lambda: "tokens/s" in d.find_element(By.ID, "ask-timings").text, timeout=120)
+    sent = json.loads(d.execute_script("return window.__bodies")[-1])
+    # LLaVA's order, the one the model is trained on: the image, then the question
+    assert [s["type"] for s in sent["query"]["slices"]] == ["image", "text"], sent["query"]
     lens = d.execute_script("return window.__lens")
     assert len({n for n in lens if n > 0}) >= 2, lens  # the answer grew token by token
     assert not d.find_elements(By.CSS_SELECTOR, "#ask-docs li")  # no retrieval, nothing cited

@@ -64,10 +64,12 @@ function fileToBase64(file) {
   });
 }
 
+// the image first, then the text: LLaVA's order (`<image>` then the question), the one
+// the model is trained on; put after the question, the tiny shipped model answers worse
 async function sampleFrom(text, file) {
   const slices = [];
-  if (text.trim()) slices.push({ type: "text", text });
   if (file) slices.push({ type: "image", base64: await fileToBase64(file) });
+  if (text.trim()) slices.push({ type: "text", text });
   return { slices };
 }
 
