@@ -162,8 +162,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"tiny": {"patch_size": 16}, "steps": 300, "threads": 2},
     # the checkpoint shipped with the project (model/default_checkpoint/): the tiny
     # preset's recipe (its measured best: no projector normalisation, λ = 1 from the
-    # start) trained 5x longer with many more house names, stored in float16 (issue #10)
-    "shipped": {"tiny": {"patch_size": 16}, "steps": 1500, "threads": 2, "warmup": 50, "n_houses": 1500,
+    # start) trained 8x longer with many more house names, stored in float16 (issue #10)
+    "shipped": {"tiny": {"patch_size": 16}, "steps": 2500, "threads": 2, "warmup": 50, "n_houses": 1500,
                 "checkpoint_every": 100, "save_dtype": "float16"},
     # the paper's claims across seeds at a reduced budget (`sugar eval --ablations --preset claims`):
     # the shipped recipe's shape (stage 1, λ warm-up) with smaller batches, pools and step count
