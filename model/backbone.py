@@ -92,6 +92,14 @@ class Backbone(ABC):
     @abstractmethod
     def _expand(self, prompt: Prompt) -> tuple[str, list[tuple[int, int]]]: ...
 
+    def image_tokens(self, images: Sequence[Any]) -> torch.Tensor:
+        """[images, tokens, d]: what the LM is shown of each image (the projector's output)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its image tokens")
+
+    def text_embedding_rms(self) -> torch.Tensor:
+        """The per-element RMS of the LM's input embedding table (the scale of a text token)."""
+        return text_embedding_rms(self.model)
+
     def hidden_states(self, batch: EncodedBatch, layer: int = -1) -> torch.Tensor:
         """[B, T, d] hidden states of `layer` (an index into HF's hidden_states)."""
         out = self.model.model(**batch.model_inputs(), output_hidden_states=layer != -1)
@@ -137,6 +145,11 @@ class Backbone(ABC):
 
 
 _REGISTRY: dict[str, type[Backbone]] = {}
+
+
+def text_embedding_rms(model: Any) -> torch.Tensor:
+    """The per-element RMS of a HF model's input embedding table, detached."""
+    return model.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt()
 
 
 def register(model_type: str):
@@ -237,6 +250,11 @@ class LlavaBackbone(Backbone):
 
     def image_token_count(self, image: Any = None) -> int:
         return self._tokens_per_image
+
+    def image_tokens(self, images: Sequence[Any]) -> torch.Tensor:
+        pv = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        feats = self.model.get_image_features(pixel_values=pv.to(self.device, self.model.dtype))
+        return torch.stack(list(feats.pooler_output))
 
     def _expand(self, prompt: Prompt) -> tuple[str, list[tuple[int, int]]]:
         """Expand each placeholder into the image tokens, shifting the slice spans."""

@@ -113,10 +113,10 @@ class NormalizedProjector(nn.Module):
 
 def install_normalized_projector(llava: nn.Module) -> NormalizedProjector:
     """Swap a LlavaForConditionalGeneration's projector for a NormalizedProjector."""
+    from .backbone import text_embedding_rms
+
     inner = llava.model
-    emb = inner.language_model.get_input_embeddings().weight
-    target = float(emb.detach().float().pow(2).mean().sqrt())
-    proj = NormalizedProjector(inner.multi_modal_projector, target)
+    proj = NormalizedProjector(inner.multi_modal_projector, float(text_embedding_rms(inner.language_model)))
     inner.multi_modal_projector = proj
     return proj
 

@@ -209,12 +209,10 @@ def _image_token_penalty(tr: Trainer) -> float:
     """The regulariser's value on the projector's image tokens of 24 training scenes."""
     from training.losses import image_token_loss
 
-    images = [tr.pools.image(sc) for sc in tr.pools.scenes[:24]]
-    llava = tr.model.backbone.model
-    pv = tr.model.backbone.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    backbone = tr.model.backbone
     with torch.no_grad():
-        y = torch.cat(list(llava.get_image_features(pixel_values=pv).pooler_output))
-        return float(image_token_loss(y, llava.get_input_embeddings().weight.pow(2).mean().sqrt()))
+        y = backbone.image_tokens([tr.pools.image(sc) for sc in tr.pools.scenes[:24]])
+        return float(image_token_loss(y.reshape(-1, y.shape[-1]), backbone.text_embedding_rms()))
 
 
 def test_image_reg_keeps_image_tokens_centred_and_at_text_scale(tmp_path):

@@ -327,15 +327,12 @@ class Evaluator:
         `common_share` (share of their energy in the direction all tokens share: 1 means
         every token is the same vector) and `cos_between_images` (mean cosine between
         the same token position of two different scenes)."""
-        llava = self.model.backbone.model
-        if not hasattr(llava, "get_image_features"):
+        backbone = self.model.backbone
+        scenes = self.pools.scenes[:64]
+        try:
+            y = backbone.image_tokens([self.pools.image(sc) for sc in scenes]).float()  # [images, tokens, d]
+        except NotImplementedError:
             return {}
-        scenes = self.pools.scenes[: min(64, len(self.pools.scenes))]
-        images = [self.pools.image(sc) for sc in scenes]
-        pv = self.model.backbone.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        feats = llava.get_image_features(pixel_values=pv.to(self.model.backbone.device, llava.dtype))
-        y = torch.stack(list(getattr(feats, "pooler_output", feats))).float()  # [images, tokens, d]
-        text = llava.get_input_embeddings().weight.float()
         flat_y = y.reshape(-1, y.shape[-1])
         energy = float(flat_y.pow(2).sum(-1).mean())
         unit = torch.nn.functional.normalize(y, dim=-1)
@@ -343,7 +340,7 @@ class Evaluator:
         between = torch.einsum("atd,btd->ab", unit, unit) / unit.shape[1]
         off = ~torch.eye(n, dtype=torch.bool)
         return {"image_tokens": {
-            "norm_ratio": float(flat_y.pow(2).mean().sqrt() / text.pow(2).mean().sqrt()),
+            "norm_ratio": float(flat_y.pow(2).mean().sqrt() / backbone.text_embedding_rms()),
             "common_share": float(flat_y.mean(0).pow(2).sum()) / energy,
             "cos_between_images": float(between[off].mean()) if n > 1 else 1.0,
         }}

@@ -196,8 +196,7 @@ class TrainModule(nn.Module):
         tokens, self._image_tokens = self._image_tokens, []
         if self._projector is None or not tokens:
             return None
-        text = self.model.backbone.model.get_input_embeddings().weight.detach()
-        return image_token_loss(torch.cat(tokens), text.float().pow(2).mean().sqrt())
+        return image_token_loss(torch.cat(tokens), self.model.backbone.text_embedding_rms())
 
     def forward(self, gen: EncodedBatch | None, embed: list[EncodedBatch]):
         logits = None
