@@ -23,9 +23,11 @@ def run_ablations(out: Path, preset_name: str, steps: int | None, seeds: int, ev
     from training.evaluate import evaluate, flat
     from training.loop import train
 
-    rows: dict[str, list[dict]] = {}
-    for variant in variants or list(ABLATIONS):
-        for seed in range(seeds):
+    variants = variants or list(ABLATIONS)
+    rows: dict[str, list[dict]] = {v: [] for v in variants}
+    # seed-major: an interrupted run has every variant at the seeds it finished
+    for seed in range(seeds):
+        for variant in variants:
             cfg = preset(preset_name).with_overrides([f"ablation={json.dumps(variant)}", f"seed={seed}"])
             if steps:
                 cfg = cfg.with_overrides([f"steps={steps}"])
@@ -33,7 +35,7 @@ def run_ablations(out: Path, preset_name: str, steps: int | None, seeds: int, ev
             if not (ckpt / "sugar_config.json").is_file():
                 train(cfg, ckpt, cache_dir=cache)
             res = evaluate(ckpt, ckpt / "eval", eval_cfg)
-            rows.setdefault(variant, []).append(flat(res))
+            rows[variant].append(flat(res))
     lines = ["| variant | " + " | ".join(h for _, h in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     for variant, results in rows.items():
