@@ -22,6 +22,12 @@ Search: stage 1 FAISS top-K' on the summary vectors g; stage 2 rerank of the
 K' candidates by the GA-kernel similarity over slice vectors (model.kernels),
 with metadata filters (equality, or `{"$prefix": ...}` on strings) applied exactly (an exact scan over the
 matching documents when the filter is selective).
+
+Modes (`search(mode=...)`): "dense" is the above; "lexical" ranks by BM25 over the documents'
+text slices (the store's FTS5 table); "hybrid" takes the union of the dense top-K' and the
+lexical top-K', scores every candidate both ways (GA kernel and BM25) and fuses the scores
+(relative score fusion, `_fuse`): exact names, ids and rare words that a dense embedding blurs
+are found, and the dense side still ranks what words cannot.
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 STORE_FILE = "store.sqlite"
+SEARCH_MODES = ("dense", "hybrid", "lexical")
+# hybrid: the BM25 side's share of the fused score (`_fuse`); above one half, so that when the
+# two sides disagree completely (the best words in the document the embedding ranks last) the
+# words win: what a name, an id or a caption's words ask for
+LEXICAL_WEIGHT = 0.6
 
 
 class IndexError_(ValueError):
@@ -69,14 +80,21 @@ class Hit:
     is still the one that was ranked)."""
 
     id: str
-    score: float
-    ann_score: float
+    score: float  # what the hits are ranked by: the mode's score
+    ann_score: float  # summary-vector inner product (stage 1)
     metadata: dict[str, Any]
     fid: int
     document: StoredDocument | None = field(default=None, repr=False, compare=False)
+    # hybrid and lexical modes: the two sides' own scores (None: not scored / no term matched)
+    dense_score: float | None = None
+    lexical_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "ann_score": self.ann_score, "metadata": self.metadata}
+        out = {"id": self.id, "score": self.score, "ann_score": self.ann_score, "metadata": self.metadata}
+        for key in ("dense_score", "lexical_score"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 @dataclass
@@ -290,37 +308,61 @@ class DocumentIndex:
         rerank: bool = True,
         exact_filter_limit: int = 20_000,
         with_images: bool = False,
+        text: str = "",
+        mode: str = "dense",
     ) -> list[Hit]:
-        """Top-k documents: ANN on g, then GA rerank over slice vectors (`rerank`).
+        """Top-k documents: ANN on g, then GA rerank over slice vectors (`rerank`); with
+        `mode` "lexical" or "hybrid", BM25 over `text` (the query's words) alone or fused
+        with the dense ranking (see the module docstring).
 
         Each hit carries its StoredDocument (`with_images`: image bytes loaded for the
         top k only); candidates deleted between the ANN step and the read are skipped."""
         if query.summary.shape != (self.dim,) or query.vectors.shape[1] != self.dim:
             raise IndexError_(f"query dimension {query.summary.shape[-1]} does not match the index ({self.dim})")
+        if mode not in SEARCH_MODES:
+            raise IndexError_(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
         if k <= 0:
             return []
         k_prime = max(k, k_prime or 5 * k)
+        allowed: list[int] | None = None
         if filters:
             allowed = self.store.matching_fids(filters)
             if not allowed:
                 return []
-            if len(allowed) <= exact_filter_limit:
-                cands = self._exact(query.summary, allowed, k_prime)
+        dense: list[tuple[int, float]] = []
+        if mode != "lexical":
+            if allowed is None:
+                scores, fids = self.vectors.search(query.summary[None, :], k_prime)
+                dense = [(int(f), float(s)) for f, s in zip(fids[0], scores[0], strict=True) if f >= 0]
+            elif len(allowed) <= exact_filter_limit:
+                dense = self._exact(query.summary, allowed, k_prime)
             else:
-                cands = self._ann_filtered(query.summary, set(allowed), k_prime)
-        else:
-            scores, fids = self.vectors.search(query.summary[None, :], k_prime)
-            cands = [(int(f), float(s)) for f, s in zip(fids[0], scores[0], strict=True) if f >= 0]
-        docs = self.store.get_by_fids([f for f, _ in cands], self.dim)
-        cands = [(f, s) for f, s in cands if f in docs]  # deleted since the ANN step
-        if not cands:
+                dense = self._ann_filtered(query.summary, set(allowed), k_prime)
+        lexical: dict[int, float] = {}
+        if mode != "dense":
+            lexical = dict(self.store.lexical(text, k_prime, self.embedding_version,
+                                              set(allowed) if allowed is not None else None))
+        ann = dict(dense)
+        fids = list(ann) + [f for f in lexical if f not in ann]
+        docs = self.store.get_by_fids(fids, self.dim)
+        fids = [f for f in fids if f in docs]  # deleted since the ANN step
+        if not fids:
             return []
-        if rerank:
-            scores = self.rerank(query, [docs[f] for f, _ in cands])
+        for f in fids:
+            if f not in ann:  # found by its words only
+                ann[f] = float(docs[f].summary @ query.summary)
+        if mode == "lexical":
+            hits = [Hit(docs[f].id, lexical[f], ann[f], docs[f].metadata, f, docs[f], None, lexical[f])
+                    for f in fids]
         else:
-            scores = [s for _, s in cands]
-        hits = [Hit(docs[f].id, float(sc), float(ann), docs[f].metadata, f, docs[f])
-                for (f, ann), sc in zip(cands, scores, strict=True)]
+            dense_scores = self.rerank(query, [docs[f] for f in fids]) if rerank else [ann[f] for f in fids]
+            if mode == "dense":
+                hits = [Hit(docs[f].id, float(sc), ann[f], docs[f].metadata, f, docs[f])
+                        for f, sc in zip(fids, dense_scores, strict=True)]
+            else:
+                hits = _fuse([Hit(docs[f].id, 0.0, ann[f], docs[f].metadata, f, docs[f], float(sc),
+                                  lexical.get(f)) for f, sc in zip(fids, dense_scores, strict=True)])
+                hits.sort(key=lambda h: -h.dense_score)  # type: ignore[operator]  # ties: the dense order
         hits.sort(key=lambda h: -h.score)
         hits = hits[:k]
         if with_images:
@@ -438,3 +480,18 @@ class DocumentIndex:
                 progress(done, total)
         self.snapshot()
         return done
+
+
+def _fuse(hits: list[Hit]) -> list[Hit]:
+    """Relative score fusion of the dense and the lexical scores of the same candidates:
+    the dense scores min-max scaled over the candidates, BM25 divided by the best one (0 where
+    no word matched), mixed with LEXICAL_WEIGHT. Unlike reciprocal-rank fusion it keeps the
+    gaps: a document whose rare word matched stays ahead of many that share only common words."""
+    dense = np.array([h.dense_score for h in hits], np.float64)
+    lex = np.array([h.lexical_score or 0.0 for h in hits], np.float64)
+    span = dense.max() - dense.min()
+    dense_n = (dense - dense.min()) / span if span > 0 else np.ones_like(dense)
+    lex_n = lex / lex.max() if lex.max() > 0 else lex
+    for h, d, w in zip(hits, dense_n, lex_n, strict=True):
+        h.score = float((1 - LEXICAL_WEIGHT) * d + LEXICAL_WEIGHT * w)
+    return hits

@@ -9,6 +9,10 @@ Tables:
     blobs    content-addressed image bytes (PNG), shared between documents
     changes  append-only log (seq, op, fid) of every add/delete: the vector index
              snapshot records the last seq it contains and replays the rest on open
+    docs_text  SQLite FTS5 over each document's text slices (rowid = fid), kept in
+             step with `docs` by triggers (the same transaction as the write): the
+             lexical (BM25) side of hybrid search; built from `docs` when an older
+             store without it is opened
 
 A write is one transaction: once `commit()` returns (WAL, synchronous=FULL)
 the document survives a crash; that commit is the acknowledgement.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -51,6 +56,27 @@ CREATE TABLE IF NOT EXISTS changes (
     fid INTEGER NOT NULL
 );
 """
+
+# a document's searchable text: its text slices, in order, one per line
+_DOC_TEXT = ("(SELECT group_concat(json_extract(value, '$.text'), char(10)) FROM json_each({slices})"
+             " WHERE json_extract(value, '$.type') = 'text')")
+LEXICAL_SCHEMA = (  # statements, in order
+    "CREATE VIRTUAL TABLE docs_text USING fts5(text, tokenize = 'unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER docs_text_add AFTER INSERT ON docs BEGIN INSERT INTO docs_text (rowid, text)"
+    f" VALUES (NEW.fid, {_DOC_TEXT.format(slices='NEW.slices')}); END",
+    "CREATE TRIGGER docs_text_del AFTER DELETE ON docs BEGIN DELETE FROM docs_text WHERE rowid = OLD.fid; END",
+)
+MAX_QUERY_TERMS = 64
+_TERM = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer keeps: runs of letters and digits
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct terms of a lexical query, in order (at most MAX_QUERY_TERMS)."""
+    out: list[str] = []
+    for t in _TERM.findall(text.lower()):
+        if t not in out:
+            out.append(t)
+    return out[:MAX_QUERY_TERMS]
 
 
 @dataclass
@@ -90,6 +116,26 @@ class DocumentStore:
             c = self.conn
             c.executescript(SCHEMA)
             c.commit()
+            self._ensure_lexical(c)
+
+    def _ensure_lexical(self, c: sqlite3.Connection) -> None:
+        """The FTS5 table and its triggers; filled from `docs` when they are new (one
+        transaction, so a store opened by an older version gains them whole or not at all)."""
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'docs_text_del'").fetchone():
+            return
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'docs_text_del'").fetchone():
+                c.execute("DROP TRIGGER IF EXISTS docs_text_add")
+                c.execute("DROP TABLE IF EXISTS docs_text")
+                for stmt in LEXICAL_SCHEMA:
+                    c.execute(stmt)
+                c.execute(f"INSERT INTO docs_text (rowid, text) SELECT fid, {_DOC_TEXT.format(slices='slices')}"
+                          " FROM docs")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -316,6 +362,29 @@ class DocumentStore:
                 else:
                     parts.append(Slice.of_image(decode_image(self.blob(s["hash"]), "stored image")))
             out.append(Sample(parts, id=doc_id, metadata=json.loads(metadata)))
+        return out
+
+    def lexical(self, text: str, limit: int, version: str | None = None,
+                allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        """(fid, BM25 score) of the documents whose text matches any term of `text`, best
+        first (FTS5's bm25, negated so that higher is better); only documents of `version`
+        and, when given, of `allowed`."""
+        terms = query_terms(text)
+        if not terms or limit <= 0:
+            return []
+        match = " OR ".join(f'"{t}"' for t in terms)
+        sql = ("SELECT t.rowid, -bm25(docs_text) FROM docs_text t JOIN docs d ON d.fid = t.rowid"
+               " WHERE docs_text MATCH ?" + (" AND d.embedding_version = ?" if version is not None else "")
+               + " ORDER BY bm25(docs_text)")
+        args: list[Any] = [match] + ([version] if version is not None else [])
+        if allowed is None:
+            return [(int(f), float(s)) for f, s in self.conn.execute(sql + " LIMIT ?", [*args, limit])]
+        out = []
+        for f, s in self.conn.execute(sql, args):
+            if f in allowed:
+                out.append((int(f), float(s)))
+                if len(out) == limit:
+                    break
         return out
 
     def last_seq(self) -> int:

@@ -188,10 +188,14 @@ class EmbedResponse(BaseModel):
     stored: list[str] = Field(default_factory=list)
 
 
+SearchMode = Literal["dense", "hybrid", "lexical"]
+
+
 class RetrievalOptions(Strict):
     enabled: StrictBool = True
     k: int | None = Field(default=None, ge=0)
     filters: Filters | None = None
+    mode: SearchMode | None = None  # default: the server's retrieval_mode
 
 
 class RetrieveRequest(Strict):
@@ -200,6 +204,9 @@ class RetrieveRequest(Strict):
     k_prime: int | None = Field(default=None, ge=1)
     filters: Filters | None = None
     images: Literal["url", "base64"] = "url"
+    # "dense": GA-kernel rerank of the ANN candidates; "lexical": BM25 over the documents'
+    # text; "hybrid": both, fused by reciprocal rank. Default: the server's retrieval_mode
+    mode: SearchMode | None = None
 
 
 class SliceOut(BaseModel):
@@ -211,8 +218,10 @@ class SliceOut(BaseModel):
 
 class RetrievedDocument(BaseModel):
     id: str
-    score: float
+    score: float  # the mode's ranking score (hybrid: the fused reciprocal-rank score)
     ann_score: float
+    dense_score: float | None = None  # hybrid: the GA-kernel score
+    lexical_score: float | None = None  # hybrid, lexical: BM25 (absent: no query word matched)
     metadata: dict[str, Any]
     slices: list[SliceOut]
 

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     gen_queue_size: int = 64  # generation requests waiting or running; beyond it: 429
     gen_timeout_s: float = 120.0
     retrieval_k: int = 3
+    # how /retrieve, /generate and chat rank when a request does not say (index.index):
+    # "hybrid" (dense GA-kernel ranking fused with BM25 over the documents' text),
+    # "dense" or "lexical"
+    retrieval_mode: str = Field(default="hybrid", pattern="^(dense|hybrid|lexical)$")
     ready_cache_s: float = 5.0
     snapshot_every: int = Field(default=1000, ge=1)  # index writes between FAISS snapshots
     # POST /documents/upload (the whole request stays under max_body_bytes too)

@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+# index.index.SEARCH_MODES, spelled out: importing index/ here would load torch for `--help`
+SEARCH_MODES = ("hybrid", "dense", "lexical")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("index", help="build, search and maintain a document index")
@@ -37,13 +40,16 @@ def add_parser(sub) -> None:
                        help="vector index type when the index is created")
         a.set_defaults(func=cmd_add)
 
-    s = isub.add_parser("search", help="two-stage search: ANN on g, GA-kernel rerank")
+    s = isub.add_parser("search", help="two-stage search (ANN on g, GA-kernel rerank), fused with BM25 by default")
     s.add_argument("--index", type=Path, required=True)
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--query", required=True, help="query text")
     s.add_argument("--image", type=Path, action="append", default=[], help="query image(s), after the text")
     s.add_argument("-k", type=int, default=5)
     s.add_argument("--k-prime", type=int, help="ANN candidates to rerank (default 5k)")
+    s.add_argument("--mode", choices=SEARCH_MODES, default="hybrid",
+                   help="hybrid: dense and BM25 fused by reciprocal rank (default, as the server); "
+                        "dense: GA kernel only; lexical: BM25 only")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata equality filter (VALUE parsed as JSON when it parses)")
     s.add_argument("--json", action="store_true")
@@ -152,7 +158,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             filters[k] = json.loads(v)
         except json.JSONDecodeError:
             filters[k] = v
-    hits = idx.search(query, k=args.k, k_prime=args.k_prime, filters=filters or None)
+    hits = idx.search(query, k=args.k, k_prime=args.k_prime, filters=filters or None, text=args.query,
+                      mode=args.mode)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits]))
     else:

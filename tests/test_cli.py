@@ -107,3 +107,14 @@ def test_serve_refuses_to_start_without_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("SUGAR_INDEX", str(tmp_path / "ix"))
     with pytest.raises(SystemExit, match="not a Sugar checkpoint"):
         main(["serve"])
+
+
+def test_settings_refuse_an_unknown_retrieval_mode(monkeypatch):
+    from pydantic import ValidationError
+
+    from server.settings import Settings
+
+    assert Settings().retrieval_mode == "hybrid"
+    monkeypatch.setenv("SUGAR_RETRIEVAL_MODE", "bm25")
+    with pytest.raises(ValidationError, match="retrieval_mode"):
+        Settings()

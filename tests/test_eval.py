@@ -46,6 +46,12 @@ def test_eval_writes_json_report_and_plots(smoke, tmp_path, capsys):
     assert b["vqa"]["color"]["chance"] == pytest.approx(1 / 6) and 0 < b["vqa"]["color"]["majority"] <= 1
     assert b["seen"]["retrieval"]["r@1"]["chance"] < b["seen"]["retrieval"]["r@5"]["chance"]
     assert {"chance", "majority"} <= b["rag"]["own_retrieval"].keys()
+    # the server's hybrid retrieval: a 2-step model cannot rank houses, their names' words can
+    for split in (res, res["seen"]):
+        assert split["rag"]["hybrid"]["retrieval_r@1"] >= 0.9
+        assert 0.0 <= split["rag"]["hybrid"]["own_retrieval"] <= 1.0
+    assert b["rag"]["hybrid"]["retrieval_r@1"]["chance"] == b["rag"]["retrieval_r@1"]["chance"]
+    assert "| rag.hybrid.retrieval_r@1 |" in (tmp_path / "rep" / "eval.md").read_text()
     assert "fashion_mnist" not in res or {"vqa", "retrieval"} <= res["fashion_mnist"].keys()
     for f in ("eval.json", "eval.md", "eval_bars.png", "position_curve.png"):
         assert (tmp_path / "rep" / f).stat().st_size > 100

@@ -47,10 +47,8 @@ def test_readme_first_session_parses():
     assert [path for path, _ in reqs] == ["/retrieve", "/generate"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue #10 goal missed by the shipped checkpoint: /retrieve ranks another house first "
-    "(heldout gold-document R@1 0.075); strict, so this turns red the day a checkpoint meets it"))
-def test_readme_first_session_retrieves_the_house_and_answers_its_colour(shipped_client):
+def test_readme_first_session_retrieves_the_asked_house_first(shipped_client):
+    """With the server's default hybrid retrieval: the house's name is a word of its document."""
     from training.data import builtin_houses
 
     banners = {h.name: h.banner for h in builtin_houses()}
@@ -63,4 +61,17 @@ def test_readme_first_session_retrieves_the_house_and_answers_its_colour(shipped
     r = shipped_client.post("/generate", json=generate)
     assert r.status_code == 200, r.text
     assert r.json()["documents"][0]["id"] == f"house-{house.lower()}"
-    assert r.json()["text"].strip().strip(".").lower() == banners[house].color
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue #10 goal missed by the shipped checkpoint: with its house's document first in the "
+    "context, /generate does not answer its banner colour (heldout VQA colour 0.10, RAG answer with "
+    "the gold document 0.067); strict, so this turns red the day a checkpoint meets it"))
+def test_readme_first_session_answers_the_banner_colour(shipped_client):
+    from training.data import builtin_houses
+
+    banners = {h.name: h.banner for h in builtin_houses()}
+    _, (_, generate) = first_session_requests()
+    r = shipped_client.post("/generate", json=generate)
+    assert r.status_code == 200, r.text
+    assert r.json()["text"].strip().strip(".").lower() == banners[asked_house(generate)].color

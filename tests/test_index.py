@@ -144,6 +144,142 @@ def test_filters_exact_even_when_most_candidates_are_removed(tmp_path):
     assert {h.id for h in hits2} == {h.id for h in hits}
 
 
+# ------------------------------------------------------------ lexical and hybrid search
+WORDS = ["red", "blue", "house", "banner", "Vyd", "Kos", "cat", "the", "of", "Ünïcode", "page", "figure"]
+
+
+def word_docs(n, seed=1):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        parts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9)))]
+        if i % 3 == 0:
+            parts += [make_image(i), " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))]
+        rows.append(Sample.build(parts, id=f"w{i}", metadata={"i": i, "odd": i % 2 == 1}))
+    return rows
+
+
+def bm25_reference(texts: dict[int, str], query: str, k1=1.2, b=0.75) -> dict[int, float]:
+    """Okapi BM25 as FTS5 computes it (idf = ln((N - n + .5) / (n + .5)), floored at 1e-6), over
+    lower-cased, accent-folded runs of letters and digits; a slow, independent reference."""
+    import math
+    import re
+    import unicodedata
+
+    def tokens(t):
+        t = "".join(c for c in unicodedata.normalize("NFD", t.lower()) if not unicodedata.combining(c))
+        return re.findall(r"[^\W_]+", t)
+
+    toks = {f: tokens(t) for f, t in texts.items()}
+    n_docs, avgdl = len(toks), sum(map(len, toks.values())) / len(toks)
+    out = {}
+    for term in dict.fromkeys(tokens(query)):
+        n = sum(term in ts for ts in toks.values())
+        if n == 0:
+            continue
+        idf = max(math.log((n_docs - n + 0.5) / (n + 0.5)), 1e-6)
+        for f, ts in toks.items():
+            tf = ts.count(term)
+            if tf:
+                out[f] = out.get(f, 0.0) + idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(ts) / avgdl))
+    return out
+
+
+def test_lexical_scores_are_bm25_and_follow_every_write(tmp_path):
+    idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1")
+    rng = np.random.default_rng(0)
+    samples = word_docs(60)
+    idx.add([(s, rand_emb(rng, len(s.slices))) for s in samples], version="v1")
+
+    def check(query):
+        texts = {f: "\n".join(sl["text"] for sl in d.slices if sl["type"] == "text")
+                 for f, d in idx.store.get_by_fids(sorted(idx.store.fids()), D).items()}
+        want = bm25_reference(texts, query)
+        got = dict(idx.store.lexical(query, 1000, "v1"))
+        assert got.keys() == want.keys()
+        for f in want:
+            assert got[f] == pytest.approx(want[f], rel=1e-6, abs=1e-9)
+        ranked = [f for f, _ in idx.store.lexical(query, 5, "v1")]
+        assert [got[f] for f in ranked] == sorted(got.values(), reverse=True)[:5]
+
+    check("What colour is the banner of House Vyd?")
+    check("UNICODE page, figure: cat")  # case and accents folded
+    assert idx.store.lexical("¿¡ ... !!", 5, "v1") == [] and idx.store.lexical("zebra", 5, "v1") == []
+    # every kind of write keeps the text index in step, in the same transaction
+    idx.delete(["w0", "w1"])
+    idx.add([(Sample.build(["Vyd Vyd zebra"], id="w2"), rand_emb(rng, 1))], version="v1", upsert=True)
+    with pytest.raises(KeyError):  # a failed batch writes nothing, text included
+        idx.add([(Sample.build(["okapi"], id="new"), rand_emb(rng, 1)),
+                 (Sample.build(["okapi"], id="w3"), rand_emb(rng, 1))], version="v1")
+    assert idx.store.lexical("okapi", 5, "v1") == []
+    check("zebra Vyd house")
+    assert [idx.store.get_by_fids([f], D)[f].id for f, _ in idx.store.lexical("zebra", 5, "v1")] == ["w2"]
+    # re-embedding moves documents to new fids: the text follows, and searches see one version
+    idx.reembed(lambda batch: [rand_emb(rng, len(s.slices)) for s in batch], "v2", D, batch_size=25)
+    assert idx.store.lexical("zebra", 5, "v1") == []
+    assert [idx.store.get_by_fids([f], D)[f].id for f, _ in idx.store.lexical("zebra", 5, "v2")] == ["w2"]
+    n_text = idx.store.conn.execute("SELECT COUNT(*) FROM docs_text").fetchone()[0]
+    assert n_text == idx.count() == 58
+
+
+def test_a_store_without_the_text_index_gains_it_on_open(tmp_path):
+    idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1")
+    rng = np.random.default_rng(0)
+    idx.add([(s, rand_emb(rng, len(s.slices))) for s in word_docs(20)], version="v1")
+    before = idx.store.lexical("banner Kos", 20, "v1")
+    c = idx.store.conn
+    for stmt in ("DROP TRIGGER docs_text_add", "DROP TRIGGER docs_text_del", "DROP TABLE docs_text"):
+        c.execute(stmt)  # as a store written before hybrid search
+    idx.close()
+    again = DocumentIndex(tmp_path / "ix")
+    assert again.store.lexical("banner Kos", 20, "v1") == before and before
+    again.add([(Sample.build(["Kos"], id="late"), rand_emb(rng, 1))], version="v1")
+    assert "late" in {h.id for h in again.search(rand_emb(rng, 1), k=3, text="Kos", mode="lexical")}
+
+
+def test_hybrid_fuses_dense_and_bm25_scores(tmp_path):
+    from index.index import LEXICAL_WEIGHT
+
+    idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1")
+    rng = np.random.default_rng(3)
+    samples = word_docs(80)
+    embs = [rand_emb(rng, len(s.slices)) for s in samples]
+    idx.add(list(zip(samples, embs, strict=True)), version="v1")
+    rare = Sample.build(["the banner of House Zyx"], id="rare")
+    idx.add([(rare, rand_emb(rng, 1))], version="v1")
+    q, text = embs[4], "banner of house zyx"
+    dense = idx.search(q, k=81, k_prime=81)
+    assert "rare" not in [h.id for h in idx.search(q, k=5)]  # the vector alone misses it
+    hybrid = idx.search(q, k=5, text=text, mode="hybrid")
+    assert hybrid[0].id == "rare"  # its rare word finds it, among many sharing the common ones
+    # reference: the union of the ANN top-25 and the lexical top-25, the dense scores min-max
+    # scaled over it, BM25 over its best, mixed
+    lex = dict(idx.store.lexical(text, 25, "v1"))
+    cand = {h.fid for h in sorted(dense, key=lambda h: -h.ann_score)[:25]} | set(lex)
+    by_dense = [h for h in dense if h.fid in cand]  # dense scores do not depend on the candidate set
+    lo, hi, best = by_dense[-1].score, by_dense[0].score, max(lex.values())
+    fused = {h.fid: (1 - LEXICAL_WEIGHT) * (h.score - lo) / (hi - lo) + LEXICAL_WEIGHT * lex.get(h.fid, 0) / best
+             for h in by_dense}
+    want = sorted(fused, key=lambda f: -fused[f])[:5]
+    assert [h.fid for h in hybrid] == want
+    assert [h.score for h in hybrid] == pytest.approx([fused[f] for f in want], rel=1e-5)
+    dense_by_fid = {h.fid: h.score for h in dense}
+    assert all(h.dense_score == pytest.approx(dense_by_fid[h.fid], rel=1e-5) for h in hybrid)
+    assert all(h.lexical_score == pytest.approx(lex.get(h.fid)) if h.fid in lex else h.lexical_score is None
+               for h in hybrid)
+    assert all(h.ann_score == pytest.approx(float(q.summary @ idx.get(h.id).summary), rel=1e-5) for h in hybrid)
+    # lexical alone: BM25 order; filters hold on both sides; no text: the dense order
+    lexical = idx.search(q, k=3, text=text, mode="lexical")
+    assert [h.score for h in lexical] == sorted(lex.values(), reverse=True)[:3]
+    assert all(h.score == h.lexical_score and h.dense_score is None for h in lexical)
+    odd = idx.search(q, k=10, text=text, mode="hybrid", filters={"odd": True})
+    assert odd and all(h.metadata["odd"] is True for h in odd)
+    assert [h.id for h in idx.search(q, k=5, mode="hybrid")] == [h.id for h in dense[:5]]
+    assert set(hybrid[0].to_dict()) == {"id", "score", "ann_score", "metadata", "dense_score", "lexical_score"}
+    with pytest.raises(IndexError_, match="search mode must be one of dense, hybrid, lexical, got 'bm25'"):
+        idx.search(q, k=3, text=text, mode="bm25")
+
+
 def test_hnsw_tombstones_filter_and_trigger_rebuild(tmp_path):
     idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1", settings=VectorSettings(type="hnsw"))
     batch = docs(40)

@@ -31,7 +31,12 @@ def test_add_search_stats_verify_delete(tiny_ckpt, corpus, tmp_path, capsys):
                  "--query", "document number 3", "-k", "4", "--filter", "group=odd", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 4 and all(h["metadata"]["group"] == "odd" for h in hits)
-    assert set(hits[0]) == {"id", "score", "ann_score", "metadata"}
+    # hybrid by default: "3" is a word of doc3's text only, so BM25 puts it first
+    assert hits[0]["id"] == "doc3" and hits[0]["lexical_score"] > 0
+    assert set(hits[0]) == {"id", "score", "ann_score", "metadata", "dense_score", "lexical_score"}
+    assert main(["index", "search", "--index", ix, "--checkpoint", str(tiny_ckpt),
+                 "--query", "document number 3", "--mode", "dense", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)[0]) == {"id", "score", "ann_score", "metadata"}
     assert main(["index", "verify", "--index", ix]) == 0
     assert main(["index", "delete", "--index", ix, "doc0", "doc1"]) == 0
     capsys.readouterr()
@@ -100,3 +105,11 @@ def test_bench_index_small(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["ann"][0]["hnsw"]["recall@10"] > 0.5
     assert "GA rerank per query" in capsys.readouterr().out
+
+
+def test_the_parsers_search_modes_are_the_index_ones():
+    from index.index import SEARCH_MODES
+    from sugar_cli.index_cmd import SEARCH_MODES as cli_modes
+
+    assert sorted(cli_modes) == sorted(SEARCH_MODES)
+

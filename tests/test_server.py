@@ -78,6 +78,31 @@ def test_retrieve_two_stage_with_filters_and_image_urls(client):
     assert base64.b64decode(r.json()["results"][0]["slices"][1]["base64"])[:4] == b"\x89PNG"
 
 
+def test_retrieve_modes_hybrid_by_default_lexical_dense_and_a_bad_mode(client):
+    q = text_sample("The banner of House H5:")
+    hybrid = client.post("/retrieve", json={"query": q, "k": 3}).json()["results"]
+    # the tiny random checkpoint cannot tell the houses apart; the name's word can
+    assert hybrid[0]["id"] == "house-5" and hybrid[0]["lexical_score"] > 0
+    assert {"dense_score", "lexical_score"} <= hybrid[0].keys()
+    assert hybrid == client.post("/retrieve", json={"query": q, "k": 3, "mode": "hybrid"}).json()["results"]
+    lexical = client.post("/retrieve", json={"query": q, "k": 3, "mode": "lexical"}).json()["results"]
+    assert lexical[0]["id"] == "house-5" and lexical[0]["score"] == lexical[0]["lexical_score"]
+    assert [d["score"] for d in lexical] == sorted((d["score"] for d in lexical), reverse=True)
+    dense = client.post("/retrieve", json={"query": q, "k": 3, "mode": "dense"}).json()["results"]
+    assert "dense_score" not in dense[0] and "lexical_score" not in dense[0]
+    r = client.post("/retrieve", json={"query": q, "mode": "bm25"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "mode"
+    assert "'dense', 'hybrid' or 'lexical'" in r.json()["error"]["message"]
+    g = client.post("/generate", json={"query": text_sample("What colour is the banner of House H6?"),
+                                       "max_tokens": 2, "retrieval": {"k": 1, "mode": "lexical"}}).json()
+    assert [d["id"] for d in g["documents"]] == ["house-6"]
+    r = client.post("/v1/chat/completions", json={
+        "model": "sugar", "max_tokens": 2, "retrieval": {"k": 1, "mode": "lexical"},
+        "messages": [{"role": "user", "content": "What colour is the banner of House H2?"}]})
+    assert r.status_code == 200 and [d["id"] for d in r.json()["retrieved"]] == ["house-2"]
+    assert client.post("/retrieve", json={"query": q, "k": 1}).status_code == 200
+
+
 def test_generate_with_retrieval_usage_timings(client):
     r = client.post("/generate", json={"query": text_sample("What colour is the banner of House H1?"),
                                        "max_tokens": 4, "retrieval": {"k": 2}})

@@ -9,7 +9,9 @@
 - generative: VQA exact match per question type; Fashion-MNIST item accuracy
   (generated) and image -> category retrieval R@1 on the official test split;
 - RAG: knowledge questions about held-out houses without retrieval, with the
-  model's own top-k retrieval, and with the gold document;
+  model's own top-k retrieval, and with the gold document; and with the server's
+  hybrid retrieval (`rag.hybrid`: the same embeddings in a DocumentIndex, fused with
+  BM25 over the documents' text, as `/retrieve` ranks by default);
 - position curve: accuracy vs position of the gold document among k = 5.
 
 Every part runs on two splits: `heldout` (the test split: held-out
@@ -296,14 +298,16 @@ class Evaluator:
             preds = _generate(self.model, prompts, c.batch_size)
             res[name] = float(np.mean([_match(pr, a) for pr, (_, _, a) in zip(preds, qs, strict=True)]))
         res["retrieval_r@1"] = float(np.mean([top[i][0] == gold_index[h.name] for i, (h, _, _) in enumerate(qs)]))
+        res["hybrid"] = self._rag_hybrid(qs, docs, de, qe, gold_index)
         res["k"] = c.rag_k
         kinds = ["color" if q.startswith("What colour") else "shape" for _, q, _ in qs]
         chance = float(np.mean([1 / VQA_ANSWERS[k] for k in kinds]))
         majority = sum(_majority([a for (_, _, a), kk in zip(qs, kinds, strict=True) if kk == k])
                        * kinds.count(k) for k in set(kinds)) / len(qs)
-        for name in ("no_retrieval", "own_retrieval", "gold"):
+        for name in ("no_retrieval", "own_retrieval", "gold", "hybrid.own_retrieval"):
             self._baseline(f"rag.{name}", chance, majority)
         self._baseline("rag.retrieval_r@1", 1 / len(docs))
+        self._baseline("rag.hybrid.retrieval_r@1", 1 / len(docs))
         self._baseline("position_curve", chance, majority)
         # position curve: gold at each position among k documents
         curve = []
@@ -319,6 +323,34 @@ class Evaluator:
             preds = _generate(self.model, prompts, c.batch_size)
             curve.append(float(np.mean([_match(pr, a) for pr, a in zip(preds, answers, strict=True)])))
         return {"rag": res, "position_curve": curve}
+
+    def _rag_hybrid(self, qs, docs: list[Sample], de: SliceEmbeddings, qe: SliceEmbeddings,
+                    gold_index: dict[str, int]) -> dict:
+        """Retrieval as the server does it by default: the documents in a DocumentIndex, each
+        question ranked by mode "hybrid" (GA kernel fused with BM25 over the documents' text)."""
+        import tempfile
+
+        from index.embedding import open_for_model
+        from index.index import Embedded
+
+        def embedded(e: SliceEmbeddings, b: int) -> Embedded:
+            vecs, summary, _ = e.item(b)
+            return Embedded(vecs.float().numpy(), summary.float().numpy())
+
+        k, fmt = self.cfg.rag_k, self.model.config.prompts
+        with tempfile.TemporaryDirectory() as tmp:
+            index = open_for_model(tmp, self.model)
+            index.add([(Sample(d.slices, id=str(i)), embedded(de, i)) for i, d in enumerate(docs)],
+                      version=self.model.embedding_version)
+            tops = [[int(h.id) for h in index.search(embedded(qe, i), k, text=q, mode="hybrid")]
+                    for i, (_, q, _) in enumerate(qs)]
+            index.close()
+        prompts = [generation_prompt(text(q), fmt, [docs[j] for j in top])
+                   for top, (_, q, _) in zip(tops, qs, strict=True)]
+        preds = _generate(self.model, prompts, self.cfg.batch_size)
+        return {"retrieval_r@1": float(np.mean([top[0] == gold_index[h.name] for top, (h, _, _)
+                                                in zip(tops, qs, strict=True)])),
+                "own_retrieval": float(np.mean([_match(pr, a) for pr, (_, _, a) in zip(preds, qs, strict=True)]))}
 
     # ----------------------------------------------------------- image tokens
     def image_tokens(self) -> dict:
@@ -406,6 +438,7 @@ SUMMARY_KEYS = [
     "vqa.overall", *[f"vqa.{t}" for t in VQA_TYPES], "vqa_blank.overall",
     *[f"vqa_blank.{t}" for t in VQA_TYPES], "fashion_mnist.vqa", "fashion_mnist.retrieval.r@1",
     "rag.no_retrieval", "rag.own_retrieval", "rag.gold", "rag.retrieval_r@1",
+    "rag.hybrid.own_retrieval", "rag.hybrid.retrieval_r@1",
     "image_tokens.norm_ratio", "image_tokens.common_share", "image_tokens.cos_between_images",
 ]
 
@@ -446,7 +479,7 @@ def plot_results(results: dict, out_dir: Path) -> None:
     splits = [("heldout", results), ("seen", results.get("seen", {}))]
     groups = [("minimal_pairs", "minimal-pair accuracy"), ("vqa", "VQA exact match"),
               ("vqa_blank", "VQA, image blanked")]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 3.8))
+    fig, axes = plt.subplots(1, 5, figsize=(25, 3.8))
     for ax, (key, title) in zip(axes[:3], groups, strict=True):
         names = [k for k, v in results.get(key, {}).items() if isinstance(v, float)]
         for i, (split, d) in enumerate(splits):
@@ -470,6 +503,20 @@ def plot_results(results: dict, out_dir: Path) -> None:
     axes[3].set_ylim(0, 1)
     axes[3].legend(fontsize=7)
     axes[3].set_title("interleaved retrieval")
+    rag_keys = ["no_retrieval", "own_retrieval", "hybrid.own_retrieval", "gold", "retrieval_r@1",
+                "hybrid.retrieval_r@1"]
+    for i, (split, d) in enumerate(splits):
+        fr = flat(d.get("rag", {}))
+        axes[4].bar([x + i * 0.4 for x in range(len(rag_keys))], [fr.get(k, 0.0) for k in rag_keys],
+                    width=0.4, label=split)
+    fb = flat(results.get("baselines", {}).get("rag", {}))
+    axes[4].scatter([x + 0.2 for x in range(len(rag_keys))],
+                    [fb.get(f"{k}.majority", fb.get(f"{k}.chance", 0.0)) for k in rag_keys],
+                    color="k", marker="_", s=200, label="majority/chance", zorder=3)
+    axes[4].set_xticks([x + 0.2 for x in range(len(rag_keys))], rag_keys, rotation=45)
+    axes[4].set_ylim(0, 1)
+    axes[4].legend(fontsize=7)
+    axes[4].set_title("RAG (answers; gold-document R@1)")
     fig.tight_layout()
     fig.savefig(out_dir / "eval_bars.png", dpi=100)
     plt.close(fig)

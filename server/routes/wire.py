@@ -37,7 +37,8 @@ def slices_out(d: StoredDocument, images: str) -> list[P.SliceOut]:
 
 
 def retrieved(h: Hit, images: str) -> P.RetrievedDocument:
-    return P.RetrievedDocument(id=h.id, score=h.score, ann_score=h.ann_score, metadata=h.metadata,
+    return P.RetrievedDocument(id=h.id, score=h.score, ann_score=h.ann_score, dense_score=h.dense_score,
+                               lexical_score=h.lexical_score, metadata=h.metadata,
                                slices=slices_out(h.document, images))  # type: ignore[arg-type]
 
 
