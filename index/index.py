@@ -427,6 +427,10 @@ class DocumentIndex:
                 if not np.allclose(v, stored[f], atol=1e-6):
                     problems.append(f"vector of fid {f} differs between FAISS and the store")
                     break
+        text_ids, all_ids = self.store.lexical_fids(), self.store.fids()
+        if text_ids != all_ids:
+            problems.append(f"text index differs from the store: {len(all_ids - text_ids)} documents missing, "
+                            f"{len(text_ids - all_ids)} extra (sugar index rebuild refills it)")
         versions = self.store.version_counts()
         if len(versions) > 1:
             problems.append(f"mixed embedding versions (an unfinished re-embedding?): {versions}")

@@ -66,6 +66,7 @@ LEXICAL_SCHEMA = (  # statements, in order
     f" VALUES (NEW.fid, {_DOC_TEXT.format(slices='NEW.slices')}); END",
     "CREATE TRIGGER docs_text_del AFTER DELETE ON docs BEGIN DELETE FROM docs_text WHERE rowid = OLD.fid; END",
 )
+_FILL_TEXT = f"INSERT INTO docs_text (rowid, text) SELECT fid, {_DOC_TEXT.format(slices='slices')} FROM docs"
 MAX_QUERY_TERMS = 64
 _TERM = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer keeps: runs of letters and digits
 
@@ -130,8 +131,7 @@ class DocumentStore:
                 c.execute("DROP TABLE IF EXISTS docs_text")
                 for stmt in LEXICAL_SCHEMA:
                     c.execute(stmt)
-                c.execute(f"INSERT INTO docs_text (rowid, text) SELECT fid, {_DOC_TEXT.format(slices='slices')}"
-                          " FROM docs")
+                c.execute(_FILL_TEXT)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -363,6 +363,22 @@ class DocumentStore:
                     parts.append(Slice.of_image(decode_image(self.blob(s["hash"]), "stored image")))
             out.append(Sample(parts, id=doc_id, metadata=json.loads(metadata)))
         return out
+
+    def lexical_fids(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT rowid FROM docs_text")}
+
+    def rebuild_lexical(self) -> None:
+        """Refill the text index from `docs` (one transaction): the recovery command's part."""
+        with self.write_lock:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("DELETE FROM docs_text")
+                c.execute(_FILL_TEXT)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
 
     def lexical(self, text: str, limit: int, version: str | None = None,
                 allowed: set[int] | None = None) -> list[tuple[int, float]]:

@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
     d.add_argument("ids", nargs="+")
     d.set_defaults(func=cmd_delete)
 
-    r = isub.add_parser("rebuild", help="rebuild the vector index from the store")
+    r = isub.add_parser("rebuild", help="rebuild the vector index and the text index from the store")
     r.add_argument("--index", type=Path, required=True)
     r.add_argument("--type", choices=["auto", "flat", "hnsw", "ivf"])
     r.set_defaults(func=cmd_rebuild)
@@ -181,7 +181,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     ok, problems = _open(args.index, inspect=True).verify()
     if ok:
-        print("ok: FAISS and the store agree")
+        print("ok: FAISS, the text index and the store agree")
         return 0
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
@@ -202,6 +202,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     idx = _open(args.index, repair=True)  # the recovery command: rebuilds whatever the snapshot says
     idx.rebuild(args.type)
+    idx.store.rebuild_lexical()
     idx.close()
     print(f"rebuilt: {idx.stats()['type']}, {idx.count()} documents")
     return 0

@@ -67,6 +67,23 @@ def test_verify_exit_code_when_faiss_and_store_disagree(tiny_ckpt, corpus, tmp_p
     assert main(["index", "verify", "--index", str(ix)]) == 1
 
 
+def test_verify_and_rebuild_the_text_index(tiny_ckpt, corpus, tmp_path, capsys):
+    ix = tmp_path / "ix"
+    main(["index", "add", "--index", str(ix), "--checkpoint", str(tiny_ckpt), "--data", str(corpus)])
+    from index import DocumentIndex
+
+    idx = DocumentIndex(ix)
+    idx.store.conn.execute("DELETE FROM docs_text WHERE rowid IN (SELECT rowid FROM docs_text LIMIT 2)")
+    idx.close()
+    capsys.readouterr()
+    assert main(["index", "verify", "--index", str(ix)]) == 1
+    assert "text index differs from the store: 2 documents missing, 0 extra" in capsys.readouterr().err
+    assert main(["index", "rebuild", "--index", str(ix)]) == 0
+    assert main(["index", "verify", "--index", str(ix)]) == 0
+    again = DocumentIndex(ix)
+    assert len(again.store.lexical("document number", 100, again.embedding_version)) == 12
+
+
 def test_reembed_with_another_checkpoint(tiny_ckpt, corpus, tmp_path, capsys):
     import shutil
 
