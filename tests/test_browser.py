@@ -156,6 +156,30 @@ def test_2_debounced_typing_sends_one_request(server, driver):
     assert d.execute_script("return window.__calls") == 1
 
 
+def test_2b_ranking_mode_is_sent_and_cards_show_both_scores(server, driver):
+    from selenium.webdriver.support.ui import Select
+
+    d = driver
+    d.execute_script("""
+      window.__bodies = []; const f = window.fetch;
+      window.fetch = (...a) => { if (String(a[0]).includes('/retrieve')) window.__bodies.push(a[1].body);
+                                 return f(...a); };""")
+    select = Select(d.find_element(By.ID, "search-mode"))
+    for mode, first_id in (("lexical", "house-vyd"), ("hybrid", "house-vyd")):
+        select.select_by_value(mode)
+        d.execute_script("document.getElementById('search-results').replaceChildren()")
+        search(d, "What colour is the banner of House Vyd?")
+        wait(d, lambda: len(d.find_elements(By.CSS_SELECTOR, "#search-results .card")) >= 1)
+        assert json.loads(d.execute_script("return window.__bodies.at(-1)"))["mode"] == mode
+        card = d.find_element(By.CSS_SELECTOR, "#search-results .card")
+        assert card.get_attribute("data-id") == first_id
+        assert "words" in card.find_element(By.CSS_SELECTOR, ".scores").text
+    select.select_by_value("")  # back to the server's default: no mode sent
+    search(d, "House Vyd")
+    wait(d, lambda: len(d.execute_script("return window.__bodies")) == 3)
+    assert "mode" not in json.loads(d.execute_script("return window.__bodies.at(-1)"))
+
+
 def test_3_image_search_via_file_input(server, driver, tmp_path):
     d = driver
     d.find_element(By.ID, "search-text").clear()

@@ -188,6 +188,7 @@ async function runSearch() {
   const body = { query: await sampleFrom(text, searchImage), k: Number($("search-k").value) || 5 };
   const prefix = $("search-source").value.trim();
   if (prefix) body.filters = { source: { $prefix: prefix } };
+  if ($("search-mode").value) body.mode = $("search-mode").value;
   const t0 = performance.now();
   try {
     const resp = await api("/retrieve", { method: "POST", body: JSON.stringify(body),
@@ -222,7 +223,9 @@ function renderResults(results) {
     h.textContent = `${i + 1}. ${r.id}`;
     const sc = document.createElement("p");
     sc.className = "scores";
-    sc.textContent = `score ${r.score.toFixed(4)} · ANN ${r.ann_score.toFixed(4)}` + (label(r.metadata) ? ` · ${label(r.metadata)}` : "");
+    const sides = (r.dense_score != null ? ` · embedding ${r.dense_score.toFixed(4)}` : "")
+      + (r.lexical_score != null ? ` · words ${r.lexical_score.toFixed(2)}` : "");
+    sc.textContent = `score ${r.score.toFixed(4)} · ANN ${r.ann_score.toFixed(4)}${sides}` + (label(r.metadata) ? ` · ${label(r.metadata)}` : "");
     const slices = document.createElement("div");
     slices.className = "slices";
     card.append(h, sc, slices);
