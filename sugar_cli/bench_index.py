@@ -5,7 +5,9 @@ data points. For the ANN type and the exact flat index: build time, memory
 (serialised size), batch QPS, recall@10 against exact, single-query latency
 p50/p99. Then the GA rerank stage for K' = 50 / 100 (query 4 slices, documents
 4 slices, D dims) per query, and end-to-end `DocumentIndex.search` (ANN + store
-fetch + rerank, query embedding excluded) where the size allows a real store.
+fetch + rerank, query embedding excluded) where the size allows a real store,
+with hybrid search (+ BM25 over the documents' words, fused) timed beside dense
+search on the same queries, interleaved, and their ratio.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from index.vectors import VectorIndex, VectorSettings
 
 M_SLICES = 4
+VOCAB = [f"w{i}" for i in range(5000)]  # documents' words: BM25 has real postings to merge
 
 
 def _unit(rng, n, d):
@@ -100,23 +103,28 @@ def _end_to_end(n: int, d: int, kind: str, nq: int, rng) -> dict:
             for i in range(a, min(n, a + batch)):
                 v = _unit(rng, M_SLICES, d)
                 g = v.sum(0)
-                rows.append((Sample([Slice.of_text(f"doc {i}")] * M_SLICES, id=f"d{i}"),
+                words = " ".join(rng.choice(VOCAB, 12))
+                rows.append((Sample([Slice.of_text(f"doc {i} {words}")] * M_SLICES, id=f"d{i}"),
                              Embedded(v, (g / np.linalg.norm(g)).astype(np.float32))))
             idx.add(rows, version="bench")
         t_ingest = time.perf_counter() - t
-        ts = {50: [], 100: []}
-        for kp in ts:
-            for _ in range(min(nq, 100)):
-                v = _unit(rng, M_SLICES, d)
-                g = v.sum(0)
-                q = Embedded(v, (g / np.linalg.norm(g)).astype(np.float32))
+        ts: dict[str, list[float]] = {"k'50": [], "k'100": [], "hybrid_k'50": []}
+        for _ in range(min(nq, 100)):
+            v = _unit(rng, M_SLICES, d)
+            g = v.sum(0)
+            q = Embedded(v, (g / np.linalg.norm(g)).astype(np.float32))
+            text = " ".join(rng.choice(VOCAB, 5))
+            for name, kw in (("k'50", {"k_prime": 50}), ("hybrid_k'50", {"k_prime": 50, "text": text,
+                                                                         "mode": "hybrid"}),
+                             ("k'100", {"k_prime": 100})):
                 t = time.perf_counter()
-                idx.search(q, k=10, k_prime=kp)
-                ts[kp].append(time.perf_counter() - t)
+                idx.search(q, k=10, **kw)
+                ts[name].append(time.perf_counter() - t)
         idx.store.close()
     return {"ingest_docs_per_s": n / t_ingest,
-            **{f"search_k'{kp}_p50_ms": _pct(v, 50) for kp, v in ts.items()},
-            **{f"search_k'{kp}_p99_ms": _pct(v, 99) for kp, v in ts.items()}}
+            **{f"search_{name}_p50_ms": _pct(v, 50) for name, v in ts.items()},
+            **{f"search_{name}_p99_ms": _pct(v, 99) for name, v in ts.items()},
+            "hybrid/dense_p50": _pct(ts["hybrid_k'50"], 50) / _pct(ts["k'50"], 50)}
 
 
 def run(sizes: list[int], dim: int, kind: str, nq: int, e2e_max: int = 100_000) -> dict:

@@ -121,6 +121,8 @@ def test_bench_index_small(tmp_path, capsys):
     assert main(["bench", "index", "--sizes", "2000", "--dim", "32", "--queries", "20", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["ann"][0]["hnsw"]["recall@10"] > 0.5
+    e2e = data["end_to_end"]["2000"]
+    assert e2e["search_hybrid_k'50_p50_ms"] > 0 and e2e["hybrid/dense_p50"] > 0
     assert "GA rerank per query" in capsys.readouterr().out
 
 
