@@ -310,10 +310,12 @@ class DocumentIndex:
         with_images: bool = False,
         text: str = "",
         mode: str = "dense",
+        lexical_weight: float | None = None,
     ) -> list[Hit]:
         """Top-k documents: ANN on g, then GA rerank over slice vectors (`rerank`); with
         `mode` "lexical" or "hybrid", BM25 over `text` (the query's words) alone or fused
-        with the dense ranking (see the module docstring).
+        with the dense ranking (see the module docstring); `lexical_weight` in [0, 1] is the
+        BM25 side's share of the fused score (default LEXICAL_WEIGHT).
 
         Each hit carries its StoredDocument (`with_images`: image bytes loaded for the
         top k only); candidates deleted between the ANN step and the read are skipped."""
@@ -321,6 +323,9 @@ class DocumentIndex:
             raise IndexError_(f"query dimension {query.summary.shape[-1]} does not match the index ({self.dim})")
         if mode not in SEARCH_MODES:
             raise IndexError_(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        weight = LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
+        if not 0.0 <= weight <= 1.0:
+            raise IndexError_(f"lexical_weight must lie in [0, 1], got {weight}")
         if k <= 0:
             return []
         k_prime = max(k, k_prime or 5 * k)
@@ -361,7 +366,7 @@ class DocumentIndex:
                         for f, sc in zip(fids, dense_scores, strict=True)]
             else:
                 hits = _fuse([Hit(docs[f].id, 0.0, ann[f], docs[f].metadata, f, docs[f], float(sc),
-                                  lexical.get(f)) for f, sc in zip(fids, dense_scores, strict=True)])
+                                  lexical.get(f)) for f, sc in zip(fids, dense_scores, strict=True)], weight)
                 hits.sort(key=lambda h: -h.dense_score)  # type: ignore[operator]  # ties: the dense order
         hits.sort(key=lambda h: -h.score)
         hits = hits[:k]
@@ -486,10 +491,10 @@ class DocumentIndex:
         return done
 
 
-def _fuse(hits: list[Hit]) -> list[Hit]:
+def _fuse(hits: list[Hit], weight: float) -> list[Hit]:
     """Relative score fusion of the dense and the lexical scores of the same candidates:
     the dense scores min-max scaled over the candidates, BM25 divided by the best one (0 where
-    no word matched), mixed with LEXICAL_WEIGHT. Unlike reciprocal-rank fusion it keeps the
+    no word matched), mixed with `weight` for BM25. Unlike reciprocal-rank fusion it keeps the
     gaps: a document whose rare word matched stays ahead of many that share only common words."""
     dense = np.array([h.dense_score for h in hits], np.float64)
     lex = np.array([h.lexical_score or 0.0 for h in hits], np.float64)
@@ -497,5 +502,5 @@ def _fuse(hits: list[Hit]) -> list[Hit]:
     dense_n = (dense - dense.min()) / span if span > 0 else np.ones_like(dense)
     lex_n = lex / lex.max() if lex.max() > 0 else lex
     for h, d, w in zip(hits, dense_n, lex_n, strict=True):
-        h.score = float((1 - LEXICAL_WEIGHT) * d + LEXICAL_WEIGHT * w)
+        h.score = float((1 - weight) * d + weight * w)
     return hits

@@ -196,6 +196,7 @@ class RetrievalOptions(Strict):
     k: int | None = Field(default=None, ge=0)
     filters: Filters | None = None
     mode: SearchMode | None = None  # default: the server's retrieval_mode
+    lexical_weight: float | None = Field(default=None, ge=0.0, le=1.0)  # hybrid: BM25's share
 
 
 class RetrieveRequest(Strict):
@@ -205,8 +206,10 @@ class RetrieveRequest(Strict):
     filters: Filters | None = None
     images: Literal["url", "base64"] = "url"
     # "dense": GA-kernel rerank of the ANN candidates; "lexical": BM25 over the documents'
-    # text; "hybrid": both, fused by reciprocal rank. Default: the server's retrieval_mode
+    # text; "hybrid": both, their scores fused. Default: the server's retrieval_mode
     mode: SearchMode | None = None
+    # hybrid: the BM25 side's share of the fused score; default: retrieval_lexical_weight
+    lexical_weight: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class SliceOut(BaseModel):

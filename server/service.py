@@ -183,7 +183,7 @@ class SugarService:
     # ------------------------------------------------------------ retrieval
     async def retrieve(self, query: Sample, k: int, k_prime: int | None = None,
                        filters: dict[str, Any] | None = None, with_images: bool = False,
-                       mode: str | None = None) -> list[Hit]:
+                       mode: str | None = None, lexical_weight: float | None = None) -> list[Hit]:
         """Ranked hits, each with its stored document (one read, inside the search); `mode`
         (index.index) defaults to the server's retrieval_mode, the lexical side reads the
         query's text slices."""
@@ -194,7 +194,9 @@ class SugarService:
         [emb] = await self.embed([query])
         text = "\n".join(s.text for s in query.slices if s.type == "text")  # type: ignore[misc]
         return await asyncio.to_thread(self.index.search, emb, k, k_prime, filters, with_images=with_images,
-                                       text=text, mode=mode or self.settings.retrieval_mode)
+                                       text=text, mode=mode or self.settings.retrieval_mode,
+                                       lexical_weight=self.settings.retrieval_lexical_weight
+                                       if lexical_weight is None else lexical_weight)
 
     # ------------------------------------------------------------ generation
     def max_tokens(self, requested: int | None) -> int:
@@ -205,7 +207,7 @@ class SugarService:
 
     async def plan(self, history: list[tuple[str, list[Part]]], query: Sample, max_tokens: int,
                    retrieval: bool, k: int | None, filters: dict[str, Any] | None,
-                   mode: str | None = None) -> RagPlan:
+                   mode: str | None = None, lexical_weight: float | None = None) -> RagPlan:
         """Retrieve for the last user turn, then fit the documents into the context budget:
         documents are dropped from the end of the ranking until the prompt fits."""
         t0 = time.perf_counter()
@@ -214,7 +216,8 @@ class SugarService:
         if k > self.settings.max_k:  # refused even with retrieval off: the schema says so
             raise BadRequest("retrieval.k", f"{k} exceeds the limit of {self.settings.max_k}")
         if retrieval and k > 0:
-            hits = await self.retrieve(query, k, None, filters, with_images=True, mode=mode)
+            hits = await self.retrieve(query, k, None, filters, with_images=True, mode=mode,
+                                       lexical_weight=lexical_weight)
         retrieval_ms = (time.perf_counter() - t0) * 1e3
         # decoding images and tokenising prompts is CPU work: off the event loop
         return await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)

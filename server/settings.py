@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     # "hybrid" (dense GA-kernel ranking fused with BM25 over the documents' text),
     # "dense" or "lexical"
     retrieval_mode: str = Field(default="hybrid", pattern="^(dense|hybrid|lexical)$")
+    retrieval_lexical_weight: float = Field(default=0.6, ge=0.0, le=1.0)  # hybrid: BM25's share
     ready_cache_s: float = 5.0
     snapshot_every: int = Field(default=1000, ge=1)  # index writes between FAISS snapshots
     # POST /documents/upload (the whole request stays under max_body_bytes too)

@@ -50,6 +50,7 @@ def add_parser(sub) -> None:
     s.add_argument("--mode", choices=SEARCH_MODES, default="hybrid",
                    help="hybrid: dense and BM25 fused by reciprocal rank (default, as the server); "
                         "dense: GA kernel only; lexical: BM25 only")
+    s.add_argument("--lexical-weight", type=float, help="hybrid: BM25's share of the fused score (default 0.6)")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata equality filter (VALUE parsed as JSON when it parses)")
     s.add_argument("--json", action="store_true")
@@ -158,8 +159,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             filters[k] = json.loads(v)
         except json.JSONDecodeError:
             filters[k] = v
-    hits = idx.search(query, k=args.k, k_prime=args.k_prime, filters=filters or None, text=args.query,
-                      mode=args.mode)
+    try:
+        hits = idx.search(query, k=args.k, k_prime=args.k_prime, filters=filters or None, text=args.query,
+                          mode=args.mode, lexical_weight=args.lexical_weight)
+    except IndexError_ as e:
+        raise SystemExit(f"sugar index search: {e}") from None
     if args.json:
         print(json.dumps([h.to_dict() for h in hits]))
     else:

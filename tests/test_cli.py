@@ -114,7 +114,11 @@ def test_settings_refuse_an_unknown_retrieval_mode(monkeypatch):
 
     from server.settings import Settings
 
-    assert Settings().retrieval_mode == "hybrid"
+    assert Settings().retrieval_mode == "hybrid" and Settings().retrieval_lexical_weight == 0.6
     monkeypatch.setenv("SUGAR_RETRIEVAL_MODE", "bm25")
     with pytest.raises(ValidationError, match="retrieval_mode"):
+        Settings()
+    monkeypatch.setenv("SUGAR_RETRIEVAL_MODE", "hybrid")
+    monkeypatch.setenv("SUGAR_RETRIEVAL_LEXICAL_WEIGHT", "2")
+    with pytest.raises(ValidationError, match="retrieval_lexical_weight"):
         Settings()

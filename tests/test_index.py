@@ -278,6 +278,13 @@ def test_hybrid_fuses_dense_and_bm25_scores(tmp_path):
     assert set(hybrid[0].to_dict()) == {"id", "score", "ann_score", "metadata", "dense_score", "lexical_score"}
     with pytest.raises(IndexError_, match="search mode must be one of dense, hybrid, lexical, got 'bm25'"):
         idx.search(q, k=3, text=text, mode="bm25")
+    # the weight: 0 keeps the dense order of the candidates, 1 the BM25 order of the matched ones
+    all_dense = idx.search(q, k=5, k_prime=25, text=text, mode="hybrid", lexical_weight=0.0)
+    assert [h.dense_score for h in all_dense] == pytest.approx([h.score for h in by_dense[:5]], rel=1e-5)
+    all_words = idx.search(q, k=5, k_prime=25, text=text, mode="hybrid", lexical_weight=1.0)
+    assert [h.lexical_score for h in all_words] == pytest.approx(sorted(lex.values(), reverse=True)[:5])
+    with pytest.raises(IndexError_, match=r"lexical_weight must lie in \[0, 1\], got 1.5"):
+        idx.search(q, k=3, text=text, mode="hybrid", lexical_weight=1.5)
 
 
 def test_hnsw_tombstones_filter_and_trigger_rebuild(tmp_path):

@@ -93,6 +93,11 @@ def test_retrieve_modes_hybrid_by_default_lexical_dense_and_a_bad_mode(client):
     r = client.post("/retrieve", json={"query": q, "mode": "bm25"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "mode"
     assert "'dense', 'hybrid' or 'lexical'" in r.json()["error"]["message"]
+    words_only = client.post("/retrieve", json={"query": q, "k": 3, "lexical_weight": 1.0}).json()["results"]
+    assert words_only[0]["id"] == "house-5" and words_only[0]["score"] == pytest.approx(1.0)
+    r = client.post("/retrieve", json={"query": q, "lexical_weight": 1.5})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "lexical_weight"
+    assert "less than or equal to 1" in r.json()["error"]["message"]
     g = client.post("/generate", json={"query": text_sample("What colour is the banner of House H6?"),
                                        "max_tokens": 2, "retrieval": {"k": 1, "mode": "lexical"}}).json()
     assert [d["id"] for d in g["documents"]] == ["house-6"]

@@ -39,7 +39,8 @@ async def embed(req: P.EmbedRequest, service: Svc, metrics: Mtr) -> P.EmbedRespo
 async def retrieve(req: P.RetrieveRequest, service: Svc) -> P.RetrieveResponse:
     query = await asyncio.to_thread(service.parse, req.query.raw(), "query")
     hits = await service.retrieve(query, req.k, req.k_prime, req.filters,
-                                  with_images=req.images == "base64", mode=req.mode)
+                                  with_images=req.images == "base64", mode=req.mode,
+                                  lexical_weight=req.lexical_weight)
     return P.RetrieveResponse(results=[retrieved(h, req.images) for h in hits])
 
 
@@ -50,7 +51,7 @@ async def generate(req: P.GenerateRequest, service: Svc, metrics: Mtr):
     max_tokens = service.max_tokens(req.max_tokens)
     r = req.retrieval
     t0 = time.perf_counter()
-    plan = await service.plan([], query, max_tokens, r.enabled, r.k, r.filters, r.mode)
+    plan = await service.plan([], query, max_tokens, r.enabled, r.k, r.filters, r.mode, r.lexical_weight)
     if req.stream:
         return sse(service, lambda: _native_stream(service, plan, max_tokens, req.temperature, t0, metrics))
     t1 = time.perf_counter()

@@ -103,7 +103,7 @@ async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metric
     history, query = await chat_inputs(service, req)
     max_tokens = service.max_tokens(req.max_completion_tokens or req.max_tokens)
     r = req.retrieval or P.RetrievalOptions()
-    plan = await service.plan(history, query, max_tokens, r.enabled, r.k, r.filters, r.mode)
+    plan = await service.plan(history, query, max_tokens, r.enabled, r.k, r.filters, r.mode, r.lexical_weight)
     temperature = 0.0 if req.temperature is None else req.temperature
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     retrieved_docs = [citation(h) for h in plan.used]
