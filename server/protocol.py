@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     WithJsonSchema,
     model_validator,
 )
@@ -91,7 +92,9 @@ def _temperature_floor(value: float | None) -> float | None:
     return 0.0 if value is not None and value < TEMPERATURE_FLOOR else value
 
 
-Temperature = Annotated[float, Field(ge=0.0, le=2.0), AfterValidator(_temperature_floor)]
+# strict: a number (an integer is one), never a boolean that lax parsing would turn into 1.0 —
+# also on the OpenAI routes, which otherwise accept what they can
+Temperature = Annotated[StrictFloat, Field(ge=0.0, le=2.0), AfterValidator(_temperature_floor)]
 
 
 class Strict(BaseModel):
@@ -189,6 +192,7 @@ class EmbedResponse(BaseModel):
 
 
 SearchMode = Literal["dense", "hybrid", "lexical"]
+LexicalWeight = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]  # a number, never a boolean
 
 
 class RetrievalOptions(Strict):
@@ -196,7 +200,7 @@ class RetrievalOptions(Strict):
     k: int | None = Field(default=None, ge=0)
     filters: Filters | None = None
     mode: SearchMode | None = None  # default: the server's retrieval_mode
-    lexical_weight: float | None = Field(default=None, ge=0.0, le=1.0)  # hybrid: BM25's share
+    lexical_weight: LexicalWeight | None = None  # hybrid: BM25's share
 
 
 class RetrieveRequest(Strict):
@@ -209,7 +213,7 @@ class RetrieveRequest(Strict):
     # text; "hybrid": both, their scores fused. Default: the server's retrieval_mode
     mode: SearchMode | None = None
     # hybrid: the BM25 side's share of the fused score; default: retrieval_lexical_weight
-    lexical_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    lexical_weight: LexicalWeight | None = None
 
 
 class SliceOut(BaseModel):
@@ -221,7 +225,7 @@ class SliceOut(BaseModel):
 
 class RetrievedDocument(BaseModel):
     id: str
-    score: float  # the mode's ranking score (hybrid: the fused reciprocal-rank score)
+    score: float  # the mode's ranking score (hybrid: the fused score, relative score fusion)
     ann_score: float
     dense_score: float | None = None  # hybrid: the GA-kernel score
     lexical_score: float | None = None  # hybrid, lexical: BM25 (absent: no query word matched)

@@ -117,6 +117,10 @@ def test_openai_gaps(client):
             "max_tokens": 2, "retrieval": {"enabled": False}}
     assert client.post("/v1/chat/completions", json=chat).status_code == 200
     assert_422(client.post("/v1/chat/completions", json={**chat, "n": 2}), "n", "")
+    # a boolean is not a temperature (lax parsing would read true as 1.0); an integer is one
+    assert_422(client.post("/v1/chat/completions", json={**chat, "temperature": True}), "temperature",
+               "valid number")
+    assert client.post("/v1/chat/completions", json={**chat, "temperature": 1}).status_code == 200
     r = client.post("/v1/chat/completions", json={**chat, "stream": True,
                                                   "stream_options": {"include_usage": False}})
     assert r.status_code == 200 and '"usage"' not in r.text

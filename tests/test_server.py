@@ -98,6 +98,8 @@ def test_retrieve_modes_hybrid_by_default_lexical_dense_and_a_bad_mode(client):
     r = client.post("/retrieve", json={"query": q, "lexical_weight": 1.5})
     assert r.status_code == 422 and r.json()["error"]["field"] == "lexical_weight"
     assert "less than or equal to 1" in r.json()["error"]["message"]
+    r = client.post("/generate", json={"query": q, "retrieval": {"lexical_weight": True}})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "retrieval.lexical_weight"
     g = client.post("/generate", json={"query": text_sample("What colour is the banner of House H6?"),
                                        "max_tokens": 2, "retrieval": {"k": 1, "mode": "lexical"}}).json()
     assert [d["id"] for d in g["documents"]] == ["house-6"]
