@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
     s.add_argument("-k", type=int, default=5)
     s.add_argument("--k-prime", type=int, help="ANN candidates to rerank (default 5k)")
     s.add_argument("--mode", choices=SEARCH_MODES, default="hybrid",
-                   help="hybrid: dense and BM25 fused by reciprocal rank (default, as the server); "
+                   help="hybrid: dense and BM25 scores fused (default, as the server); "
                         "dense: GA kernel only; lexical: BM25 only")
     s.add_argument("--lexical-weight", type=float, help="hybrid: BM25's share of the fused score (default 0.6)")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
