@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from model.sample import Sample
-from model.sugar import SugarModel
+from model.sugar import SliceEmbeddings, SugarModel
 
 from .index import DocumentIndex, Embedded, KernelSettings
 
 
+def embedded(e: SliceEmbeddings, b: int) -> Embedded:
+    """Sample b of a batch of embeddings as the index stores it (float32 numpy)."""
+    vecs, summary, _ = e.item(b)
+    return Embedded(vecs.detach().float().cpu().numpy(), summary.detach().float().cpu().numpy())
+
+
 def embed_samples(model: SugarModel, samples: Sequence[Sample], batch_size: int = 32) -> list[Embedded]:
     e = model.embed(list(samples), batch_size=batch_size)
-    out = []
-    for b in range(len(samples)):
-        vecs, summary, _ = e.item(b)
-        out.append(Embedded(vecs.detach().float().cpu().numpy(), summary.detach().float().cpu().numpy()))
-    return out
+    return [embedded(e, b) for b in range(len(samples))]
 
 
 def kernel_settings(model: SugarModel) -> KernelSettings:

@@ -329,9 +329,9 @@ class DocumentIndex:
         if k <= 0:
             return []
         k_prime = max(k, k_prime or 5 * k)
-        allowed: list[int] | None = None
+        allowed: set[int] | None = None
         if filters:
-            allowed = self.store.matching_fids(filters)
+            allowed = set(self.store.matching_fids(filters))
             if not allowed:
                 return []
         dense: list[tuple[int, float]] = []
@@ -340,13 +340,12 @@ class DocumentIndex:
                 scores, fids = self.vectors.search(query.summary[None, :], k_prime)
                 dense = [(int(f), float(s)) for f, s in zip(fids[0], scores[0], strict=True) if f >= 0]
             elif len(allowed) <= exact_filter_limit:
-                dense = self._exact(query.summary, allowed, k_prime)
+                dense = self._exact(query.summary, sorted(allowed), k_prime)
             else:
-                dense = self._ann_filtered(query.summary, set(allowed), k_prime)
+                dense = self._ann_filtered(query.summary, allowed, k_prime)
         lexical: dict[int, float] = {}
         if mode != "dense":
-            lexical = dict(self.store.lexical(text, k_prime, self.embedding_version,
-                                              set(allowed) if allowed is not None else None))
+            lexical = dict(self.store.lexical(text, k_prime, self.embedding_version, allowed))
         ann = dict(dense)
         fids = list(ann) + [f for f in lexical if f not in ann]
         docs = self.store.get_by_fids(fids, self.dim)
@@ -367,8 +366,8 @@ class DocumentIndex:
             else:
                 hits = _fuse([Hit(docs[f].id, 0.0, ann[f], docs[f].metadata, f, docs[f], float(sc),
                                   lexical.get(f)) for f, sc in zip(fids, dense_scores, strict=True)], weight)
-                hits.sort(key=lambda h: -h.dense_score)  # type: ignore[operator]  # ties: the dense order
-        hits.sort(key=lambda h: -h.score)
+        # equal fused scores keep the dense order (lexical hits carry no dense score)
+        hits.sort(key=lambda h: (-h.score, -(h.dense_score or 0.0)))
         hits = hits[:k]
         if with_images:
             for h in hits:

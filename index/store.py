@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,18 +125,13 @@ class DocumentStore:
         transaction, so a store opened by an older version gains them whole or not at all)."""
         if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'docs_text_del'").fetchone():
             return
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(c):
             if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'docs_text_del'").fetchone():
                 c.execute("DROP TRIGGER IF EXISTS docs_text_add")
                 c.execute("DROP TABLE IF EXISTS docs_text")
                 for stmt in LEXICAL_SCHEMA:
                     c.execute(stmt)
                 c.execute(_FILL_TEXT)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -369,16 +365,9 @@ class DocumentStore:
 
     def rebuild_lexical(self) -> None:
         """Refill the text index from `docs` (one transaction): the recovery command's part."""
-        with self.write_lock:
-            c = self.conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.execute("DELETE FROM docs_text")
-                c.execute(_FILL_TEXT)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+        with self.write_lock, _immediate(self.conn) as c:
+            c.execute("DELETE FROM docs_text")
+            c.execute(_FILL_TEXT)
 
     def lexical(self, text: str, limit: int, version: str | None = None,
                 allowed: set[int] | None = None) -> list[tuple[int, float]]:
@@ -461,6 +450,18 @@ class DocumentStore:
     def version_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT embedding_version, COUNT(*) FROM docs GROUP BY 1").fetchall())
 
+
+
+@contextmanager
+def _immediate(c: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed when the block ends, rolled back when it raises."""
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        yield c
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
 
 
 PREFIX = "$prefix"

@@ -330,12 +330,7 @@ class Evaluator:
         question ranked by mode "hybrid" (GA kernel fused with BM25 over the documents' text)."""
         import tempfile
 
-        from index.embedding import open_for_model
-        from index.index import Embedded
-
-        def embedded(e: SliceEmbeddings, b: int) -> Embedded:
-            vecs, summary, _ = e.item(b)
-            return Embedded(vecs.float().numpy(), summary.float().numpy())
+        from index.embedding import embedded, open_for_model
 
         k, fmt = self.cfg.rag_k, self.model.config.prompts
         with tempfile.TemporaryDirectory() as tmp:
