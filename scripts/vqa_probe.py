@@ -33,9 +33,10 @@ from model.config import SugarConfig, TinyConfig  # noqa: E402
 from model.sample import Sample, Slice  # noqa: E402
 from model.sugar import SugarModel  # noqa: E402
 from model.tiny import build_tiny  # noqa: E402
+from training.collate import encode_gen  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import GenExample  # noqa: E402
-from training.loop import encode_gen, warmup_cosine  # noqa: E402
+from training.loop import warmup_cosine  # noqa: E402
 from training.losses import GenerativeLoss  # noqa: E402
 from training.world import COLORS, WorldSplit, vqa_for  # noqa: E402
 
@@ -57,6 +58,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", default="{}", help="JSON TinyConfig overrides (tests use a smaller model)")
+    # the staged recipe's levers (training/vision.py)
+    p.add_argument("--vision-steps", type=int, default=0,
+                   help="stage 0 first: N steps of the caption-words objective on the vision side")
+    p.add_argument("--vision-lr", type=float, default=2e-3)
+    p.add_argument("--vision-batch", type=int, default=32)
+    p.add_argument("--standardize", nargs="?", const="global", default=None, choices=["global", "feature"],
+                   help="after stage 0, fold a standardisation into the projector: centred, one scale "
+                        "(global, the default) or one per feature")
+    p.add_argument("--image-scale", type=float, default=1.0,
+                   help="with --standardize: the image tokens' RMS in units of the text embeddings'")
+    p.add_argument("--freeze-vision", action="store_true",
+                   help="train the LM alone (vision tower and projector frozen)")
+    p.add_argument("--oracle", default=None, choices=["code", "code-one", "code-one-noise"],
+                   help="replace the image tokens by a code per answer (the LM side alone): at all "
+                        "positions; at one random position over a fixed background; the same plus "
+                        "fresh noise 3x its size on every token")
     return p.parse_args(argv)
 
 
@@ -74,6 +91,63 @@ class Probe:
                   "Where is the shape? Describe the image."]
         self.model = SugarModel(build_tiny(tc, corpus=corpus), SugarConfig())
         self.lm = self.model.lm
+        self.vision_rows: list[dict] = []
+        self.oracle_answer: list[str] = []
+        if a.oracle:
+            self._install_oracle(a.oracle)
+
+    def _install_oracle(self, mode: str) -> None:
+        """Replace the projector's output by a code per answer word (teacher-forced batches
+        only: `self.oracle_answer` holds the answers of the images being encoded)."""
+        proj = self.lm.model.multi_modal_projector
+        tau = float(self.model.backbone.text_embedding_rms())
+        d = proj.linear_2.out_features
+        g = torch.Generator().manual_seed(self.a.seed + 7)
+        codes: dict[str, torch.Tensor] = {}
+        background = torch.randn(d, generator=g) * tau
+
+        def code(ans: str) -> torch.Tensor:
+            if ans not in codes:
+                codes[ans] = torch.randn(d, generator=g) * tau
+            return codes[ans]
+
+        def hook(_m, _inp, out):
+            n, t, _ = out.shape
+            new = background.expand(n, t, d).clone() if mode != "code" else out.new_zeros(n, t, d)
+            for i, ans in enumerate(self.oracle_answer[:n]):
+                if mode == "code":
+                    new[i] = code(ans)
+                else:
+                    new[i, random.randrange(t)] = code(ans)
+            if mode == "code-one-noise":
+                new = new + torch.randn(n, t, d) * 3 * tau
+            return new + 0 * out  # keep the graph (the tower gets zero gradient)
+
+        proj.register_forward_hook(hook)
+
+    def caption_pairs(self, rng: random.Random, n: int) -> list[tuple]:
+        pairs = []
+        for _ in range(n):
+            sc = self.split.scene(rng)
+            pairs.append((sc.render(self.size), sc.caption()))
+        return pairs
+
+    def vision_stage(self) -> None:
+        """Stage 0 (training/vision.py), then optionally the projector standardisation."""
+        from training.vision import standardize_projector, train_vision
+
+        a = self.a
+        if a.vision_steps:
+            vrng = random.Random(a.seed + 5)
+            t0 = time.time()
+            self.vision_rows = train_vision(self.model.backbone, lambda _s: self.caption_pairs(vrng, a.vision_batch),
+                                            a.vision_steps, lr=a.vision_lr, batch=a.vision_batch, log_every=100)
+            print({"vision_stage_s": round(time.time() - t0, 1), **self.vision_rows[-1]}, flush=True)
+        if a.standardize:
+            srng = random.Random(a.seed + 6)
+            print(standardize_projector(self.model.backbone, [im for im, _ in self.caption_pairs(srng, 256)],
+                                        per_feature=a.standardize == "feature", scale=a.image_scale),
+                  flush=True)
 
     def example(self, rng: random.Random, caption: bool = False) -> GenExample:
         a = self.a
@@ -81,8 +155,9 @@ class Probe:
             sc = self.split.scene(rng, rng.choice(["single", "count"]))
             return GenExample(Sample([Slice.of_image(sc.render(self.size)), Slice.of_text("Describe the image.")]),
                               sc.caption(), "caption")
+        scene_kinds = ["single", "count"] + (["relation"] if "relation" in a.kinds else [])
         while True:
-            sc = self.split.scene(rng, rng.choice(["single", "count"]))
+            sc = self.split.scene(rng, rng.choice(scene_kinds))
             kind, q, answer = vqa_for(sc, rng)
             if kind not in a.kinds:
                 continue
@@ -101,6 +176,7 @@ class Probe:
         with torch.no_grad():
             for i in range(0, len(examples), 40):
                 chunk = examples[i : i + 40]
+                self.oracle_answer = [ex.answer for ex in chunk]
                 batch, labels = encode_gen(self.model, chunk)
                 logits = self.lm(**batch.model_inputs()).logits
                 for j, ex in enumerate(chunk):
@@ -114,7 +190,14 @@ class Probe:
         torch.manual_seed(a.seed)
         rng, erng = random.Random(a.seed + 1), random.Random(a.seed + 99)
         evalset = [self.example(erng) for _ in range(a.eval_size)]
-        opt = torch.optim.AdamW(self.lm.parameters(), lr=a.lr, weight_decay=0.01)
+        t_start = time.time()
+        self.vision_stage()
+        if a.freeze_vision:
+            from training.vision import set_vision_trainable
+
+            set_vision_trainable(self.lm, False)
+        opt = torch.optim.AdamW([p for p in self.lm.parameters() if p.requires_grad], lr=a.lr,
+                                weight_decay=0.01)
         defaults = TrainConfig()  # the training loop's schedule: warm-up, cosine to min_lr_ratio
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
             s, a.steps, defaults.warmup, defaults.min_lr_ratio))
@@ -122,18 +205,19 @@ class Probe:
         self.lm.train()
         rows, t0 = [], time.time()
         for step in range(a.steps):
-            batch, labels = encode_gen(self.model, [self.example(rng, step < a.align_steps)
-                                                    for _ in range(a.batch)])
+            examples = [self.example(rng, step < a.align_steps) for _ in range(a.batch)]
+            self.oracle_answer = [ex.answer for ex in examples]
+            batch, labels = encode_gen(self.model, examples)
             logits = self.lm(**batch.model_inputs()).logits
             loss = gen_loss(logits, labels)["gen_loss"]
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.lm.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in self.lm.parameters() if p.requires_grad], 1.0)
             opt.step()
             sched.step()
             if (step + 1) % a.every == 0 or step + 1 == a.steps:
                 row = {"step": step + 1, "loss": round(float(loss), 3), **self.accuracy(evalset),
-                       "elapsed_s": round(time.time() - t0, 1)}
+                       "elapsed_s": round(time.time() - t0, 1), "total_s": round(time.time() - t_start, 1)}
                 print(row, flush=True)
                 rows.append(row)
         return rows

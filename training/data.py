@@ -144,6 +144,8 @@ class Pools(Protocol):
 
     def minimal_pairs(self, n: int) -> list[MinimalPair]: ...
 
+    def caption_pairs(self, rng: random.Random, n: int) -> list[tuple[Image.Image, str]]: ...
+
 
 class SyntheticPools:
     """Finite pools of one split: scenes + twins, pages, knowledge, fashion items."""
@@ -217,6 +219,21 @@ class SyntheticPools:
                          self.scene_sample(twin).slices[0])
                 text = (Slice.of_text(sc.caption(1)), Slice.of_text(sc.caption()), Slice.of_text(twin.caption()))
                 out.append(MinimalPair(attr, image, text))
+        return out
+
+    def caption_pairs(self, rng: random.Random, n: int) -> list[tuple[Image.Image, str]]:
+        """(image, caption) pairs for the vision stage: fresh scenes of the split (every kind,
+        new rendering jitter: the tower sees more than the pools hold), a tenth Fashion-MNIST
+        items with their category's description when installed."""
+        out = []
+        for _ in range(n):
+            if self.fashion is not None and rng.random() < 0.1:
+                imgs, labels = self.fashion
+                i = rng.randrange(len(labels))
+                out.append((fashion_image(imgs[i]), FASHION_DESCRIPTIONS[labels[i]]))
+                continue
+            sc = self.split.scene(rng)
+            out.append((sc.render(self.image_size), sc.caption()))
         return out
 
     def image(self, scene: Scene) -> Image.Image:
@@ -368,6 +385,13 @@ class JsonlPools:
 
     def minimal_pairs(self, n: int) -> list[MinimalPair]:
         return []  # users' data has no known minimal pairs: teachers are not checked
+
+    def caption_pairs(self, rng: random.Random, n: int) -> list[tuple[Image.Image, str]]:
+        """(image, caption) pairs for the vision stage: the file's caption lines."""
+        caps = [(g.query.images[0], g.answer) for g in self.by_task.get("caption", []) if g.query.images]
+        if not caps:
+            raise ValueError("vision_steps > 0 needs caption lines with an image in the training JSONL")
+        return [rng.choice(caps) for _ in range(n)]
 
 
 BUILTIN_SEED, BUILTIN_HOUSES, BUILTIN_PAGES = 7, 200, 300
