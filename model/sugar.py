@@ -88,17 +88,25 @@ class SugarModel(nn.Module):
 
     def embed_batch(self, batch: EncodedBatch) -> SliceEmbeddings:
         """Differentiable: one forward pass, pooled per slice, projected, normalised."""
-        batch = batch.to(self.backbone.device)
-        hidden = self.backbone.hidden_states(batch, self.config.hidden_layer)
-        m = batch.slice_mask.shape[1]
-        pooled = pool_slices(hidden, batch.token_slice, m, self.config.pooling)
-        slices = self.heads(pooled.float(), batch.slice_mask, batch.slice_is_image)
-        return SliceEmbeddings(
-            slices=slices,
-            mask=batch.slice_mask,
-            is_image=batch.slice_is_image,
-            summary=summary_vector(slices, batch.slice_mask),
-        )
+        return self.embed_batches([batch])
+
+    def embed_batches(self, batches: Sequence[EncodedBatch]) -> SliceEmbeddings:
+        """Like `embed_batch` over the rows of all `batches` in order, each batch padded
+        only to its own longest prompt (e.g. short queries apart from long documents):
+        one forward pass per batch, one pass of the heads over every slice (so a batch
+        normalisation before the heads sees them all)."""
+        pooled, masks, images = [], [], []
+        for batch in batches:
+            batch = batch.to(self.backbone.device)
+            hidden = self.backbone.hidden_states(batch, self.config.hidden_layer)
+            m = batch.slice_mask.shape[1]
+            pooled.append(pool_slices(hidden, batch.token_slice, m, self.config.pooling).float())
+            masks.append(batch.slice_mask)
+            images.append(batch.slice_is_image)
+        m = max(p.shape[1] for p in pooled)
+        pooled_all, mask, is_image = (torch.cat([_pad_slices(t, m) for t in ts]) for ts in (pooled, masks, images))
+        slices = self.heads(pooled_all, mask, is_image)
+        return SliceEmbeddings(slices=slices, mask=mask, is_image=is_image, summary=summary_vector(slices, mask))
 
     @torch.no_grad()
     def embed(self, samples: Sequence[Sample], batch_size: int = 32) -> SliceEmbeddings:
@@ -263,20 +271,20 @@ def check_safetensors(f: Path) -> None:
         raise CheckpointError(f, f"truncated or padded: {size} bytes, expected {8 + header_len + end}")
 
 
+def _pad_slices(t: torch.Tensor, m: int) -> torch.Tensor:
+    """[B, m0, ...] -> [B, m, ...], zeros (False) in the new slice positions."""
+    extra = m - t.shape[1]
+    if extra == 0:
+        return t
+    return torch.cat([t, t.new_zeros((t.shape[0], extra, *t.shape[2:]))], 1)
+
+
 def concat_embeddings(parts: Sequence[SliceEmbeddings]) -> SliceEmbeddings:
     m = max(p.slices.shape[1] for p in parts)
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        extra = m - t.shape[1]
-        if extra == 0:
-            return t
-        shape = (t.shape[0], extra, *t.shape[2:])
-        return torch.cat([t, t.new_zeros(shape)], 1)
-
     return SliceEmbeddings(
-        slices=torch.cat([pad(p.slices) for p in parts]),
-        mask=torch.cat([pad(p.mask) for p in parts]),
-        is_image=torch.cat([pad(p.is_image) for p in parts]),
+        slices=torch.cat([_pad_slices(p.slices, m) for p in parts]),
+        mask=torch.cat([_pad_slices(p.mask, m) for p in parts]),
+        is_image=torch.cat([_pad_slices(p.is_image, m) for p in parts]),
         summary=torch.cat([p.summary for p in parts]),
     )
 

@@ -82,6 +82,20 @@ def _add_bench(sub) -> None:
                     help="requests at the limits, one at a time: status, seconds, server RSS rise")
     sv.add_argument("--json", type=Path)
     sv.set_defaults(func=cmd_bench_server)
+    tr = bsub.add_parser("train", help="training steps/s of a recipe, per phase; old revision beside new")
+    tr.add_argument("--preset", default="shipped", help="the training preset (default: shipped)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field on the new side (repeatable)")
+    tr.add_argument("--baseline", metavar="REV", help="a git revision timed beside this checkout")
+    tr.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    tr.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    tr.add_argument("--steps", type=int, default=8, help="timed steps per round (default 8)")
+    tr.add_argument("--start", type=int, default=0,
+                    help="the first step's index: a step past the preset's read_steps times the joint phase")
+    tr.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    tr.add_argument("--cache", type=Path, help="teacher feature cache (default: $SUGAR_HOME/cache/teachers)")
+    tr.add_argument("--json", type=Path)
+    tr.set_defaults(func=cmd_bench_train)
 
 
 def _add_train(sub) -> None:
@@ -319,6 +333,16 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 
     records = run(args.checkpoint or DEFAULT_CHECKPOINT, args.pages, args.files, args.embed_sample,
                   sync_pages=args.sync_pages, sync_files=args.sync_files)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from .bench_train import run
+
+    records = run(args.preset, args.set, args.baseline, args.threads, args.warmup, args.steps, args.start,
+                  args.rounds, args.cache or sugar_home() / "cache" / "teachers")
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

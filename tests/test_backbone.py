@@ -84,6 +84,27 @@ def test_embeddings_shapes_norms_and_batch_independence(tiny_model):
     torch.testing.assert_close(alone.slices[0, :1], e.slices[1, :1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_embed_batches_equals_one_padded_batch(tiny_model, training):
+    # the training step embeds queries apart from documents (each padded to its own longest);
+    # the result equals one batch of both, batch statistics before the heads included
+    queries = [Sample.build(["a red circle"]), Sample.build(["two"])]
+    docs = [Sample.build([make_image(1), "a long caption under the figure", make_image(2), "more"]),
+            Sample.build([make_image(3)])]
+    saved = {k: v.clone() for k, v in tiny_model.heads.state_dict().items()}  # running statistics
+    tiny_model.train(training)
+    try:
+        with torch.no_grad():
+            one = tiny_model.embed_batch(tiny_model.encode(queries + docs))
+            two = tiny_model.embed_batches([tiny_model.encode(queries), tiny_model.encode(docs)])
+    finally:
+        tiny_model.eval()
+        tiny_model.heads.load_state_dict(saved)
+    torch.testing.assert_close(two.slices, one.slices, atol=1e-5, rtol=1e-4)
+    assert torch.equal(two.mask, one.mask) and torch.equal(two.is_image, one.is_image)
+    torch.testing.assert_close(two.summary, one.summary, atol=1e-5, rtol=1e-4)
+
+
 def test_last_token_pooling_config(tiny_model):
     from model.sugar import SugarModel
 

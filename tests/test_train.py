@@ -14,9 +14,10 @@ import torch
 from model.sugar import SugarModel
 from sugar_cli.main import main
 from tests.conftest import make_image
+from training.collate import encode_gen
 from training.config import TrainConfig, preset
 from training.data import GenExample, text
-from training.loop import Trainer, encode_gen, train
+from training.loop import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -62,6 +62,21 @@ class TrainConfig:
     # route many question types); the discriminative half is unchanged.
     align_steps: int = 0
     align_kinds: dict[str, float] = field(default_factory=lambda: {"caption": 1.0})
+    # the staged recipe (issue #20; training/vision.py, docs/METHOD.md §11). Stage 0
+    # (`vision_steps`, before step 0): the vision tower and projector learn to predict their
+    # caption's words from every image token, the LM untouched; `standardize_projector`
+    # ("global" | "feature" | "none") then folds a centring and scaling of the image tokens to
+    # `image_scale` x the text embeddings' RMS into the projector. Stage 1 (the first
+    # `read_steps` steps): the generative loss alone, vision side frozen (with `align_steps`
+    # the first of them captions only). Then the joint phase, the vision side at
+    # `vision_lr_scale` x the schedule (0: frozen throughout).
+    vision_steps: int = 0
+    vision_lr: float = 2e-3
+    vision_batch: int = 32
+    standardize_projector: str = "none"
+    image_scale: float = 1.0
+    read_steps: int = 0
+    vision_lr_scale: float = 1.0
     gen_kinds: dict[str, float] = field(
         default_factory=lambda: {"caption": 0.15, "vqa": 0.55, "rag": 0.2, "fashion": 0.1})
     pair_kinds: dict[str, float] = field(
@@ -93,6 +108,13 @@ class TrainConfig:
             raise ValueError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
         if self.n_houses >= SEEN_NAME_OFFSET:
             raise ValueError(f"n_houses must stay below {SEEN_NAME_OFFSET} (the seen evaluation's names)")
+        if self.read_steps > self.steps:
+            raise ValueError(f"read_steps ({self.read_steps}) must not exceed steps ({self.steps})")
+        if self.standardize_projector not in ("none", "global", "feature"):
+            raise ValueError(f"standardize_projector must be none, global or feature, "
+                             f"got {self.standardize_projector!r}")
+        if self.vision_lr_scale < 0:
+            raise ValueError("vision_lr_scale must be >= 0")
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         self.lora_targets = tuple(self.lora_targets)
@@ -163,8 +185,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the checkpoint shipped with the project (model/default_checkpoint/): the tiny
     # preset's recipe (its measured best: no projector normalisation, λ = 1 from the
     # start) trained 8x longer with many more house names, stored in float16 (issue #10)
-    "shipped": {"tiny": {"patch_size": 16}, "steps": 2500, "threads": 2, "warmup": 50, "n_houses": 1500,
-                "checkpoint_every": 100, "save_dtype": "float16"},
+    "shipped": {"tiny": {"patch_size": 16}, "steps": 3000, "threads": 2, "warmup": 50, "n_houses": 1500,
+                "checkpoint_every": 100, "save_dtype": "float16",
+                "standardize_projector": "global", "image_scale": 2.0, "read_steps": 1000, "align_steps": 200,
+                "vision_lr_scale": 0.0},
     # the paper's claims across seeds at a reduced budget (`sugar eval --ablations --preset claims`):
     # the shipped recipe (joint losses, λ = 1 from the start, no stage 1, the tiny preset's batches)
     # cut to 200 steps and smaller pools: about 5.5 minutes a joint run here. (Half the batches

@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from model.backbone import EncodedBatch, load_backbone
 from model.heads import GlobalBatchNorm
-from model.prompts import Prompt, answer_text, chat_prompt, rag_parts
 from model.sample import Sample
 from model.sugar import SliceEmbeddings, SugarModel
 from model.teachers import CachedTeacher, TripleKernel, load_teacher
 
+from .collate import encode_embed_buckets, encode_gen_buckets
 from .config import TrainConfig
 from .data import GenExample, JsonlPools, MinimalPair, PairExample, Pools, SyntheticPools
 from .losses import (
@@ -41,6 +41,8 @@ from .losses import (
     image_token_loss,
     student_similarity,
 )
+from .profile import PhaseTimer
+from .vision import standardize_projector, train_vision, vision_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -149,24 +151,6 @@ class Batch:
     pairs: list[PairExample]
 
 
-def gen_prompt(ex: GenExample, fmt, eos: str) -> Prompt:
-    """The generation prompt plus the answer; spans[0] covers the answer (the labels)."""
-    p = chat_prompt([("user", rag_parts(ex.documents, ex.query, fmt))], fmt, eos=eos)
-    start = len(p.text)
-    p.text += answer_text(ex.answer, eos)
-    p.spans = [(start, len(p.text))]
-    p.modalities = ["text"]
-    return p
-
-
-def encode_gen(model: SugarModel, examples: list[GenExample]) -> tuple[EncodedBatch, torch.Tensor]:
-    bb = model.backbone
-    prompts = [gen_prompt(e, model.config.prompts, bb.eos_token) for e in examples]
-    batch = bb.encode(prompts, padding_side="right")
-    labels = torch.where(batch.token_slice == 0, batch.input_ids, torch.full_like(batch.input_ids, -100))
-    return batch, labels
-
-
 def sample_key(s: Sample) -> str:
     return "|".join(sl.content_hash() for sl in s.slices)
 
@@ -174,9 +158,10 @@ def sample_key(s: Sample) -> str:
 class TrainModule(nn.Module):
     """What DDP wraps: one forward for the LM pass and the embedding passes."""
 
-    def __init__(self, model: SugarModel, cfg: TrainConfig) -> None:
+    def __init__(self, model: SugarModel, cfg: TrainConfig, timer: PhaseTimer | None = None) -> None:
         super().__init__()
         self.model = model
+        self.timer = timer or PhaseTimer()
         self.nce = ContrastiveLoss(cfg.temperature, cfg.learn_temperature)
         self._image_tokens: list[torch.Tensor] = []
         self._projector = None
@@ -198,12 +183,15 @@ class TrainModule(nn.Module):
             return None
         return image_token_loss(torch.cat(tokens), self.model.backbone.text_embedding_rms())
 
-    def forward(self, gen: EncodedBatch | None, embed: list[EncodedBatch]):
-        logits = None
+    def forward(self, gen: list[EncodedBatch], embed: list[EncodedBatch]):
+        """Logits of each generative batch, the slice embeddings of all embedding batches
+        (rows in batch order), the temperature's scale, the image-token regulariser."""
         self._image_tokens = []
-        if gen is not None:
-            logits = self.model.lm(**gen.to(self.model.backbone.device).model_inputs()).logits
-        embs = [self.model.embed_batch(b) for b in embed]
+        device = self.model.backbone.device
+        with self.timer("gen_forward"):
+            logits = [self.model.lm(**g.to(device).model_inputs()).logits for g in gen]
+        with self.timer("embed_forward"):
+            embs = [self.model.embed_batches(embed)] if embed else []
         # the temperature leaves forward too: DDP must see every parameter used here
         return logits, embs, self.nce.scale, self.image_reg()
 
@@ -239,6 +227,10 @@ def gather_embeddings(e: SliceEmbeddings, group=None) -> SliceEmbeddings:
 
 def _rows(e: SliceEmbeddings, a: int, b: int) -> SliceEmbeddings:
     return SliceEmbeddings(e.slices[a:b], e.mask[a:b], e.is_image[a:b], e.summary[a:b])
+
+
+def _take(e: SliceEmbeddings, idx: torch.Tensor) -> SliceEmbeddings:
+    return SliceEmbeddings(e.slices[idx], e.mask[idx], e.is_image[idx], e.summary[idx])
 
 
 def world() -> tuple[int, int]:
@@ -302,11 +294,17 @@ class Trainer:
                 self.triple = None
         self.gen_loss = GenerativeLoss()
         self.struct_loss = StructureLoss(c.teacher_temperature)
-        self.module = TrainModule(self.model, c)
+        self.timer = PhaseTimer()
+        self.module = TrainModule(self.model, c, self.timer)
         self.model.train()
+        vision = {id(p) for p in vision_parameters(self.model.lm)}
         params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.vision_params = [p for p in params if id(p) in vision]
+        groups = [{"params": [p for p in params if id(p) not in vision]}, {"params": self.vision_params}]
+        self.optimizer = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [self._lr_lambda, self._vision_lr_lambda])
+        self.vision_report: dict = {}
         # the module is not wrapped in DDP: its forward and backward run collectives
         # of their own (embedding gather, global batch statistics) whose order DDP's
         # overlapped bucket all-reduce would interleave differently on each rank.
@@ -322,6 +320,40 @@ class Trainer:
     def _lr_lambda(self, step: int) -> float:
         c = self.cfg
         return warmup_cosine(step, c.steps, c.warmup, c.min_lr_ratio)
+
+    def _vision_lr_lambda(self, step: int) -> float:
+        """The vision side: frozen through stage 1, then `vision_lr_scale` x the schedule."""
+        return 0.0 if self.reading(step) else self.cfg.vision_lr_scale * self._lr_lambda(step)
+
+    def reading(self, step: int) -> bool:
+        """Stage 1 of the staged recipe: the generative loss alone, the vision side frozen."""
+        return step < self.cfg.read_steps
+
+    def vision_stage(self) -> None:
+        """Stage 0 (training/vision.py): the vision side learns its captions' words, then
+        (optionally) the projector's output is standardised to the text scale."""
+        c = self.cfg
+        if c.vision_steps <= 0 and c.standardize_projector == "none":
+            return
+        t0 = time.time()
+        if c.vision_steps > 0:
+            rng = random.Random(f"{c.seed}:vision")
+            rows = train_vision(self.model.backbone, lambda _s: self.pools.caption_pairs(rng, c.vision_batch),
+                                c.vision_steps, lr=c.vision_lr, batch=c.vision_batch)
+            self.vision_report["rows"] = rows
+        if c.standardize_projector != "none":
+            rng = random.Random(f"{c.seed}:standardize")
+            self.vision_report.update(standardize_projector(
+                self.model.backbone, [im for im, _ in self.pools.caption_pairs(rng, 256)],
+                per_feature=c.standardize_projector == "feature", scale=c.image_scale))
+        self.vision_report["seconds"] = round(time.time() - t0, 1)
+        logger.info("vision stage: %s", {k: v for k, v in self.vision_report.items() if k != "rows"})
+
+    def set_stage(self, step: int) -> None:
+        """Vision parameters need no gradient while frozen (stage 1, or a scale of 0)."""
+        frozen = self.reading(step) or self.cfg.vision_lr_scale == 0
+        for p in self.vision_params:
+            p.requires_grad_(not frozen)
 
     def precompute_teachers(self) -> None:
         """Teacher features for every distinct slice of the pools, once (cached on disk)."""
@@ -345,7 +377,7 @@ class Trainer:
         p = self.pools
         gen = [p.gen_example(rng, kinds) for _ in range(c.gen_batch)] if c.use_gen and p.can_generate else []
         pairs = ([p.pair_example(rng, c.pair_kinds, c.hard_negatives) for _ in range(c.pair_batch)]
-                 if c.use_disc and p.can_pair else [])
+                 if c.use_disc and p.can_pair and not self.reading(step) else [])
         if c.use_gen and not p.can_generate:
             self._drop("generative examples: the data has none", c.gen_batch)
         if c.use_disc and not p.can_pair:
@@ -378,29 +410,40 @@ class Trainer:
     # -------------------------------------------------------------- one step
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         model = self.model
-        gen_enc = labels = None
-        if batch.gen:
-            gen_enc, labels = encode_gen(model, batch.gen)
-        embed: list[EncodedBatch] = []
         negs = [n for p in batch.pairs for n in p.negatives]
-        if batch.pairs:
-            # queries, positives and hard negatives in one pass: the batch statistics
-            # before the heads cover every slice of the step (queries and documents
-            # normalised alike), and every rank runs the same collectives
-            embed = [model.encode([p.query for p in batch.pairs] + [p.positive for p in batch.pairs]
-                                  + negs)]
-        logits, embs, scale, image_reg = self.module(gen_enc, embed)
+        embed: list[EncodedBatch] = []
+        order: list[int] = []
+        with self.timer("encode"):
+            gen = encode_gen_buckets(model, batch.gen) if batch.gen else []
+            if batch.pairs:
+                # queries, positives and hard negatives, each group padded in length buckets
+                # (training/collate.py); one pass of the heads over all of them, so the batch
+                # statistics before the heads cover every slice of the step (queries and
+                # documents normalised alike), and every rank runs the same collectives
+                q_batches, q_order = encode_embed_buckets(model, [p.query for p in batch.pairs])
+                d_batches, d_order = encode_embed_buckets(model, [p.positive for p in batch.pairs] + negs)
+                embed = q_batches + d_batches
+                order = q_order + [len(batch.pairs) + i for i in d_order]
+        logits, embs, scale, image_reg = self.module([b for b, _ in gen], embed)
+        if embs:  # back to the order queries, positives, negatives
+            embs = [_take(embs[0], torch.tensor(order).argsort())]
+        with self.timer("losses"):
+            return self._named_losses(batch, logits, [lab for _, lab in gen], embs, negs, scale, image_reg)
+
+    def _named_losses(self, batch: Batch, logits: list[torch.Tensor], labels: list[torch.Tensor], embs,
+                      negs, scale, image_reg) -> dict:
         if embs:
             B = len(batch.pairs)
             e = embs[0]
             embs = [_rows(e, 0, B), _rows(e, B, 2 * B)] + ([_rows(e, 2 * B, 2 * B + len(negs))] if negs else [])
         out: dict[str, torch.Tensor] = {}
-        if logits is not None:
-            n_tok = (labels[:, 1:] != -100).sum().float()
+        if logits:
+            n_tok = sum((lab[:, 1:] != -100).sum() for lab in labels).float()
             if self.world_size > 1:
                 dist.all_reduce(n_tok, group=self.group)
-            out.update(self.gen_loss(logits, labels.to(logits.device),
-                                     normalizer=float(n_tok.clamp_min(1))))
+            norm = float(n_tok.clamp_min(1))
+            out["gen_loss"] = sum(self.gen_loss(lg, lab.to(lg.device), normalizer=norm)["gen_loss"]
+                                  for lg, lab in zip(logits, labels, strict=True))
         if embs:
             out.update(self._disc_losses(batch, embs, negs, scale))
         if image_reg is not None:
@@ -506,17 +549,21 @@ class Trainer:
         return total + self.lam(step) * disc + c.image_reg * losses.get("image_reg_loss", torch.zeros(()))
 
     def step(self, step: int) -> dict[str, float]:
-        batch = self.batch(step)
+        self.set_stage(step)
+        with self.timer("data"):
+            batch = self.batch(step)
         with self.accel.accumulate(self.module):
             losses = self.losses(batch)
-            self.accel.backward(self.total(losses, gen_scale=self.world_size, step=step))
-            if self.accel.sync_gradients:
-                self.sync_gradients()
-            if self.accel.sync_gradients and self.cfg.grad_clip:
-                self.accel.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad()
+            with self.timer("backward"):
+                self.accel.backward(self.total(losses, gen_scale=self.world_size, step=step))
+            with self.timer("optimizer"):
+                if self.accel.sync_gradients:
+                    self.sync_gradients()
+                if self.accel.sync_gradients and self.cfg.grad_clip:
+                    self.accel.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
         rec = {k: self._global_value(k, v) for k, v in losses.items()}
         rec["loss"] = float(self.total({k: torch.tensor(v) for k, v in rec.items()}, step=step))
         rec["lr"] = self.scheduler.get_last_lr()[0]
@@ -557,7 +604,7 @@ class Trainer:
         state = self.out / STATE_DIR
         self.accel.save_state(str(state))
         if self.rank == 0:
-            (state / "trainer.json").write_text(json.dumps({"step": step}))
+            (state / "trainer.json").write_text(json.dumps({"step": step, "vision_stage": self.vision_report}))
             with open(self.out / METRICS_FILE, "w") as f:
                 for rec in self.metrics:
                     f.write(json.dumps(rec) + "\n")
@@ -567,7 +614,9 @@ class Trainer:
         if not (state / "trainer.json").is_file():
             return False
         self.accel.load_state(str(state))
-        self.start_step = json.loads((state / "trainer.json").read_text())["step"] + 1
+        saved = json.loads((state / "trainer.json").read_text())
+        self.start_step = saved["step"] + 1
+        self.vision_report = saved.get("vision_stage", {})
         if (self.out / METRICS_FILE).is_file():
             self.metrics = [json.loads(line) for line in (self.out / METRICS_FILE).read_text().splitlines()
                             if line.strip()]
@@ -580,6 +629,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_state()
+        if self.start_step == 0:
+            self.vision_stage()
         self.precompute_teachers()
         bar = tqdm(range(self.start_step, self.cfg.steps), desc=f"train[{self.cfg.ablation}]",
                    initial=self.start_step, total=self.cfg.steps, disable=self.rank != 0)
@@ -614,6 +665,7 @@ class Trainer:
             "final": self.metrics[-1] if self.metrics else {},
             "teacher_minimal_pair_accuracy": self.teacher_report,
             "teacher_weights": dict(self.triple.weights) if self.triple else {},
+            "vision_stage": self.vision_report,
             # what the data could not give as configured: kinds drawn as others, examples dropped
             "data_report": self.data_report(),
             "wall_time_s": round(time.time() - self.t0, 1),

@@ -1,0 +1,108 @@
+"""`sugar bench train`: steps per second of a training recipe, old code beside new, one run.
+
+Each side runs in a process of its own (the same driver, `python -c`): it builds
+the preset's Trainer (pools, model, teachers; the teacher features precomputed
+into a shared cache, as a real run does before step 0), runs `--warmup`
+untimed steps, then times `--steps` steps. With `--baseline REV` the old side
+is a git worktree of REV running its own code on its own preset settings; the
+sides alternate for `--rounds` rounds, so both numbers come from the same
+machine state, and the ratio is printed. The new side also reports the wall
+time per phase of a step (training/profile.py); a revision without the phase
+timer reports only its total. `--set` overrides apply to the new side only
+(e.g. to time a variant of the recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DRIVER = r"""
+import json, sys, time, logging
+logging.disable(logging.WARNING)
+import torch
+from training.config import preset
+from training.loop import Trainer
+args = json.loads(sys.argv[1])
+cfg = preset(args["preset"]).with_overrides(args["set"])
+torch.set_num_threads(args["threads"])
+cfg = cfg.with_overrides([f"threads={args['threads']}"])
+t = Trainer(cfg, args["out"], args["cache"])
+if hasattr(t, "vision_stage"):
+    t.vision_stage()
+t.precompute_teachers()
+start = args["start"]
+for s in range(start, start + args["warmup"]):
+    t.step(s)
+timer = getattr(t, "timer", None)
+if timer is not None:
+    timer.enabled = True
+    timer.reset()
+t0 = time.perf_counter()
+for s in range(start + args["warmup"], start + args["warmup"] + args["steps"]):
+    t.step(s)
+wall = time.perf_counter() - t0
+phases = {k: v / args["steps"] for k, v in timer.reset().items()} if timer is not None else {}
+print("BENCH " + json.dumps({"s_per_step": wall / args["steps"], "phases": phases}))
+"""
+
+PHASES = ("data", "encode", "gen_forward", "embed_forward", "losses", "backward", "optimizer")
+
+
+def _side(root: Path, preset: str, overrides: list[str], threads: int, warmup: int, steps: int,
+          start: int, cache: Path) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        args = {"preset": preset, "set": overrides, "threads": threads, "warmup": warmup, "steps": steps,
+                "start": start, "out": out, "cache": str(cache)}
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args)], cwd=root, env=env,
+                              capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"bench train: the side at {root} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("BENCH "):])
+
+
+def run(preset: str, overrides: list[str], baseline: str | None, threads: int, warmup: int, steps: int,
+        start: int, rounds: int, cache: Path) -> list[dict]:
+    repo = Path(__file__).resolve().parents[1]
+    records: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = [("new", repo, overrides)]
+        if baseline:
+            old = Path(tmp) / "old"
+            subprocess.run(["git", "worktree", "add", "-q", "--detach", str(old), baseline], cwd=repo,
+                           check=True)
+            sides.insert(0, (f"old {baseline}", old, []))
+        try:
+            for r in range(rounds):
+                for name, root, sets in sides:
+                    rec = _side(root, preset, sets, threads, warmup, steps, start, cache)
+                    rec.update(side=name, round=r + 1)
+                    records.append(rec)
+                    print(f"round {r + 1} {name:>14}: {rec['s_per_step']:.3f} s/step "
+                          f"({1 / rec['s_per_step']:.2f} steps/s)", flush=True)
+        finally:
+            if baseline:
+                subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=repo, check=False)
+    print_table(records)
+    return records
+
+
+def print_table(records: list[dict]) -> None:
+    names = list(dict.fromkeys(r["side"] for r in records))
+    best = {n: min((r for r in records if r["side"] == n), key=lambda r: r["s_per_step"]) for n in names}
+    print("\n| phase (s/step, best round) | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for ph in PHASES:
+        cells = [f"{best[n]['phases'][ph]:.3f}" if ph in best[n]["phases"] else "-" for n in names]
+        print(f"| {ph} | " + " | ".join(cells) + " |")
+    print("| **total** | " + " | ".join(f"**{best[n]['s_per_step']:.3f}**" for n in names) + " |")
+    print("| steps/s | " + " | ".join(f"{1 / best[n]['s_per_step']:.2f}" for n in names) + " |")
+    if len(names) == 2:
+        print(f"\nspeed-up (steps/s, new / old, best rounds): "
+              f"{best[names[0]]['s_per_step'] / best[names[1]]['s_per_step']:.2f}x")
