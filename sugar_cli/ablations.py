@@ -9,7 +9,7 @@ import numpy as np
 
 COLUMNS = [
     ("seen.retrieval.r@1", "seen ret R@1"), ("seen.minimal_pairs.overall", "seen min-pair"),
-    ("seen.vqa.overall", "seen VQA"),
+    ("seen.vqa.overall", "seen VQA"), ("seen.vqa_blank.overall", "seen VQA blank"),
     ("retrieval.r@1", "ret R@1"), ("retrieval_cosine.r@1", "cos R@1"),
     ("minimal_pairs.overall", "min-pair"), ("vqa.overall", "VQA"), ("vqa.color", "VQA col"),
     ("vqa.count", "VQA cnt"), ("fashion_mnist.vqa", "FMNIST"), ("rag.own_retrieval", "RAG own"),
@@ -49,7 +49,7 @@ def run_ablations(out: Path, preset_name: str, steps: int | None, seeds: int, ev
             else:
                 cells.append(f"{np.mean(vals):.3f}±{np.std(vals):.3f}")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + "\n\n" + image_reliance(rows)
     claims = claims_table(rows)
     (out / "ablations.md").write_text(
         f"# Ablations (preset {preset_name}, steps {steps or 'preset'}, seeds {seeds})\n\n{table}\n\n"
@@ -73,6 +73,19 @@ CLAIMS = [
     ("mean pooling > last-token pooling on minimal pairs", "seen.minimal_pairs.overall", "joint",
      "last_token"),
 ]
+
+
+def image_reliance(rows: dict[str, list[dict]]) -> str:
+    """Per variant: in how many runs the seen VQA is above its image-blanked score (a VQA
+    claim is only testable where the answers use the image), and the smallest margin."""
+    out = []
+    for variant, results in rows.items():
+        gaps = [r["seen.vqa.overall"] - r["seen.vqa_blank.overall"] for r in results
+                if "seen.vqa.overall" in r and "seen.vqa_blank.overall" in r]
+        if gaps and any(r.get("seen.vqa.overall", 0) > 0 for r in results):
+            out.append(f"- {variant}: seen VQA above its image-blanked score in {sum(g > 0 for g in gaps)} "
+                       f"of {len(gaps)} runs (smallest margin {min(gaps):+.3f})")
+    return "\n".join(out)
 
 
 def _values(rows: dict[str, list[dict]], variant: str, metric: str) -> list[float]:

@@ -128,3 +128,14 @@ def test_claims_verdicts():
         table = claims_table({"joint": runs(joint), "gen_only": runs(gen)})
         line = next(x for x in table.splitlines() if x.startswith("| joint > generative-only on VQA"))
         assert verdict in line, line
+
+
+def test_image_reliance_counts_runs_whose_answers_use_the_image():
+    from sugar_cli.ablations import image_reliance
+
+    rows = {"joint": [{"seen.vqa.overall": 0.7, "seen.vqa_blank.overall": 0.4},
+                      {"seen.vqa.overall": 0.5, "seen.vqa_blank.overall": 0.52}],
+            "disc_only": [{"seen.vqa.overall": 0.0, "seen.vqa_blank.overall": 0.0}]}
+    text = image_reliance(rows)
+    assert "joint: seen VQA above its image-blanked score in 1 of 2 runs (smallest margin -0.020)" in text
+    assert "disc_only" not in text  # no generative loss, no answers: nothing to say

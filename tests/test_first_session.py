@@ -64,9 +64,10 @@ def test_readme_first_session_retrieves_the_asked_house_first(shipped_client):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "issue #10 goal missed by the shipped checkpoint: with its house's document first in the "
-    "context, /generate does not answer its banner colour (heldout VQA colour 0.10, RAG answer with "
-    "the gold document 0.067); strict, so this turns red the day a checkpoint meets it"))
+    "issue #20 goal missed by the shipped checkpoint: it reads colour when asked about an image "
+    "(heldout VQA colour 0.80) but not yet a banner inside a RAG context (answer with the gold "
+    "document 0.44 heldout); it says 'purple' for House Vyd's blue triangle; strict, so this turns "
+    "red the day a checkpoint meets it"))
 def test_readme_first_session_answers_the_banner_colour(shipped_client):
     from training.data import builtin_houses
 

@@ -337,8 +337,9 @@ def test_bench_ingest_small(tiny_ckpt, capsys):
 
 @pytest.mark.parametrize("mode", [
     pytest.param("dense", marks=pytest.mark.xfail(
-        strict=True, reason="issue #10: the shipped checkpoint's embeddings do not yet match a caption to "
-                            "its chunk (measured: the figure's chunk is not ranked first)")),
+        strict=True, reason="issues #10, #20: the shipped checkpoint's embeddings do not yet match a caption "
+                            "to its chunk (measured again on the staged-recipe checkpoint: the figure's "
+                            "chunk is not ranked first)")),
     "hybrid",  # the server's default: the caption's words find it
 ])
 def test_a_question_about_a_figure_caption_retrieves_its_chunk(tmp_path, mode):

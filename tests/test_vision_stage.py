@@ -172,3 +172,11 @@ def test_read_steps_beyond_steps_is_refused():
         preset("smoke").with_overrides(["standardize_projector=yes"])
     with pytest.raises(ValueError, match="vision_lr_scale"):
         preset("smoke").with_overrides(["vision_lr_scale=-1"])
+
+
+def test_disc_only_has_no_generative_stage(tmp_path):
+    cfg = _staged(read_steps=3, align_steps=2, ablation="disc_only").ablated()
+    assert cfg.read_steps == 0 and cfg.align_steps == 0
+    tr = Trainer(_staged(read_steps=3, ablation="disc_only"), tmp_path)
+    rec = tr.step(0)
+    assert "nce_loss" in rec and "gen_loss" not in rec

@@ -160,6 +160,8 @@ class TrainConfig:
         c = dataclasses.replace(self)
         if a == "gen_only":
             c.lam = 0.0
+        elif a == "disc_only":  # no generative loss: a stage of it alone would be an empty step
+            c.read_steps = c.align_steps = 0
         elif a == "no_triple":
             c.beta = 0.0
         elif a == "last_token":
@@ -182,10 +184,11 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # the default checkpoint: budgeted to train in <= 10 minutes on 2 CPU cores
     "tiny": {"tiny": {"patch_size": 16}, "steps": 300, "threads": 2},
-    # the checkpoint shipped with the project (model/default_checkpoint/): the tiny
-    # preset's recipe (its measured best: no projector normalisation, λ = 1 from the
-    # start) trained 8x longer with many more house names, stored in float16 (issue #10)
-    "shipped": {"tiny": {"patch_size": 16}, "steps": 3000, "threads": 2, "warmup": 50, "n_houses": 1500,
+    # the checkpoint shipped with the project (model/default_checkpoint/): the staged recipe
+    # (issue #20, docs/METHOD.md §11): image tokens centred and scaled, 1,000 generative steps
+    # with the vision side frozen (200 of captions first), then 3,000 joint steps, the vision
+    # side still frozen; many house names; stored in float16
+    "shipped": {"tiny": {"patch_size": 16}, "steps": 4000, "threads": 2, "warmup": 50, "n_houses": 1500,
                 "checkpoint_every": 100, "save_dtype": "float16",
                 "standardize_projector": "global", "image_scale": 2.0, "read_steps": 1000, "align_steps": 200,
                 "vision_lr_scale": 0.0},
@@ -195,6 +198,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # at 300 steps stayed at chance: minimal pairs 0.22, retrieval R@1 0.05.)
     "claims": {"tiny": {"patch_size": 16}, "steps": 200, "threads": 2, "warmup": 15,
                "n_scenes": 600, "n_pages": 200, "n_houses": 300, "n_fashion": 1000},
+    # the claims at a budget where the models read images (issue #20): the shipped staged
+    # recipe, 500 generative steps then 300 joint ones, the claims preset's pools; one thread,
+    # so two jobs share the 2-core machine without oversubscribing it
+    "claims_staged": {"tiny": {"patch_size": 16}, "steps": 800, "threads": 1, "warmup": 30,
+                      "n_scenes": 600, "n_pages": 200, "n_houses": 300, "n_fashion": 1000,
+                      "standardize_projector": "global", "image_scale": 2.0, "read_steps": 500,
+                      "align_steps": 200, "vision_lr_scale": 0.0},
     # a few steps: smoke tests and CI
     "smoke": {"steps": 6, "gen_batch": 4, "pair_batch": 8, "n_scenes": 60, "n_pages": 20,
               "n_houses": 20, "n_fashion": 40, "log_every": 2, "checkpoint_every": 3,
