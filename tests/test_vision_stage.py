@@ -180,3 +180,9 @@ def test_disc_only_has_no_generative_stage(tmp_path):
     tr = Trainer(_staged(read_steps=3, ablation="disc_only"), tmp_path)
     rec = tr.step(0)
     assert "nce_loss" in rec and "gen_loss" not in rec
+
+
+def test_loss_curves_mark_where_the_stages_begin(tmp_path):
+    tr = Trainer(_staged(read_steps=3, align_steps=2), tmp_path)
+    assert tr.stage_marks() == {"captions end": 2, "joint phase": 3}
+    assert Trainer(_staged(), tmp_path / "b").stage_marks() == {}

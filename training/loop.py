@@ -349,6 +349,16 @@ class Trainer:
         self.vision_report["seconds"] = round(time.time() - t0, 1)
         logger.info("vision stage: %s", {k: v for k, v in self.vision_report.items() if k != "rows"})
 
+    def stage_marks(self) -> dict[str, int]:
+        """Where the staged recipe's phases begin (for the loss curves)."""
+        c = self.cfg
+        marks = {}
+        if 0 < c.align_steps < c.steps:
+            marks["captions end"] = c.align_steps
+        if 0 < c.read_steps < c.steps:
+            marks["joint phase"] = c.read_steps
+        return marks
+
     def set_stage(self, step: int) -> None:
         """Vision parameters need no gradient while frozen (stage 1, or a scale of 0)."""
         frozen = self.reading(step) or self.cfg.vision_lr_scale == 0
@@ -656,7 +666,7 @@ class Trainer:
         with open(self.out / METRICS_FILE, "w") as f:
             for rec in self.metrics:
                 f.write(json.dumps(rec) + "\n")
-        plot_curves(self.metrics, self.out / CURVES_FILE)
+        plot_curves(self.metrics, self.out / CURVES_FILE, self.stage_marks())
         info = {
             "config": self.cfg.to_dict(),
             "steps": self.cfg.steps,
@@ -678,7 +688,8 @@ class Trainer:
         return self.out
 
 
-def plot_curves(metrics: list[dict], path: Path) -> None:
+def plot_curves(metrics: list[dict], path: Path, stages: dict[str, int] | None = None) -> None:
+    """One panel per named loss and the total; `stages` (name -> first step) are marked."""
     if not metrics:
         return
     import matplotlib
@@ -691,6 +702,10 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     steps = [m["step"] for m in metrics]
     for ax, name in zip(axes, [*names, "loss"], strict=True):
         ax.plot(steps, [m.get(name, float("nan")) for m in metrics])
+        for i, (label, at) in enumerate((stages or {}).items()):
+            ax.axvline(at, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(at, 0.97 - 0.09 * i, f" {label}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    va="top")
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
