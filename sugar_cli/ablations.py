@@ -18,15 +18,19 @@ COLUMNS = [
 
 
 def run_ablations(out: Path, preset_name: str, steps: int | None, seeds: int, eval_cfg,
-                  variants: list[str] | None, cache: Path) -> str:
+                  variants: list[str] | None, cache: Path, seed_start: int = 0) -> str:
+    """Train and evaluate every (seed, variant) in `out`; a run already trained is not trained
+    again, and one already evaluated with the same evaluation settings is not evaluated again
+    (so an interrupted table resumes, and seeds can run in separate processes with
+    `seed_start`, then be tabled together)."""
     from training.config import ABLATIONS, preset
-    from training.evaluate import evaluate, flat
+    from training.evaluate import flat
     from training.loop import train
 
     variants = variants or list(ABLATIONS)
     rows: dict[str, list[dict]] = {v: [] for v in variants}
     # seed-major: an interrupted run has every variant at the seeds it finished
-    for seed in range(seeds):
+    for seed in range(seed_start, seed_start + seeds):
         for variant in variants:
             cfg = preset(preset_name).with_overrides([f"ablation={json.dumps(variant)}", f"seed={seed}"])
             if steps:
@@ -34,8 +38,7 @@ def run_ablations(out: Path, preset_name: str, steps: int | None, seeds: int, ev
             ckpt = out / f"{variant}-seed{seed}"
             if not (ckpt / "sugar_config.json").is_file():
                 train(cfg, ckpt, cache_dir=cache)
-            res = evaluate(ckpt, ckpt / "eval", eval_cfg)
-            rows[variant].append(flat(res))
+            rows[variant].append(flat(_evaluated(ckpt, eval_cfg)))
     lines = ["| variant | " + " | ".join(h for _, h in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     for variant, results in rows.items():
@@ -73,6 +76,22 @@ CLAIMS = [
     ("mean pooling > last-token pooling on minimal pairs", "seen.minimal_pairs.overall", "joint",
      "last_token"),
 ]
+
+
+def _evaluated(ckpt: Path, eval_cfg) -> dict:
+    """The evaluation of `ckpt` under `eval_cfg`, reused when it was already made with them."""
+    import dataclasses
+
+    from training.evaluate import evaluate
+
+    stamp = ckpt / "eval" / "eval_config.json"
+    want = dataclasses.asdict(eval_cfg)
+    done = ckpt / "eval" / "eval.json"
+    if stamp.is_file() and done.is_file() and json.loads(stamp.read_text()) == want:
+        return json.loads(done.read_text())
+    res = evaluate(ckpt, ckpt / "eval", eval_cfg)  # writes eval/eval.json
+    stamp.write_text(json.dumps(want, indent=2) + "\n")
+    return res
 
 
 def image_reliance(rows: dict[str, list[dict]]) -> str:

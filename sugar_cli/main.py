@@ -147,6 +147,8 @@ def _add_eval(sub) -> None:
                    help="train every ablation variant at the same budget, evaluate, print the table")
     p.add_argument("--steps", type=int, help="with --ablations: training steps per variant")
     p.add_argument("--seeds", type=int, default=1, help="with --ablations: seeds per variant")
+    p.add_argument("--seed-start", type=int, default=0,
+                   help="with --ablations: the first seed (seeds run in separate processes, tabled together)")
     p.add_argument("--preset", default="tiny", help="with --ablations: the training preset")
     p.add_argument("--variants", nargs="+", help="with --ablations: a subset of the variants")
     p.add_argument("--cache", type=Path, help="teacher feature cache")
@@ -162,7 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         out = args.out or sugar_home() / "ablations"
         table = run_ablations(out, args.preset, args.steps, args.seeds, cfg, args.variants,
-                              args.cache or sugar_home() / "cache" / "teachers")
+                              args.cache or sugar_home() / "cache" / "teachers", args.seed_start)
         print(table)
         return 0
     if args.checkpoint is None:

@@ -139,3 +139,27 @@ def test_image_reliance_counts_runs_whose_answers_use_the_image():
     text = image_reliance(rows)
     assert "joint: seen VQA above its image-blanked score in 1 of 2 runs (smallest margin -0.020)" in text
     assert "disc_only" not in text  # no generative loss, no answers: nothing to say
+
+
+def test_ablation_evaluations_are_reused_only_under_the_same_settings(tmp_path, monkeypatch):
+    import json
+
+    import sugar_cli.ablations as ab
+    import training.evaluate as ev
+    from training.evaluate import EvalConfig
+
+    calls = []
+
+    def fake_evaluate(ckpt, out_dir, cfg):
+        calls.append(cfg.n_scenes)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        res = {"vqa": {"overall": 0.5}, "n": cfg.n_scenes}
+        (out_dir / "eval.json").write_text(json.dumps(res))
+        return res
+
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    ckpt = tmp_path / "joint-seed0"
+    assert ab._evaluated(ckpt, EvalConfig.quick())["n"] == EvalConfig.quick().n_scenes
+    assert ab._evaluated(ckpt, EvalConfig.quick())["n"] == EvalConfig.quick().n_scenes  # reused
+    assert ab._evaluated(ckpt, EvalConfig.medium())["n"] == EvalConfig.medium().n_scenes  # other settings
+    assert calls == [EvalConfig.quick().n_scenes, EvalConfig.medium().n_scenes]
