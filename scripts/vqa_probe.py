@@ -216,7 +216,7 @@ class Probe:
             opt.step()
             sched.step()
             if (step + 1) % a.every == 0 or step + 1 == a.steps:
-                row = {"step": step + 1, "loss": round(float(loss), 3), **self.accuracy(evalset),
+                row = {"step": step + 1, "loss": round(loss.item(), 3), **self.accuracy(evalset),
                        "elapsed_s": round(time.time() - t0, 1), "total_s": round(time.time() - t_start, 1)}
                 print(row, flush=True)
                 rows.append(row)

@@ -17,7 +17,6 @@ from training.loop import Trainer
 from training.vision import (
     CaptionWordsObjective,
     caption_targets,
-    image_features,
     standardize_projector,
     train_vision,
     vision_parameters,
@@ -42,11 +41,11 @@ def test_global_standardisation_centres_and_sets_one_scale():
     model = _model()
     images = [im for im, _ in _pairs(random.Random(2), 64)]
     with torch.no_grad():
-        y0 = image_features(model.backbone, images).reshape(-1, model.backbone.hidden_size)
+        y0 = model.backbone.image_tokens(images).reshape(-1, model.backbone.hidden_size)
     report = standardize_projector(model.backbone, images, scale=3.0)
     tau = float(model.backbone.text_embedding_rms())
     with torch.no_grad():
-        y = image_features(model.backbone, images).reshape(-1, model.backbone.hidden_size)
+        y = model.backbone.image_tokens(images).reshape(-1, model.backbone.hidden_size)
     assert y.mean(0).abs().max() < 1e-3 * tau
     assert float(y.pow(2).mean().sqrt()) == pytest.approx(3.0 * tau, rel=1e-3)
     assert report["norm_ratio_after"] == pytest.approx(3.0, rel=1e-3)
@@ -103,7 +102,7 @@ def test_standardize_projector_centres_and_scales_to_text_and_saves_a_plain_llav
     report = standardize_projector(model.backbone, images, per_feature=True)
     tau = float(model.backbone.text_embedding_rms())
     with torch.no_grad():
-        y = image_features(model.backbone, images).reshape(-1, model.backbone.hidden_size)
+        y = model.backbone.image_tokens(images).reshape(-1, model.backbone.hidden_size)
     assert y.mean(0).abs().max() < 1e-3 * tau * 10
     assert y.std(0) == pytest.approx(torch.full((y.shape[1],), tau), rel=2e-2)
     assert report["norm_ratio_after"] == pytest.approx(1.0, abs=0.01)
@@ -111,7 +110,7 @@ def test_standardize_projector_centres_and_scales_to_text_and_saves_a_plain_llav
     model.save_pretrained(tmp_path / "ckpt")
     again = SugarModel.from_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
-        y2 = image_features(again.backbone, images).reshape(-1, again.backbone.hidden_size)
+        y2 = again.backbone.image_tokens(images).reshape(-1, again.backbone.hidden_size)
     torch.testing.assert_close(y2, y, rtol=1e-4, atol=1e-5)
 
 

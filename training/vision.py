@@ -79,15 +79,6 @@ class CaptionWordsObjective(nn.Module):
         return {"vision_loss": loss}
 
 
-def image_features(backbone, images: Sequence[Image.Image]) -> torch.Tensor:
-    """[N, t, d] projector outputs for PIL images (differentiable)."""
-    with backbone.lock:
-        pv = backbone.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-    feats = backbone.model.get_image_features(pixel_values=pv.to(backbone.device, backbone.model.dtype))
-    out = getattr(feats, "pooler_output", feats)
-    return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
-
-
 def train_vision(backbone, draw: Callable[[int], list[tuple[Image.Image, str]]], steps: int,
                  lr: float = 2e-3, batch: int = 32, log_every: int = 50) -> list[dict]:
     """Stage 0: `steps` steps of the caption-words objective; `draw(step)` gives
@@ -106,7 +97,7 @@ def train_vision(backbone, draw: Callable[[int], list[tuple[Image.Image, str]]],
         images, captions = zip(*pairs, strict=True)
         with backbone.lock:
             targets = caption_targets(backbone.tokenizer, captions)
-        loss = objective(image_features(backbone, images), targets)["vision_loss"]
+        loss = objective(backbone.image_tokens(images), targets)["vision_loss"]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -137,14 +128,14 @@ def standardize_projector(backbone, images: Sequence[Image.Image], per_feature: 
     proj = llava.model.multi_modal_projector
     text = float(backbone.text_embedding_rms())
     tau = text * scale
-    y = image_features(backbone, images).reshape(-1, proj.linear_2.out_features).float()
+    y = backbone.image_tokens(images).reshape(-1, proj.linear_2.out_features).float()
     before = float(y.pow(2).mean().sqrt()) / text
     mu = y.mean(0)
     sd = (y.std(0) if per_feature else (y - mu).pow(2).mean().sqrt().expand_as(mu)) + eps
     scale = tau / sd
     proj.linear_2.weight.mul_(scale[:, None].to(proj.linear_2.weight.dtype))
     proj.linear_2.bias.copy_(((proj.linear_2.bias - mu) * scale).to(proj.linear_2.bias.dtype))
-    y2 = image_features(backbone, images).reshape(-1, proj.linear_2.out_features).float()
+    y2 = backbone.image_tokens(images).reshape(-1, proj.linear_2.out_features).float()
     after = float(y2.pow(2).mean().sqrt()) / text
     llava.train(was)
     return {"norm_ratio_before": round(before, 3), "norm_ratio_after": round(after, 3)}
