@@ -82,10 +82,16 @@ def _no_bools_for_ints(cls, data: Any) -> Any:
 
 Text = Annotated[str, AfterValidator(_check_text)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+# an object value is either plain metadata (no key starts with "$") or the one operator
+# {"$prefix": string}: the schema says what `_check_filters` enforces (schemathesis found a
+# schema-valid {"$x": ...} object refused with 422 when the schema allowed any object)
 Filters = Annotated[dict[str, Any], AfterValidator(_check_filters), WithJsonSchema({
     "type": "object", "additionalProperties": {"anyOf": [
         {"type": "integer", "minimum": INT64[0], "maximum": INT64[1]},
-        {"type": ["string", "boolean", "null", "array", "object"]}, {"type": "number", "not": {"type": "integer"}}]}})]
+        {"type": ["string", "boolean", "null", "array"]}, {"type": "number", "not": {"type": "integer"}},
+        {"type": "object", "propertyNames": {"not": {"pattern": "^[$]"}}},
+        {"type": "object", "properties": {"$prefix": {"type": "string"}}, "required": ["$prefix"],
+         "additionalProperties": False}]}})]
 
 
 def _temperature_floor(value: float | None) -> float | None:

@@ -100,6 +100,25 @@ def test_filter_values_beyond_int64_are_a_422(client):
     assert ok.status_code == 200 and ok.json()["results"] == []
 
 
+def test_filter_operators_are_refused_and_described_by_the_schema(client):
+    # an object value whose keys start with "$" must be exactly {"$prefix": string}; the
+    # published schema says so too (schemathesis once generated {"$x": ...} as schema-valid)
+    for bad in ({"$x": 1}, {"$prefix": 3}, {"$prefix": "a", "b": 1}):
+        assert_422(client.post("/retrieve", json={"query": text_sample("x"), "filters": {"k": bad}}),
+                   "filters", "the only operator")
+    for good in ({"$prefix": "a"}, {"nested": {"plain": 1}}):
+        r = client.post("/retrieve", json={"query": text_sample("x"), "filters": {"k": good}})
+        assert r.status_code == 200, r.text
+    spec = client.get("/openapi.json").json()
+    value = spec["components"]["schemas"]["RetrieveRequest"]["properties"]["filters"]
+    branches = value.get("anyOf", [value])[0]["additionalProperties"]["anyOf"]
+    objects = [b for b in branches if b.get("type") == "object"]
+    assert {"type": "object", "propertyNames": {"not": {"pattern": "^[$]"}}} in objects
+    assert {"type": "object", "properties": {"$prefix": {"type": "string"}}, "required": ["$prefix"],
+            "additionalProperties": False} in objects
+    assert not any("object" in b.get("type", []) for b in branches if isinstance(b.get("type"), list))
+
+
 def test_a_vanishing_temperature_is_greedy_decoding(client):
     body = {"query": text_sample("x"), "temperature": 1e-100, "max_tokens": 3, "retrieval": {"enabled": False}}
     r = client.post("/generate", json=body)
