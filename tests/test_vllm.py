@@ -116,7 +116,8 @@ def test_generate_through_vllm_equals_in_process(stack):
 
 def test_stream_and_chat_through_vllm(stack):
     with httpx.stream("POST", stack["v"] + "/generate", timeout=120, json={
-            "query": {"slices": [{"type": "text", "text": QUESTIONS[0]}]}, "max_tokens": 8, "stream": True}) as r:
+            "query": {"slices": [{"type": "text", "text": QUESTIONS[0]}]}, "max_tokens": 8, "stream": True,
+            "retrieval": {"k": 2}}) as r:  # the request `_generate` sends, streamed
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     want = _generate(stack["h"], QUESTIONS[0], max_tokens=8)["text"]
     assert events[-1]["done"] and events[-1]["text"] == want
