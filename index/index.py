@@ -37,7 +37,7 @@ import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.kernels import pad_sequences, sugar_similarity
+from model.kernels import KernelSettings, pad_sequences
 from model.sample import Sample
 
 from .store import DocumentStore, StoredDocument
@@ -64,13 +64,6 @@ LEXICAL_WEIGHT = 0.6
 
 class IndexError_(ValueError):
     """A request the index refuses (wrong dimension, other embedding version, bad id)."""
-
-
-@dataclass
-class KernelSettings:
-    sigma: float = 1.0
-    gamma: float = 1.0
-    normalization: str = "mean_length"
 
 
 @dataclass
@@ -393,10 +386,8 @@ class DocumentIndex:
     def rerank(self, query: Embedded, docs: Sequence[StoredDocument]) -> list[float]:
         """s̄(q, d) for each candidate (batched GA kernel)."""
         cand, mask = pad_sequences([torch.tensor(d.vectors) for d in docs])
-        k = self.kernel
         with torch.no_grad():
-            s = sugar_similarity(torch.from_numpy(query.vectors[None].astype(np.float32)),
-                                 cand, None, mask, k.sigma, k.gamma, k.normalization)
+            s = self.kernel.similarity(torch.from_numpy(query.vectors[None].astype(np.float32)), cand, None, mask)
         return s[0].tolist()
 
     # ------------------------------------------------------------ maintenance
@@ -459,35 +450,22 @@ class DocumentIndex:
                 offset += len(ids)
         return n
 
-    def reembed(self, embed: Callable[[list[Sample]], list[Embedded]], version: str, dim: int,
-                batch_size: int = 32, progress: Callable[[int, int], None] | None = None) -> int:
-        """Re-embed every document from its stored slices with another checkpoint.
-
-        The index switches to `version` (and `dim`) first, so searches never mix
-        versions: the vector index holds only documents already re-embedded.
-        Each batch commits, so an interrupted run resumes where it stopped.
-        """
+    def begin_reembed(self, version: str, dim: int) -> None:
+        """Switch the index to `version` (and `dim`) before re-embedding, so searches never mix
+        versions: the vector index then holds only documents already re-embedded."""
         with self.store.write_lock:
             self.store.set_meta({"embedding_version": version, "dim": dim})
             self.embedding_version, self.dim = version, dim
             self.vectors = self._rebuild_from_store(None)
-        total = self.store.count()
-        done = len(self.store.fids(version))
-        if progress:
-            progress(done, total)
-        while batch := self.store.samples_with_version_not(version, batch_size):
-            embs = embed(batch)
-            for e in embs:
-                self._check(e, None)
-            with self.store.write_lock:
-                added, deleted = self.store.update_vectors(
-                    [(d.id, e.vectors, e.summary) for d, e in zip(batch, embs, strict=True)], version)  # type: ignore[misc]
-                self._apply(added, [])
-            done += len(batch)
-            if progress:
-                progress(done, total)
-        self.snapshot()
-        return done
+
+    def replace_vectors(self, docs: Sequence[tuple[Sample, Embedded]], version: str) -> None:
+        """New vectors for stored documents (their slices and metadata unchanged), one transaction."""
+        for _, e in docs:
+            self._check(e, None)
+        with self.store.write_lock:
+            added, _ = self.store.update_vectors(
+                [(s.id, e.vectors, e.summary) for s, e in docs], version)  # type: ignore[misc]
+            self._apply(added, [])
 
 
 def _fuse(hits: list[Hit], weight: float) -> list[Hit]:

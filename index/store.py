@@ -26,7 +26,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from model.sample import Sample, Slice, decode_image, encode_png
+from model.sample import Sample, Slice, decode_image
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,13 +93,21 @@ class StoredDocument:
     images: dict[str, bytes] = field(default_factory=dict)
 
     def to_sample(self) -> Sample:
-        out = []
-        for s in self.slices:
-            if s["type"] == "text":
-                out.append(Slice.of_text(s["text"]))
-            else:
-                out.append(Slice.of_image(decode_image(self.images[s["hash"]], "stored image")))
-        return Sample(out, id=self.id, metadata=self.metadata)
+        return stored_sample(self.id, self.slices, self.metadata, self.images.__getitem__)
+
+
+def stored_sample(doc_id: str, slices: list[dict[str, Any]], metadata: dict[str, Any],
+                  blob: Callable[[str], bytes]) -> Sample:
+    """A stored document as a Sample: its images decoded, each keeping its stored PNG bytes
+    (so writing it again does not encode it again)."""
+    out = []
+    for s in slices:
+        if s["type"] == "text":
+            out.append(Slice.of_text(s["text"]))
+        else:
+            data = blob(s["hash"])
+            out.append(Slice("image", image=decode_image(data, "stored image"), _png=data))
+    return Sample(out, id=doc_id, metadata=metadata)
 
 
 def blob_hash(data: bytes) -> str:
@@ -233,7 +241,7 @@ class DocumentStore:
             if s.type == "text":
                 rows.append({"type": "text", "text": s.text})
             else:
-                data = encode_png(s.image)  # type: ignore[arg-type]
+                data = s.png()
                 h = blob_hash(data)
                 c.execute("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (h, data))
                 rows.append({"type": "image", "hash": h})
@@ -347,18 +355,10 @@ class DocumentStore:
 
     def samples_with_version_not(self, version: str, limit: int) -> list[Sample]:
         """Documents still to re-embed (slices and metadata only), oldest first."""
-        out = []
         rows = self.conn.execute("SELECT id, slices, metadata FROM docs WHERE embedding_version != ?"
                                  " ORDER BY fid LIMIT ?", (version, limit)).fetchall()
-        for doc_id, slices, metadata in rows:
-            parts = []
-            for s in json.loads(slices):
-                if s["type"] == "text":
-                    parts.append(Slice.of_text(s["text"]))
-                else:
-                    parts.append(Slice.of_image(decode_image(self.blob(s["hash"]), "stored image")))
-            out.append(Sample(parts, id=doc_id, metadata=json.loads(metadata)))
-        return out
+        return [stored_sample(doc_id, json.loads(slices), json.loads(metadata), self.blob)
+                for doc_id, slices, metadata in rows]
 
     def lexical_fids(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT rowid FROM docs_text")}
@@ -492,7 +492,7 @@ def slices_equal(stored: list[dict[str, Any]], sample: Sample) -> bool:
             return False
         if s.type == "text" and row["text"] != s.text:
             return False
-        if s.type == "image" and row["hash"] != blob_hash(encode_png(s.image)):  # type: ignore[arg-type]
+        if s.type == "image" and row["hash"] != blob_hash(s.png()):
             return False
     return True
 

@@ -289,7 +289,7 @@ class LlavaBackbone(Backbone):
             return super().prompt_length(prompt)
 
     def count_text_tokens(self, text: str) -> int:
-        """Tokens of plain text (no images, no special tokens): chunk budgets (index.chunking)."""
+        """Tokens of plain text (no images, no special tokens): chunk budgets (index.ingest.chunking)."""
         with self.lock:
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -12,7 +12,10 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .kernels import KernelSettings
 
 FORMAT_VERSION = 1
 
@@ -87,6 +90,13 @@ class SugarConfig:
             raise ValueError("sugar_config.kernel_gamma must be >= 0")
         if self.embed_dim <= 0:
             raise ValueError("sugar_config.embed_dim must be > 0")
+
+    @property
+    def kernel(self) -> KernelSettings:
+        """The ranking kernel these fields configure (one type: model, objective, index)."""
+        from .kernels import KernelSettings
+
+        return KernelSettings(self.kernel_sigma, self.kernel_gamma, self.length_normalization)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

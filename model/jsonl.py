@@ -9,14 +9,15 @@
 
 A sample is {"slices": [...]} with slices {"type": "text", "text": ...} or
 {"type": "image", "path"|"base64": ...}; image paths are relative to the
-JSONL file. Every bad line is reported with its line number (`JsonlError`
+JSONL file (an uploaded file has no folder: its paths go through the
+server's allow-list). Every bad line is reported with its line number (`JsonlError`
 lists them all); none is skipped silently.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,21 @@ class JsonlError(ValueError):
         super().__init__(f"{path}: {len(errors)} bad line(s)\n{shown}{more}")
 
 
-def _path_resolver(base: Path):
+def path_resolver(base: Path, max_bytes: int = DEFAULT_LIMITS.max_image_bytes):
+    """Image paths relative to `base` (a JSONL file's folder); only regular files within
+    `max_bytes` are read (never a device or a pipe)."""
+
     def resolve(value: str, where: str) -> bytes:
+        import stat
+
         p = Path(value)
         p = p if p.is_absolute() else base / p
         try:
+            st = p.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise SampleError(where, f"{value!r} is not a regular file")
+            if st.st_size > max_bytes:
+                raise SampleError(where, f"{value!r}: {st.st_size} bytes exceed the limit of {max_bytes}")
             return p.read_bytes()
         except OSError as e:
             raise SampleError(where, f"cannot read image {value!r} ({e.strerror or e})") from None
@@ -79,10 +90,13 @@ def _path_resolver(base: Path):
     return resolve
 
 
-def parse_record(obj: Any, base: Path, limits: SampleLimits = DEFAULT_LIMITS) -> Record:
+PathResolver = Callable[[str, str], bytes]
+
+
+def parse_record(obj: Any, resolve: PathResolver, limits: SampleLimits = DEFAULT_LIMITS) -> Record:
+    """One record; `resolve(path, where)` reads the image paths it names (or refuses them)."""
     if not isinstance(obj, dict):
         raise SampleError("line", "must be a JSON object")
-    resolve = _path_resolver(base)
 
     def sample(value: Any, where: str) -> Sample:
         return Sample.from_dict(value, limits=limits, resolve_path=resolve, where=where)
@@ -133,25 +147,30 @@ def parse_record(obj: Any, base: Path, limits: SampleLimits = DEFAULT_LIMITS) ->
     raise SampleError("task", f"unknown task {task!r} (expected one of {list(TASKS)} or none)")
 
 
+def iter_records(lines: Iterable[str], resolve: PathResolver, limits: SampleLimits = DEFAULT_LIMITS
+                 ) -> Iterator[tuple[int, Record | SampleError]]:
+    """(line number, record or the error of that line) for every non-blank line."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield lineno, SampleError("line", f"invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        try:
+            yield lineno, parse_record(obj, resolve, limits)
+        except SampleError as e:
+            yield lineno, e
+
+
 def iter_jsonl(
     path: str | Path, limits: SampleLimits = DEFAULT_LIMITS
 ) -> Iterator[tuple[int, Record | SampleError]]:
-    """(line number, record or the error of that line) for every non-blank line."""
+    """The records of a file; image paths are relative to the file."""
     path = Path(path)
-    base = path.parent
     with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, SampleError("line", f"invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            try:
-                yield lineno, parse_record(obj, base, limits)
-            except SampleError as e:
-                yield lineno, e
+        yield from iter_records(fh, path_resolver(path.parent, limits.max_image_bytes), limits)
 
 
 def read_jsonl(path: str | Path, limits: SampleLimits = DEFAULT_LIMITS) -> list[Record]:

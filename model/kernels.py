@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -357,6 +358,20 @@ def sugar_similarity(
     if normalization == "mean_length":
         return length_normalize(s, sequence_lengths(x, x_mask), sequence_lengths(y, y_mask))
     raise ValueError(f"unknown length normalisation {normalization!r}")
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    """The ranking kernel's settings: one type for the model (`SugarModel.similarity`), the
+    training objective and the index's rerank (stored in the index's metadata)."""
+
+    sigma: float = 1.0
+    gamma: float = 1.0
+    normalization: str = "mean_length"  # "mean_length" | "none"
+
+    def similarity(self, x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | None = None,
+                   y_mask: torch.Tensor | None = None, *, impl: str = "auto") -> torch.Tensor:
+        return sugar_similarity(x, y, x_mask, y_mask, self.sigma, self.gamma, self.normalization, impl=impl)
 
 
 # ----------------------------------------------------------------- references

@@ -57,6 +57,7 @@ class Slice:
     type: SliceType
     text: str | None = None
     image: Image.Image | None = None
+    _png: bytes | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def of_text(text: str) -> Slice:
@@ -65,6 +66,13 @@ class Slice:
     @staticmethod
     def of_image(image: Image.Image) -> Slice:
         return Slice("image", image=image)
+
+    def png(self) -> bytes:
+        """The image as stored (PNG), encoded once per slice."""
+        if self._png is None:
+            assert self.image is not None
+            object.__setattr__(self, "_png", encode_png(self.image))
+        return self._png  # type: ignore[return-value]
 
     def content_hash(self) -> str:
         """A stable hash of the slice content (text bytes, or RGB pixels + size)."""

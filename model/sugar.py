@@ -14,6 +14,7 @@ the vectors would.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,7 +31,6 @@ from torch import nn
 from .backbone import Backbone, EncodedBatch, load_backbone
 from .config import SugarConfig
 from .heads import SliceHeads, pool_slices, summary_vector
-from .kernels import sugar_similarity
 from .prompts import embedding_prompt
 from .sample import Sample
 
@@ -126,11 +126,10 @@ class SugarModel(nn.Module):
                    normalization: str | None = None) -> torch.Tensor:
         """[Bq, Bd] ranking similarity: GA kernel + the configured length normalisation
         (`normalization` overrides it, e.g. "none" for raw s)."""
-        c = self.config
-        return sugar_similarity(
-            q.slices, d.slices, q.mask, d.mask, c.kernel_sigma, c.kernel_gamma,
-            normalization or c.length_normalization,
-        )
+        k = self.config.kernel
+        if normalization is not None:
+            k = dataclasses.replace(k, normalization=normalization)
+        return k.similarity(q.slices, d.slices, q.mask, d.mask)
 
     # ------------------------------------------------------------ checkpoint I/O
     def compute_embedding_version(self) -> str:

@@ -73,7 +73,6 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     import torch
 
     from index import DocumentIndex, IndexError_
-    from index.embedding import kernel_settings
     from model.sugar import SugarModel
 
     from .engine import make_engine
@@ -87,7 +86,7 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     logger.info("model on %s (%s): embedding and in-process generation run there", device, settings.dtype)
     try:
         index = DocumentIndex(settings.index, dim=model.embed_dim, embedding_version=model.embedding_version,
-                              kernel=kernel_settings(model), snapshot_every=settings.snapshot_every)
+                              kernel=model.config.kernel, snapshot_every=settings.snapshot_every)
     except IndexError_ as e:
         raise StartupError(str(e)) from None
     engine = make_engine(settings, model)

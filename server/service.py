@@ -17,8 +17,16 @@ from typing import Any
 
 from index import DocumentIndex, Embedded, Hit
 from index.embedding import embed_samples
-from index.ingest import UPLOAD_PREFIX, FileResult, Ingestor, pair_uploads
-from index.readers import ReadError, ReadOptions
+from index.ingest import (
+    UPLOAD_PREFIX,
+    FileResult,
+    IngestConfig,
+    Ingestor,
+    SourcePlan,
+    pair_uploads,
+    write,
+)
+from index.ingest.readers import ReadError, ReadOptions
 from model.prompts import Part, rag_parts
 from model.sample import Sample, SampleError, SampleLimits
 from model.sugar import SugarModel
@@ -171,12 +179,10 @@ class SugarService:
         return await self.batcher.submit(samples)
 
     async def store(self, samples: list[Sample], embeddings: list[Embedded], upsert: bool) -> list[str]:
-        def write() -> list[str]:
-            return self.index.add(list(zip(samples, embeddings, strict=True)),
-                                  version=self.model.embedding_version, upsert=upsert)
-
+        """Store embedded samples (one transaction, `index.ingest.write`)."""
+        plan = SourcePlan(samples, embedded=embeddings)
         try:
-            return await asyncio.to_thread(write)
+            return await asyncio.to_thread(write, self.index, [plan], None, self.model.embedding_version, upsert)
         except KeyError as e:
             raise Conflict(f"document {e} already exists (use PUT /documents/{{id}} to replace it)") from None
 
@@ -268,47 +274,41 @@ class SugarService:
 
     # ------------------------------------------------------------ uploads (index.ingest)
     def _ingestor(self, metadata: dict[str, Any] | None) -> Ingestor:
-        from index.chunking import limits_for_model
-
-        if not hasattr(self, "_chunk_limits"):
-            self._chunk_limits = limits_for_model(self.model, self.settings.max_slices, self.settings.retrieval_k)
-
         def fetch(src: str) -> bytes:
             try:
                 return self._fetch_url(src, "image")
             except SampleError as e:
                 raise ReadError(e.message) from None
 
-        opts = ReadOptions(limits=self.limits, resolve=fetch, pdf_page_images=self.settings.pdf_page_images)
-        return Ingestor(self.index, self._embed_sync, self.model.embedding_version, self._chunk_limits,
-                        self.model.backbone.count_text_tokens, opts, metadata=metadata)
+        # image paths in uploaded JSONL: the JSON API's allow-list (SUGAR_ALLOW_PATHS)
+        read = ReadOptions(limits=self.limits, resolve=fetch, resolve_path=self._read_path,
+                           pdf_page_images=self.settings.pdf_page_images)
+        config = IngestConfig.for_model(self.model, self.settings.max_slices, self.settings.retrieval_k,
+                                        read=read, metadata=metadata or {},
+                                        batch_size=self.settings.embed_max_batch)
+        return Ingestor(self.index, self._embed_sync, self.model.embedding_version, config)
 
     async def upload(self, files: list[tuple[str, bytes]], metadata: dict[str, Any] | None) -> list[FileResult]:
         """Read and chunk every file first; any unreadable file refuses the whole upload
-        (`UploadRefused`, nothing stored). Then embed and write everything in one transaction."""
+        (`UploadRefused`, nothing stored). Then embed (through the shared batcher) and write
+        everything in one transaction (`index.ingest.write`)."""
         ing = self._ingestor(metadata)
-        plans = await asyncio.to_thread(lambda: [ing.read_source(f) for f in pair_uploads(files)])
-        bad = [{"file": r.source.removeprefix(UPLOAD_PREFIX), "reason": r.reason} for r, *_ in plans
-               if r.status == "failed"]
+        plans = await asyncio.to_thread(ing.plan, pair_uploads(files))
+        bad = [{"file": p.result.source.removeprefix(UPLOAD_PREFIX), "reason": p.result.reason}  # type: ignore[union-attr]
+               for p in plans if p.failed]
         if bad:
             raise UploadRefused(bad)
-        samples = [s for _, emb, _, _ in plans for s in emb]
-        embs: list[Embedded] = []
-        step = self.settings.embed_max_batch
-        for a in range(0, len(samples), step):
-            embs += await self.embed(samples[a : a + step])
-        delete = [i for _, _, d, _ in plans for i in d]
-        updates = {k: v for *_, u in plans for k, v in u.items()}
+        loop = asyncio.get_running_loop()
 
-        def write() -> None:
-            self.index.add(list(zip(samples, embs, strict=True)), self.model.embedding_version, upsert=True,
-                           delete_ids=delete, metadata_updates=updates)
+        def embed(samples: list[Sample]) -> list[Embedded]:  # from the writer thread, through the batcher
+            return asyncio.run_coroutine_threadsafe(self.embed(samples), loop).result()
 
         try:
-            await asyncio.to_thread(write)
+            await asyncio.to_thread(write, self.index, plans, embed, self.model.embedding_version, True,
+                                    self.settings.embed_max_batch)
         except KeyError as e:
             raise Conflict(f"document {e} changed during the upload; send it again") from None
-        return [r for r, *_ in plans]
+        return [p.result for p in plans]  # type: ignore[misc]
 
     # ------------------------------------------------------------ documents
     async def get_document(self, doc_id: str):

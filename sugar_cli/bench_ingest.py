@@ -77,13 +77,12 @@ def markdown_files(root: Path, n: int) -> None:
 
 def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: int = 256,
         batch_size: int = 32, sync_pages: int | None = None, sync_files: int | None = None) -> dict:
-    from index.chunking import limits_for_model
     from index.embedding import embed_samples, open_for_model
-    from index.ingest import Ingestor, walk
+    from index.ingest import IngestConfig, Ingestor, walk
+    from index.ingest.pipeline import embed_in_batches
     from model.sugar import SugarModel
 
     model = SugarModel.from_pretrained(checkpoint)
-    limits = limits_for_model(model)
     records: dict = {"checkpoint": str(checkpoint), "pages": pages, "files": files}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -96,8 +95,7 @@ def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: in
         def embed(s):
             return embed_samples(model, s, batch_size)
 
-        ing = Ingestor(idx, embed, model.embedding_version, limits, model.backbone.count_text_tokens,
-                       batch_size=batch_size)
+        ing = Ingestor(idx, embed, model.embedding_version, IngestConfig.for_model(model, batch_size=batch_size))
         print(f"{'corpus':10s} {'chunks':>7s} {'read+chunk s':>13s} {'embed s (est.)':>15s} {'embed/read':>11s}")
         for name in ("pdf", "md"):
             sources, _ = walk([root / name])
@@ -107,7 +105,7 @@ def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: in
             step = max(1, len(chunks) // max(1, embed_sample))
             sample = chunks[::step][:embed_sample]
             t = time.perf_counter()
-            ing.embed_all(sample)
+            embed_in_batches(sample, embed, batch_size)
             per_chunk = (time.perf_counter() - t) / len(sample)
             embed_s = per_chunk * len(chunks)
             records[name] = {"chunks": len(chunks), "read_chunk_s": read_s, "embed_s": embed_s,

@@ -98,39 +98,32 @@ def _open(path: Path, repair: bool = False, inspect: bool = False):
 
 def cmd_add(args: argparse.Namespace) -> int:
     """Sync files into the index; exit 1 when any file failed (the others are stored)."""
-    import dataclasses
-
     from tqdm import tqdm
 
     from index import IndexError_, VectorSettings
-    from index.chunking import limits_for_model
     from index.embedding import embed_samples, open_for_model
-    from index.ingest import Ingestor, walk
-    from index.readers import ReadOptions
+    from index.ingest import IngestConfig, Ingestor, walk
+    from index.ingest.readers import ReadOptions
     from model.sugar import SugarModel
-    from server.settings import Settings
 
     if args.metadata is not None and not isinstance(args.metadata, dict):
         raise SystemExit("sugar index: --metadata must be a JSON object")
-    files, _ = walk(args.data)
+    files, unreadable = walk(args.data)  # each file read once, here
     model = SugarModel.from_pretrained(args.checkpoint)
     try:
         idx = open_for_model(args.index, model, settings=VectorSettings(type=args.type))
     except IndexError_ as e:
         raise SystemExit(f"sugar index: {e}") from None
-    settings = Settings()
-    limits = limits_for_model(model, settings.max_slices, settings.retrieval_k, max_images=args.max_chunk_images)
-    if args.max_chunk_tokens:
-        limits = dataclasses.replace(limits, max_tokens=args.max_chunk_tokens)
-    ing = Ingestor(idx, lambda s: embed_samples(model, s, args.batch_size), model.embedding_version, limits,
-                   model.backbone.count_text_tokens, ReadOptions(pdf_page_images=args.pdf_page_images),
-                   metadata=args.metadata, batch_size=args.batch_size)
+    config = IngestConfig.for_model(model, max_images=args.max_chunk_images, max_tokens=args.max_chunk_tokens,
+                                    read=ReadOptions(pdf_page_images=args.pdf_page_images),
+                                    metadata=args.metadata or {}, batch_size=args.batch_size)
+    ing = Ingestor(idx, lambda s: embed_samples(model, s, args.batch_size), model.embedding_version, config)
     with tqdm(total=len(files), desc="indexing", unit="file") as bar:
         def on_file(r) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{r.status}: {Path(r.source).name}"[:60])
 
-        summary = ing.sync_paths(args.data, prune=args.prune, upsert=args.upsert, on_file=on_file)
+        summary = ing.sync(files, unreadable, prune=args.prune, upsert=args.upsert, on_file=on_file)
     idx.close()
     print(summary.text())
     print(f"index now holds {idx.count()} documents")
@@ -222,6 +215,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from index.embedding import embed_samples
+    from index.ingest import reembed
     from model.sugar import SugarModel
 
     model = SugarModel.from_pretrained(args.checkpoint)
@@ -232,8 +226,8 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    n = idx.reembed(lambda s: embed_samples(model, s, args.batch_size), model.embedding_version,
-                    model.embed_dim, args.batch_size, progress)
+    n = reembed(idx, lambda s: embed_samples(model, s, args.batch_size), model.embedding_version,
+                model.embed_dim, args.batch_size, progress)
     bar.close()
     idx.close()
     print(f"re-embedded {n} documents with {model.embedding_version}")

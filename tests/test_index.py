@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from index import DocumentIndex, Embedded, IndexError_, VectorSettings
+from index.ingest import reembed
 from model.sample import Sample
 from tests.conftest import make_image
 
@@ -215,7 +216,7 @@ def test_lexical_scores_are_bm25_and_follow_every_write(tmp_path):
     check("zebra Vyd house")
     assert [idx.store.get_by_fids([f], D)[f].id for f, _ in idx.store.lexical("zebra", 5, "v1")] == ["w2"]
     # re-embedding moves documents to new fids: the text follows, and searches see one version
-    idx.reembed(lambda batch: [rand_emb(rng, len(s.slices)) for s in batch], "v2", D, batch_size=25)
+    reembed(idx, lambda batch: [rand_emb(rng, len(s.slices)) for s in batch], "v2", D, batch_size=25)
     assert idx.store.lexical("zebra", 5, "v1") == []
     assert [idx.store.get_by_fids([f], D)[f].id for f, _ in idx.store.lexical("zebra", 5, "v2")] == ["w2"]
     n_text = idx.store.conn.execute("SELECT COUNT(*) FROM docs_text").fetchone()[0]
@@ -324,13 +325,13 @@ def test_reembed_switches_version_and_resumes(tmp_path):
         return [rand_emb(rng, len(s.slices)) for s in samples]
 
     with pytest.raises(RuntimeError):
-        idx.reembed(embed, "v2", D, batch_size=4)
+        reembed(idx, embed, "v2", D, batch_size=4)
     assert idx.store.version_counts() == {"v2": 4, "v1": 6}
     assert idx.vectors.count == 4  # searches see only re-embedded documents
     assert not idx.verify()[0]
     calls.clear()
     calls.append(0)  # let the next calls succeed
-    done = idx.reembed(lambda s: [rand_emb(rng, len(x.slices)) for x in s], "v2", D, batch_size=4)
+    done = reembed(idx, lambda s: [rand_emb(rng, len(x.slices)) for x in s], "v2", D, batch_size=4)
     assert done == 10 and idx.store.version_counts() == {"v2": 10}
     assert idx.verify()[0] and idx.embedding_version == "v2"
 

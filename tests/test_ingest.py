@@ -315,8 +315,8 @@ def _page_has_text(path: Path, page: int) -> bool:
 
 
 def test_thousand_page_pdf_chunks_every_page_in_order():
-    from index.chunking import chunk
-    from index.readers import read
+    from index.ingest.chunking import chunk
+    from index.ingest.readers import read
     from sugar_cli.bench_ingest import text_pdf
 
     p = read(text_pdf(1000, lines=6), "/m.pdf")

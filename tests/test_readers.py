@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from index.chunking import ChunkLimits, approx_tokens, chunk, chunk_id
-from index.readers import Block, Parsed, ReadError, ReadOptions, detect, read
+from index.ingest.chunking import ChunkLimits, approx_tokens, chunk, chunk_id
+from index.ingest.readers import Block, Parsed, ReadError, ReadOptions, detect, read
 from tests.conftest import make_image, png_bytes
 from tests.docs_fixtures import data_uri, make_pdf
 

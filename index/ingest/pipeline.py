@@ -1,8 +1,8 @@
 """Ingestion: files and folders -> chunks in the index, kept in sync with their sources.
 
 `Ingestor.sync_paths` walks files and folders (recursively, hidden names
-skipped), detects each file's format by content, reads it (`index.readers`),
-chunks it (`index.chunking`) and syncs it:
+skipped), detects each file's format by content, reads it (`index.ingest.readers`),
+chunks it (`index.ingest.chunking`) and syncs it:
 
 - a source whose stored chunks carry its current content hash is unchanged
   and skipped without reading or embedding;
@@ -34,10 +34,18 @@ from typing import Any
 
 from model.sample import Sample, SampleError
 
-from .chunking import ChunkLimits, TokenCounter, approx_tokens, chunk, chunk_id, source_hash
-from .index import DocumentIndex, Embedded
+from ..index import DocumentIndex, Embedded
+from ..store import slices_equal
+from .chunking import (
+    ChunkLimits,
+    TokenCounter,
+    approx_tokens,
+    chunk,
+    chunk_id,
+    limits_for_model,
+    source_hash,
+)
 from .readers import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, ReadError, ReadOptions, detect, read
-from .store import slices_equal
 
 logger = logging.getLogger(__name__)
 
@@ -172,18 +180,107 @@ def pair_uploads(files: Sequence[tuple[str, bytes]]) -> list[SourceFile]:
             for n, data in files if n not in sidecars]
 
 
-class Ingestor:
-    """Reads, chunks, embeds and syncs sources into one index."""
+@dataclass
+class IngestConfig:
+    """How sources become chunks: chunk budgets, reader options, metadata added to every chunk,
+    and the embedding batch size."""
 
-    def __init__(self, index: DocumentIndex, embed: Embed, version: str, limits: ChunkLimits | None = None,
-                 count: TokenCounter = approx_tokens, options: ReadOptions | None = None,
-                 metadata: dict[str, Any] | None = None, batch_size: int = 32) -> None:
+    limits: ChunkLimits = field(default_factory=ChunkLimits)
+    read: ReadOptions = field(default_factory=ReadOptions)
+    count: TokenCounter = approx_tokens
+    metadata: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+
+    @classmethod
+    def for_model(cls, model, max_slices: int = 64, retrieval_k: int = 3, max_images: int = 4,
+                  max_tokens: int | None = None, **kw: Any) -> IngestConfig:
+        """Chunk budgets that follow the model's context (`chunking.limits_for_model`) and its
+        tokenizer; `max_slices` and `retrieval_k` default to the server's defaults."""
+        limits = limits_for_model(model, max_slices, retrieval_k, max_images=max_images)
+        if max_tokens:
+            limits = dataclasses.replace(limits, max_tokens=max_tokens)
+        return cls(limits=limits, count=model.backbone.count_text_tokens, **kw)
+
+
+@dataclass
+class SourcePlan:
+    """What one write does: samples to store (embedded by `write` unless `embedded` holds their
+    vectors already), ids to delete, metadata to replace, and the source's result (file
+    sources) — planned without writing anything."""
+
+    samples: list[Sample] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    result: FileResult | None = None
+    embedded: list[Embedded] | None = None
+    vectors_only: bool = False  # re-embedding: stored documents get new vectors, nothing else
+
+    @property
+    def failed(self) -> bool:
+        return self.result is not None and self.result.status == "failed"
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.samples or self.delete or self.updates)
+
+
+def write(index: DocumentIndex, plans: Sequence[SourcePlan], embed: Embed | None, version: str,
+          upsert: bool = True, batch_size: int = 32,
+          progress: Callable[[int], None] | None = None) -> list[str]:
+    """The one write path: embed what the plans need (in batches of `batch_size`, with progress),
+    then store everything in one transaction — samples, deletions and metadata updates (or, for
+    re-embedding plans, the new vectors). Returns the stored ids. KeyError as `DocumentIndex.add`
+    (an existing id without `upsert`, an unknown id to delete); nothing is written then."""
+    pending = [s for p in plans if p.embedded is None for s in p.samples]  # embedded together, in batches
+    fresh = iter(embed_in_batches(pending, embed, batch_size, progress))
+    docs: list[tuple[Sample, Embedded]] = []
+    for p in plans:
+        vecs = p.embedded if p.embedded is not None else [next(fresh) for _ in p.samples]
+        docs += zip(p.samples, vecs, strict=True)
+    if plans and all(p.vectors_only for p in plans):
+        index.replace_vectors(docs, version)
+        return [s.id for s, _ in docs]  # type: ignore[misc]
+    return index.add(docs, version, upsert=upsert, delete_ids=[i for p in plans for i in p.delete],
+                     metadata_updates={k: v for p in plans for k, v in p.updates.items()})
+
+
+def embed_in_batches(samples: list[Sample], embed: Embed | None, batch_size: int,
+                     progress: Callable[[int], None] | None = None) -> list[Embedded]:
+    if samples and embed is None:
+        raise ValueError("samples to store without vectors and no embedding function")
+    out: list[Embedded] = []
+    for a in range(0, len(samples), batch_size):
+        part = samples[a : a + batch_size]
+        out += embed(part)  # type: ignore[misc]
+        if progress:
+            progress(len(part))
+    return out
+
+
+def reembed(index: DocumentIndex, embed: Embed, version: str, dim: int, batch_size: int = 32,
+            progress: Callable[[int, int], None] | None = None) -> int:
+    """Re-embed every document from its stored slices with another checkpoint. The index switches
+    to `version` first (`DocumentIndex.begin_reembed`); each batch commits through `write`, so an
+    interrupted run resumes where it stopped. Returns the number of documents re-embedded."""
+    index.begin_reembed(version, dim)
+    total, done = index.count(), len(index.store.fids(version))
+    if progress:
+        progress(done, total)
+    while batch := index.store.samples_with_version_not(version, batch_size):
+        write(index, [SourcePlan(batch, vectors_only=True)], embed, version, batch_size=batch_size)
+        done += len(batch)
+        if progress:
+            progress(done, total)
+    index.snapshot()
+    return done
+
+
+class Ingestor:
+    """Reads, chunks, plans and writes sources into one index."""
+
+    def __init__(self, index: DocumentIndex, embed: Embed, version: str, config: IngestConfig | None = None) -> None:
         self.index, self.embed, self.version = index, embed, version
-        self.limits = limits or ChunkLimits()
-        self.count = count
-        self.options = options or ReadOptions()
-        self.metadata = metadata or {}
-        self.batch_size = batch_size
+        self.config = config or IngestConfig()
 
     # ------------------------------------------------------------ reading
     def chunks(self, f: SourceFile, digest: str) -> tuple[str, list[Sample], int, list[str]]:
@@ -191,16 +288,16 @@ class Ingestor:
         fmt = detect(f.data, f.name)
         if fmt == "jsonl":
             return fmt, self._jsonl(f, digest), 0, []
-        opts = dataclasses.replace(self.options, resolve=self._resolver(f))
+        opts = dataclasses.replace(self.config.read, resolve=self._resolver(f))
         caption = f.caption.decode("utf-8-sig", errors="replace") if f.caption else ""
         parsed = read(f.data, f.name, opts, fmt, caption=caption)
-        samples = chunk(parsed, f.source, digest, self.limits, self.count, self.metadata)
+        samples = chunk(parsed, f.source, digest, self.config.limits, self.config.count, self.config.metadata)
         if not samples:
             raise ReadError("no text or images found")
         return fmt, samples, parsed.n_images, parsed.skipped
 
     def _resolver(self, f: SourceFile):
-        outer = self.options.resolve
+        outer = self.config.read.resolve
         base = f.base_dir
 
         def resolve(src: str) -> bytes:
@@ -224,20 +321,30 @@ class Ingestor:
 
         return resolve
 
-    def _jsonl(self, f: SourceFile, digest: str) -> list[Sample]:
-        import tempfile
+    def _path_resolver(self, f: SourceFile):
+        """Image paths of a JSONL source: relative to its folder; a source without one (an
+        upload) reads them only through `ReadOptions.resolve_path` (the server's allow-list)."""
+        from model.jsonl import path_resolver
 
-        from model.jsonl import Document, JsonlError, iter_jsonl
-
-        # image paths in JSONL are relative to the file: read from where it lives
         if f.base_dir is not None:
-            path = Path(f.source)
-            records = list(iter_jsonl(path))
-        else:  # an upload: paths are refused (base64 only)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "upload.jsonl"
-                path.write_bytes(f.data)
-                records = list(iter_jsonl(path))
+            return path_resolver(f.base_dir, self.config.read.limits.max_image_bytes)
+        if self.config.read.resolve_path is not None:
+            return self.config.read.resolve_path
+
+        def refuse(value: str, where: str) -> bytes:
+            raise SampleError(where, "local paths are not read from uploads (send the image as base64)")
+
+        return refuse
+
+    def _jsonl(self, f: SourceFile, digest: str) -> list[Sample]:
+        from model.jsonl import Document, JsonlError, iter_records
+
+        try:
+            text = f.data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ReadError(f"JSONL is not UTF-8 text (byte {e.start})") from None
+        # lines end at "\n" only, as a file's lines do (JSON strings may hold U+2028)
+        records = list(iter_records(text.split("\n"), self._path_resolver(f), self.config.read.limits))
         errors = [(line, str(r)) for line, r in records if isinstance(r, SampleError)]
         errors += [(line, f"a {r.task!r} record is not a document") for line, r in records
                    if not isinstance(r, (SampleError, Document))]
@@ -245,31 +352,33 @@ class Ingestor:
             raise ReadError(str(JsonlError(Path(f.name), errors)).split("\n", 1)[-1].strip())
         out = []
         for line, rec in records:
-            s = rec.sample
+            s = rec.sample  # type: ignore[union-attr]
             s.id = s.id or chunk_id(f.source, line)
-            s.metadata = {**self.metadata, **s.metadata, "source": f.source, "source_hash": digest,
+            s.metadata = {**self.config.metadata, **s.metadata, "source": f.source, "source_hash": digest,
                           "format": "jsonl"}
             out.append(s)
         return out
 
-    # ------------------------------------------------------------ syncing
-    def read_source(self, f: SourceFile, upsert: bool = False) -> tuple[FileResult, list[Sample], list[str],
-                                                                         dict[str, dict]]:
-        """Plan one source's sync without writing: (result, samples to embed, ids to delete,
-        metadata updates). A failed or unchanged result plans nothing."""
+    # ------------------------------------------------------------ planning
+    def plan(self, sources: Iterable[SourceFile], upsert: bool = False) -> list[SourcePlan]:
+        return [self.plan_source(f, upsert) for f in sources]
+
+    def plan_source(self, f: SourceFile, upsert: bool = False) -> SourcePlan:
+        """Plan one source's sync without writing. A failed or unchanged source plans no write."""
         digest = source_hash(f.data, f.caption)
         existing = self.index.store.source_documents(f.source)
         if existing and all(m.get("source_hash") == digest for _, _, m in existing):
-            return FileResult(f.source, "unchanged", existing[0][2].get("format"), [i for i, _, _ in existing],
-                              images=sum(s["type"] == "image" for _, sl, _ in existing for s in sl)), [], [], {}
+            return SourcePlan(result=FileResult(
+                f.source, "unchanged", existing[0][2].get("format"), [i for i, _, _ in existing],
+                images=sum(s["type"] == "image" for _, sl, _ in existing for s in sl)))
         try:
             fmt, samples, n_images, skipped = self.chunks(f, digest)
         except (ReadError, SampleError) as e:
-            return FileResult(f.source, "failed", reason=str(e)), [], [], {}
+            return SourcePlan(result=FileResult(f.source, "failed", reason=str(e)))
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
-            return FileResult(f.source, "failed", fmt, reason=f"document id {dup!r} appears twice"), [], [], {}
+            return SourcePlan(result=FileResult(f.source, "failed", fmt, reason=f"document id {dup!r} appears twice"))
         stored = {i: (sl, m) for i, sl, m in existing}
         others = self.index.store.existing_ids([i for i in ids if i not in stored])  # type: ignore[misc]
         if others:
@@ -279,53 +388,45 @@ class Ingestor:
             if clash and not upsert:
                 src = others[clash[0]]
                 where = f"from {src}" if src else "(added through the API)"
-                return FileResult(f.source, "failed", fmt, reason=f"document id {clash[0]!r} exists {where} "
-                                  "(use --upsert to replace it)"), [], [], {}
+                return SourcePlan(result=FileResult(f.source, "failed", fmt, reason=f"document id {clash[0]!r} "
+                                                    f"exists {where} (use --upsert to replace it)"))
             samples = [s for s in samples if s.id not in others or s.id in clash]
         to_embed, updates = [], {}
         for s in samples:
             old = stored.get(s.id)  # type: ignore[arg-type]
             if old is not None and slices_equal(old[0], s):
                 if old[1] != s.metadata:
-                    updates[s.id] = s.metadata
+                    updates[s.id] = s.metadata  # type: ignore[index]
             else:
                 to_embed.append(s)
         delete = [i for i in stored if i not in set(ids)]
         status = "updated" if existing else "added"
         res = FileResult(f.source, status, fmt, ids, images=n_images, embedded=len(to_embed), removed=len(delete),
                          skipped_images=skipped)
-        return res, to_embed, delete, updates
+        return SourcePlan(to_embed, delete, updates, res)
 
     def _same(self, doc_id: str, sample: Sample) -> bool:
         d = self.index.get(doc_id, with_images=False)
         return d is not None and slices_equal(d.slices, sample)
 
-    def embed_all(self, samples: list[Sample], progress: Callable[[int], None] | None = None) -> list[Embedded]:
-        out: list[Embedded] = []
-        for a in range(0, len(samples), self.batch_size):
-            part = samples[a : a + self.batch_size]
-            out += self.embed(part)
-            if progress:
-                progress(len(part))
-        return out
-
+    # ------------------------------------------------------------ syncing
     def sync_file(self, f: SourceFile, upsert: bool = False,
                   progress: Callable[[int], None] | None = None) -> FileResult:
-        """Read, embed and write one source (one transaction)."""
-        res, to_embed, delete, updates = self.read_source(f, upsert)
-        if res.status in ("failed", "unchanged"):
-            return res
-        embs = self.embed_all(to_embed, progress)
+        """Plan, embed and write one source (one transaction)."""
+        plan = self.plan_source(f, upsert)
+        assert plan.result is not None
+        if not plan.writes:
+            return plan.result
         try:
-            self.index.add(list(zip(to_embed, embs, strict=True)), self.version, upsert=True,
-                           delete_ids=delete, metadata_updates=updates)
+            write(self.index, [plan], self.embed, self.version, batch_size=self.config.batch_size, progress=progress)
         except KeyError as e:  # a concurrent writer removed a chunk between plan and write
-            return FileResult(f.source, "failed", res.format, reason=f"document {e} changed while syncing; re-run")
-        return res
+            return FileResult(f.source, "failed", plan.result.format,
+                              reason=f"document {e} changed while syncing; re-run")
+        return plan.result
 
-    def sync_paths(self, paths: Sequence[Path], prune: bool = False, upsert: bool = False,
-                   on_file: Callable[[FileResult], None] | None = None) -> SyncSummary:
-        files, failed = walk(paths)
+    def sync(self, files: Sequence[SourceFile], failed: Sequence[FileResult] = (), prune: bool = False,
+             upsert: bool = False, on_file: Callable[[FileResult], None] | None = None) -> SyncSummary:
+        """Sync sources already read (`walk`); `failed` are the paths `walk` could not read."""
         summary = SyncSummary(results=list(failed))
         for f in files:
             r = self.sync_file(f, upsert)
@@ -337,6 +438,11 @@ class Ingestor:
         if prune:
             self.prune(summary)
         return summary
+
+    def sync_paths(self, paths: Sequence[Path], prune: bool = False, upsert: bool = False,
+                   on_file: Callable[[FileResult], None] | None = None) -> SyncSummary:
+        files, failed = walk(paths)
+        return self.sync(files, failed, prune, upsert, on_file)
 
     def prune(self, summary: SyncSummary) -> None:
         """Delete the chunks of file sources that no longer exist (uploads are never pruned)."""

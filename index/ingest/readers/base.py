@@ -3,7 +3,7 @@
 A reader takes the file's bytes and its name (plus, for formats that link to
 other files, a way to resolve those links) and returns a `Parsed` document:
 the blocks in reading order, a title, and the images it had to skip with the
-reason for each. The chunker (`index.chunking`) turns blocks into samples.
+reason for each. The chunker (`index.ingest.chunking`) turns blocks into samples.
 Readers raise `ReadError` with a reason a person can act on; they never
 return a half-read document silently.
 """
@@ -56,6 +56,9 @@ Resolver = Callable[[str], bytes]
 class ReadOptions:
     limits: SampleLimits = DEFAULT_LIMITS
     resolve: Resolver | None = None  # None: every linked image is skipped (counted)
+    # image paths named by a JSONL document in a source without a folder (an upload):
+    # (path, where) -> bytes, or SampleError; None: such paths are refused
+    resolve_path: Callable[[str, str], bytes] | None = None
     pdf_page_images: str = "auto"  # "auto" (pages without a text layer) | "always" | "never"
     pdf_render_scale: float = 1.0  # 72 dpi x scale
     max_elements: int = 200_000  # HTML: more elements than this is refused (a "bomb")

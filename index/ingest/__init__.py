@@ -1,0 +1,27 @@
+"""index/ingest/: files as users have them -> chunks in the index, through one write path.
+
+    readers/    bytes -> ordered interleaved blocks (Markdown, HTML, PDF, images, text)
+    chunking    blocks -> samples within the model's context budget, stable ids
+    pipeline    `Ingestor.plan(sources) -> [SourcePlan]` (read, chunk, diff against the store,
+                nothing written) and `write(index, plans, embed, version)`: the one function that
+                embeds and writes, for every writer (uploads, POST/PUT /documents, /embed with
+                store, `sugar index add`, the default-index build, `reembed`)
+"""
+
+from .pipeline import (
+    UPLOAD_PREFIX,
+    Embed,
+    FileResult,
+    IngestConfig,
+    Ingestor,
+    SourceFile,
+    SourcePlan,
+    SyncSummary,
+    pair_uploads,
+    reembed,
+    walk,
+    write,
+)
+
+__all__ = ["UPLOAD_PREFIX", "Embed", "FileResult", "IngestConfig", "Ingestor", "SourceFile", "SourcePlan",
+           "SyncSummary", "pair_uploads", "reembed", "walk", "write"]
