@@ -36,8 +36,8 @@ from model.tiny import build_tiny  # noqa: E402
 from training.collate import encode_gen  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import GenExample  # noqa: E402
-from training.loop import warmup_cosine  # noqa: E402
 from training.losses import GenerativeLoss  # noqa: E402
+from training.schedule import warmup_cosine  # noqa: E402
 from training.world import COLORS, WorldSplit, vqa_for  # noqa: E402
 
 

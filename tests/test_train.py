@@ -237,7 +237,7 @@ def test_image_reg_keeps_image_tokens_centred_and_at_text_scale(tmp_path):
 
 
 def test_image_reg_needs_a_llava_projector(tmp_path, monkeypatch):
-    from training.loop import TrainModule
+    from training.objective import TrainModule
 
     cfg = preset("smoke").with_overrides(["image_reg=1.0"])
     tr = Trainer(cfg, tmp_path)
@@ -248,3 +248,28 @@ def test_image_reg_needs_a_llava_projector(tmp_path, monkeypatch):
     monkeypatch.setattr(tr.model, "backbone", NotLlava())
     with pytest.raises(ValueError, match="image_reg > 0 needs a LLaVA backbone"):
         TrainModule(tr.model, cfg)
+
+
+def test_a_training_step_runs_at_most_three_functions_of_the_loop(tmp_path):
+    """Issue #21: loop.py keeps the Trainer and nothing else; the step's work (batches,
+    encoding, forward, losses, schedule) lives in the modules that own it."""
+    import sys
+
+    import training.loop as loop
+
+    tr = Trainer(preset("smoke"), tmp_path)
+    tr.step(0)  # warm (lazy imports)
+    entered: list[str] = []
+
+    def profile(frame, event, _arg):
+        if event == "call" and frame.f_code.co_filename == loop.__file__:
+            entered.append(frame.f_code.co_qualname)
+
+    sys.setprofile(profile)
+    try:
+        rec = tr.step(1)
+    finally:
+        sys.setprofile(None)
+    assert {"gen_loss", "nce_loss"} <= rec.keys()
+    assert len(entered) <= 3, entered
+    assert len(Path(loop.__file__).read_text().splitlines()) <= 350

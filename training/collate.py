@@ -17,6 +17,7 @@ order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,7 +26,7 @@ from model.prompts import Prompt, answer_text, chat_prompt, embedding_prompt, ra
 from model.sample import Sample
 from model.sugar import SugarModel
 
-from .data import GenExample
+from .data import Batch, GenExample
 
 MAX_BUCKETS = 3
 
@@ -103,3 +104,30 @@ def encode_embed_buckets(model: SugarModel, samples: Sequence[Sample]) -> tuple[
     groups = length_buckets(prompt_lengths(model, prompts))
     batches = [model.backbone.encode([prompts[i] for i in g], padding_side="right") for g in groups]
     return batches, [i for g in groups for i in g]
+
+
+@dataclass
+class EncodedStep:
+    """One step's inputs: the generative batches with their labels, and the embedding batches
+    (queries, then positives and hard negatives) with the order of their rows."""
+
+    gen: list[EncodedBatch] = field(default_factory=list)
+    labels: list[torch.Tensor] = field(default_factory=list)
+    embed: list[EncodedBatch] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)  # row r of the embeddings is example order[r]
+
+
+def encode_step(model: SugarModel, batch: Batch) -> EncodedStep:
+    """Queries, positives and hard negatives, each group padded in length buckets; the heads
+    then run once over all of them, so the batch statistics before the heads cover every
+    slice of the step (queries and documents normalised alike) and every rank runs the same
+    collectives."""
+    gen = encode_gen_buckets(model, batch.gen) if batch.gen else []
+    out = EncodedStep([b for b, _ in gen], [lab for _, lab in gen])
+    if batch.pairs:
+        negs = [n for p in batch.pairs for n in p.negatives]
+        q_batches, q_order = encode_embed_buckets(model, [p.query for p in batch.pairs])
+        d_batches, d_order = encode_embed_buckets(model, [p.positive for p in batch.pairs] + negs)
+        out.embed = q_batches + d_batches
+        out.order = q_order + [len(batch.pairs) + i for i in d_order]
+    return out

@@ -119,8 +119,8 @@ class MinimalPair:
 
 
 class Pools(Protocol):
-    """The one interface between training data and the loop (training/loop.py calls
-    nothing else): the synthetic world (with Fashion-MNIST) and users' JSONL implement it.
+    """The one interface between training data and the loop (`BatchSource` and the
+    trainer call nothing else): the synthetic world (with Fashion-MNIST) and users' JSONL implement it.
 
     `gen_example` / `pair_example` always return an example; the loop asks only when
     `can_generate` / `can_pair` say the data has that kind. Kinds the data cannot give
@@ -395,6 +395,56 @@ class JsonlPools:
 
 
 BUILTIN_SEED, BUILTIN_HOUSES, BUILTIN_PAGES = 7, 200, 300
+
+
+@dataclass
+class Batch:
+    gen: list[GenExample]
+    pairs: list[PairExample]
+
+
+class BatchSource:
+    """This rank's share of the global batch of a step: deterministic per (seed, step, rank),
+    so resuming replays the same batches; contiguous shards. What the data cannot give is
+    counted (`report`, in training.json) and logged the first time."""
+
+    def __init__(self, pools: Pools, cfg, schedule, rank: int = 0, world_size: int = 1) -> None:
+        self.pools, self.cfg, self.schedule = pools, cfg, schedule
+        self.rank, self.world_size = rank, world_size
+        self.dropped: dict[str, int] = {}
+
+    def __call__(self, step: int) -> Batch:
+        c, p = self.cfg, self.pools
+        rng = random.Random(f"{c.seed}:{step}")
+        kinds = self.schedule.gen_kinds(step)
+        gen = [p.gen_example(rng, kinds) for _ in range(c.gen_batch)] if c.use_gen and p.can_generate else []
+        pairs = ([p.pair_example(rng, c.pair_kinds, c.hard_negatives) for _ in range(c.pair_batch)]
+                 if c.use_disc and p.can_pair and not self.schedule.reading(step) else [])
+        if c.use_gen and not p.can_generate:
+            self._drop("generative examples: the data has none", c.gen_batch)
+        if c.use_disc and not p.can_pair:
+            self._drop("pair examples: the data has none", c.pair_batch)
+        self._drop("generative examples beyond a multiple of the world size", len(gen) % self.world_size)
+        self._drop("pair examples beyond a multiple of the world size", len(pairs) % self.world_size)
+        return Batch(self._shard(gen), self._shard(pairs))
+
+    def _shard(self, xs: list) -> list:
+        n = len(xs) // self.world_size
+        return xs[self.rank * n : (self.rank + 1) * n]
+
+    def _drop(self, what: str, n: int) -> None:
+        if n <= 0:
+            return
+        if what not in self.dropped:
+            logger.warning("training data: %s — %d dropped at this step (counted in training.json)", what, n)
+        self.dropped[what] = self.dropped.get(what, 0) + n
+
+    def report(self) -> dict:
+        report = {"substituted": dict(getattr(self.pools, "substitutions", {})), "dropped": dict(self.dropped)}
+        skipped = getattr(self.pools, "skipped_documents", 0)
+        if skipped:
+            report["documents_not_used"] = skipped
+        return report
 
 
 def builtin_houses() -> list[Knowledge]:

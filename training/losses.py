@@ -14,7 +14,7 @@
   the size of the image tokens' common vector and the squared log-ratio of
   their spread around it to the text embeddings' scale.
 
-The loop sums `λ·(nce + β·struct) + gen + ρ·image_reg` and logs every `*_loss`.
+`objective.SugarObjective` sums `λ·(nce + β·struct) + gen + ρ·image_reg`; the loop logs every `*_loss`.
 """
 
 from __future__ import annotations
@@ -24,20 +24,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from model.kernels import sugar_similarity
-from model.sugar import SliceEmbeddings
-
-
-def student_similarity(
-    q: SliceEmbeddings, d: SliceEmbeddings, use_ga: bool, sigma: float, gamma: float,
-    normalization: str,
-) -> torch.Tensor:
-    """[Bq, Bd]: s̄ over slice sequences, or g(q)·g(d) when the GA kernel is ablated."""
-    if not use_ga:
-        return q.summary @ d.summary.T
-    return sugar_similarity(q.slices, d.slices, q.mask, d.mask, sigma, gamma, normalization,
-                            impl="linear")
 
 
 class GenerativeLoss(nn.Module):
