@@ -33,6 +33,7 @@ from model.sugar import SugarModel
 
 from .batching import EmbeddingBatcher, GenerationLimiter
 from .engine import Engine, EngineError, GenerationResult, Prepared
+from .protocol import RetrievalOptions
 from .settings import Settings
 from .urls import UrlPolicy, UrlRefused
 
@@ -212,18 +213,19 @@ class SugarService:
         return n
 
     async def plan(self, history: list[tuple[str, list[Part]]], query: Sample, max_tokens: int,
-                   retrieval: bool, k: int | None, filters: dict[str, Any] | None,
-                   mode: str | None = None, lexical_weight: float | None = None) -> RagPlan:
-        """Retrieve for the last user turn, then fit the documents into the context budget:
-        documents are dropped from the end of the ranking until the prompt fits."""
+                   retrieval: RetrievalOptions | None = None) -> RagPlan:
+        """Retrieve for the last user turn (`retrieval`: the request's options, whole; None:
+        the server's defaults), then fit the documents into the context budget: documents
+        are dropped from the end of the ranking until the prompt fits."""
         t0 = time.perf_counter()
         hits: list[Hit] = []
-        k = self.settings.retrieval_k if k is None else k
+        r = retrieval or RetrievalOptions()
+        k = self.settings.retrieval_k if r.k is None else r.k
         if k > self.settings.max_k:  # refused even with retrieval off: the schema says so
             raise BadRequest("retrieval.k", f"{k} exceeds the limit of {self.settings.max_k}")
-        if retrieval and k > 0:
-            hits = await self.retrieve(query, k, None, filters, with_images=True, mode=mode,
-                                       lexical_weight=lexical_weight)
+        if r.enabled and k > 0:
+            hits = await self.retrieve(query, k, None, r.filters, with_images=True, mode=r.mode,
+                                       lexical_weight=r.lexical_weight)
         retrieval_ms = (time.perf_counter() - t0) * 1e3
         # decoding images and tokenising prompts is CPU work: off the event loop
         return await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)

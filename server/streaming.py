@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 
+from . import protocol as P
 from .engine import EngineError, GenerationResult, complete_chars
 from .metrics import Metrics
-from .routes.wire import citation
 from .service import RagPlan, SugarService
 
 
@@ -50,11 +50,6 @@ def _error_event(e: Exception) -> str:
     return f"data: {json.dumps({'error': {'type': kind, 'message': str(e)}})}\n\n"
 
 
-def usage(res: GenerationResult) -> dict[str, int]:
-    return {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
-            "total_tokens": res.prompt_tokens + res.completion_tokens}
-
-
 async def native_stream(service: SugarService, plan: RagPlan, max_tokens: int, temperature: float,
                         t0: float, metrics: Metrics) -> AsyncIterator[str]:
     result: list[GenerationResult] = []
@@ -65,43 +60,33 @@ async def native_stream(service: SugarService, plan: RagPlan, max_tokens: int, t
             yield f"data: {json.dumps({'delta': delta})}\n\n"
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
-        final = {"done": True, "text": res.text,
-                 "documents": [citation(h) for h in plan.used],
-                 "dropped_documents": [citation(h) for h in plan.dropped],
-                 "usage": usage(res),
-                 "timings": {"retrieval_ms": plan.retrieval_ms,
-                             "generation_ms": (time.perf_counter() - t1) * 1e3,
-                             "total_ms": (time.perf_counter() - t0) * 1e3},
-                 "finish_reason": res.finish_reason}
-        yield f"data: {json.dumps(final)}\n\n"
+        final = P.generate_response(plan, res, P.timings(plan, t0, t1))
+        yield f"data: {json.dumps({'done': True, **final.model_dump()})}\n\n"
     except Exception as e:  # noqa: BLE001 - the client learns the stream failed, in-band
         yield _error_event(e)
 
 
 async def openai_stream(service: SugarService, plan: RagPlan, max_tokens: int, temperature: float,
-                        cid: str, created: int, retrieved_docs: list[dict], include_usage: bool,
+                        cid: str, created: int, retrieved_docs: list[P.DocumentScore], include_usage: bool,
                         metrics: Metrics) -> AsyncIterator[str]:
     name = service.settings.served_model_name
     result: list[GenerationResult] = []
 
-    def chunk(delta: dict, finish=None, **extra) -> str:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return f"data: {json.dumps(body)}\n\n"
+    def chunk(delta: P.ChatDelta | None, finish=None, **extra) -> str:
+        choices = [P.ChatChunkChoice(delta=delta, finish_reason=finish)] if delta is not None else []
+        return P.ChatCompletionChunk(id=cid, created=created, model=name, choices=choices, **extra).event()
 
     t1 = time.perf_counter()
     try:
-        yield chunk({"role": "assistant", "content": ""}, retrieved=retrieved_docs)
+        yield chunk(P.ChatDelta(role="assistant", content=""), retrieved=retrieved_docs)
         async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result,
                                                                  plan.prepared)):
-            yield chunk({"content": delta})
+            yield chunk(P.ChatDelta(content=delta))
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
-        yield chunk({}, "length" if res.finish_reason == "length" else "stop")
+        yield chunk(P.ChatDelta(), P.finish_reason(res))
         if include_usage:
-            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                    "choices": [], "usage": usage(res)}
-            yield f"data: {json.dumps(body)}\n\n"
+            yield chunk(None, usage=P.usage(res))
         yield "data: [DONE]\n\n"
     except Exception as e:  # noqa: BLE001 - the client learns the stream failed, in-band
         yield _error_event(e)

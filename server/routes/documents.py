@@ -15,7 +15,6 @@ from .. import protocol as P
 from ..deps import Svc
 from ..errors import COMMON, responses
 from ..service import BadRequest, NotFound
-from .wire import slices_out
 
 router = APIRouter(tags=["documents"])
 DocId = Annotated[str, Path(pattern=P.ID_PATTERN)]
@@ -62,7 +61,7 @@ async def upload_documents(
     meta = None
     if metadata is not None:
         try:
-            meta = P._check_json(json.loads(metadata))
+            meta = P.check_json(json.loads(metadata))
         except (json.JSONDecodeError, ValueError) as e:
             raise BadRequest("metadata", f"not valid JSON ({e})") from None
         if not isinstance(meta, dict):
@@ -113,7 +112,7 @@ async def list_documents(service: Svc, offset: Annotated[int, Query(ge=0, le=2**
 async def get_document(doc_id: str, service: Svc,
                        images: Annotated[str, Query(pattern="^(url|base64)$")] = "url") -> P.DocumentOut:
     d = await service.get_document(doc_id)
-    return P.DocumentOut(id=d.id, metadata=d.metadata, slices=slices_out(d, images),
+    return P.DocumentOut(id=d.id, metadata=d.metadata, slices=P.slices_out(d, images),
                          embedding_version=d.embedding_version)
 
 

@@ -12,7 +12,7 @@ from ..deps import Mtr, Svc
 from ..errors import COMMON, responses
 from ..streaming import native_stream as _native_stream
 from ..streaming import sse
-from .wire import citation, parse_samples, retrieved
+from .wire import parse_samples
 
 router = APIRouter(tags=["native"])
 SSE = {200: {"content": {"application/json": {}, "text/event-stream": {}},
@@ -41,7 +41,7 @@ async def retrieve(req: P.RetrieveRequest, service: Svc) -> P.RetrieveResponse:
     hits = await service.retrieve(query, req.k, req.k_prime, req.filters,
                                   with_images=req.images == "base64", mode=req.mode,
                                   lexical_weight=req.lexical_weight)
-    return P.RetrieveResponse(results=[retrieved(h, req.images) for h in hits])
+    return P.RetrieveResponse(results=[P.retrieved(h, req.images) for h in hits])
 
 
 @router.post("/generate", response_model=P.GenerateResponse,
@@ -49,20 +49,11 @@ async def retrieve(req: P.RetrieveRequest, service: Svc) -> P.RetrieveResponse:
 async def generate(req: P.GenerateRequest, service: Svc, metrics: Mtr):
     query = await asyncio.to_thread(service.parse, req.query.raw(), "query")
     max_tokens = service.max_tokens(req.max_tokens)
-    r = req.retrieval
     t0 = time.perf_counter()
-    plan = await service.plan([], query, max_tokens, r.enabled, r.k, r.filters, r.mode, r.lexical_weight)
+    plan = await service.plan([], query, max_tokens, req.retrieval)
     if req.stream:
         return sse(service, lambda: _native_stream(service, plan, max_tokens, req.temperature, t0, metrics))
     t1 = time.perf_counter()
     res = await service.generate(plan, max_tokens, req.temperature)
-    gen_s = time.perf_counter() - t1
-    metrics.tokens(res.completion_tokens, gen_s)
-    return P.GenerateResponse(
-        text=res.text, documents=[P.DocumentScore(**citation(h)) for h in plan.used],
-        dropped_documents=[P.DocumentScore(**citation(h)) for h in plan.dropped],
-        usage=P.Usage(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-                      total_tokens=res.prompt_tokens + res.completion_tokens),
-        timings={"retrieval_ms": plan.retrieval_ms, "generation_ms": gen_s * 1e3,
-                 "total_ms": (time.perf_counter() - t0) * 1e3},
-        finish_reason=res.finish_reason)
+    metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
+    return P.generate_response(plan, res, P.timings(plan, t0, t1))

@@ -20,9 +20,9 @@ from ..deps import Cfg, Mtr, Svc
 from ..errors import COMMON, responses
 from ..service import BadRequest, NotFound, SugarService
 from ..settings import Settings
-from ..streaming import openai_stream, sse, usage
+from ..streaming import openai_stream, sse
 from .native import SSE
-from .wire import citation, encode_vector
+from .wire import encode_vector
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -34,26 +34,25 @@ def log_ignored(route: str, req) -> None:
         logger.info("%s: ignoring fields %s", route, extra)
 
 
-def model_card(settings: Settings, service: SugarService) -> dict:
-    return {"id": settings.served_model_name, "object": "model", "created": 0, "owned_by": "sugar",
-            "max_model_len": service.engine.max_context(),
-            "embedding_version": service.model.embedding_version}
+def model_card(settings: Settings, service: SugarService) -> P.ModelCard:
+    return P.ModelCard(id=settings.served_model_name, max_model_len=service.engine.max_context(),
+                       embedding_version=service.model.embedding_version)
 
 
-@router.get("/models", responses=responses(401))
-async def models(service: Svc, settings: Cfg) -> dict:
-    return {"object": "list", "data": [model_card(settings, service)]}
+@router.get("/models", response_model=P.ModelList, responses=responses(401))
+async def models(service: Svc, settings: Cfg) -> P.ModelList:
+    return P.ModelList(data=[model_card(settings, service)])
 
 
-@router.get("/models/{model_id}", responses=responses(401, 404))
-async def model(model_id: str, service: Svc, settings: Cfg) -> dict:
+@router.get("/models/{model_id}", response_model=P.ModelCard, responses=responses(401, 404))
+async def model(model_id: str, service: Svc, settings: Cfg) -> P.ModelCard:
     if model_id != settings.served_model_name:
         raise NotFound(f"model {model_id!r} is not served here (served: {settings.served_model_name!r})")
     return model_card(settings, service)
 
 
-@router.post("/embeddings", responses=responses(*COMMON, 422, 429))
-async def embeddings(req: P.EmbeddingsRequest, service: Svc, settings: Cfg) -> dict:
+@router.post("/embeddings", response_model=P.EmbeddingsResponse, responses=responses(*COMMON, 422, 429))
+async def embeddings(req: P.EmbeddingsRequest, service: Svc, settings: Cfg) -> P.EmbeddingsResponse:
     log_ignored("/v1/embeddings", req)
     items = [req.input] if isinstance(req.input, str) else list(req.input)
     if not items:
@@ -64,10 +63,10 @@ async def embeddings(req: P.EmbeddingsRequest, service: Svc, settings: Cfg) -> d
     samples = [await asyncio.to_thread(service.parse, r, f"input[{i}]") for i, r in enumerate(raws)]
     embs = await service.embed(samples)
     n_tok = await asyncio.to_thread(service.count_text_tokens, samples)
-    data = [{"object": "embedding", "index": i, "embedding": encode_vector(e.summary, req.encoding_format)}
+    data = [P.EmbeddingData(index=i, embedding=encode_vector(e.summary, req.encoding_format))
             for i, e in enumerate(embs)]
-    return {"object": "list", "data": data, "model": settings.served_model_name,
-            "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}
+    return P.EmbeddingsResponse(data=data, model=settings.served_model_name,
+                                usage=P.EmbeddingsUsage(prompt_tokens=n_tok, total_tokens=n_tok))
 
 
 async def chat_inputs(service: SugarService, req: P.ChatCompletionRequest):
@@ -97,16 +96,16 @@ async def chat_inputs(service: SugarService, req: P.ChatCompletionRequest):
     return history, converted[last_user][1]
 
 
-@router.post("/chat/completions", responses={**SSE, **responses(*COMMON, 422, 429, 503)})
+@router.post("/chat/completions", response_model=P.ChatCompletion,
+             responses={**SSE, **responses(*COMMON, 422, 429, 503)})
 async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metrics: Mtr):
     log_ignored("/v1/chat/completions", req)
     history, query = await chat_inputs(service, req)
     max_tokens = service.max_tokens(req.max_completion_tokens or req.max_tokens)
-    r = req.retrieval or P.RetrievalOptions()
-    plan = await service.plan(history, query, max_tokens, r.enabled, r.k, r.filters, r.mode, r.lexical_weight)
+    plan = await service.plan(history, query, max_tokens, req.retrieval)
     temperature = 0.0 if req.temperature is None else req.temperature
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    retrieved_docs = [citation(h) for h in plan.used]
+    retrieved_docs = [P.citation(h) for h in plan.used]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse(service, lambda: openai_stream(service, plan, max_tokens, temperature, cid, created,
@@ -114,7 +113,7 @@ async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metric
     t1 = time.perf_counter()
     res = await service.generate(plan, max_tokens, temperature)
     metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
-    return {"id": cid, "object": "chat.completion", "created": created, "model": settings.served_model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
-                         "finish_reason": "length" if res.finish_reason == "length" else "stop"}],
-            "usage": usage(res), "retrieved": retrieved_docs}
+    return P.ChatCompletion(id=cid, created=created, model=settings.served_model_name,
+                            choices=[P.ChatChoice(message=P.ChatResponseMessage(content=res.text),
+                                                  finish_reason=P.finish_reason(res))],
+                            usage=P.usage(res), retrieved=retrieved_docs)

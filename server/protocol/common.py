@@ -1,0 +1,221 @@
+"""Wire types every endpoint family shares: validators, samples and slices, retrieval options,
+usage, errors, health.
+
+Native routes reject unknown fields (`Strict`, `extra="forbid"`: 422 naming them); the OpenAI
+routes accept and log them (`openai.Loose`). The sample schema is the training JSONL's:
+`{"id"?, "slices": [...], "metadata"?}` with slices `{"type": "text", "text"}` or
+`{"type": "image", "base64"|"url"|"path"}`.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    WithJsonSchema,
+    model_validator,
+)
+
+from model.sample import BLANK
+
+if TYPE_CHECKING:
+    from index.store import StoredDocument
+
+# Document ids: what a URL path segment carries unescaped and a file name can hold;
+# no "/", no leading "." (no "..", no hidden names). Enforced where ids are created.
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,255}$"
+# filter integers: inside SQLite's int64, with a bound that reads the same as a double (so
+# /openapi.json means the same to clients that parse JSON numbers as floats)
+INT64 = (-9 * 10**18, 9 * 10**18)
+# below this a temperature is greedy decoding (vLLM's sampling epsilon): logits / 1e-100
+# overflow to inf/nan, and no sampler tells such temperatures apart from 0
+TEMPERATURE_FLOOR = 1e-5
+
+
+def _check_text(value: str) -> str:
+    """Text must be encodable as UTF-8: JSON allows lone surrogates (\\ud800), tokenizers do not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text holds an unpaired surrogate at character {e.start} "
+                         "(not valid Unicode; send UTF-8 text)") from None
+    return value
+
+
+def check_json(value: Any) -> Any:
+    """Metadata: UTF-8 strings, keys included (stored and returned as JSON)."""
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k)
+            check_json(v)
+    elif isinstance(value, list):
+        for v in value:
+            check_json(v)
+    return value
+
+
+def _check_filters(value: dict[str, Any]) -> dict[str, Any]:
+    """Filters: as metadata, and scalar integers within SQLite's int64 (they are compared
+    in SQL; nested values are compared in Python)."""
+    check_json(value)
+    for k, v in value.items():
+        if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
+            raise ValueError(f"integer {v} of filter {k!r} is out of the int64 range")
+        if isinstance(v, dict) and any(isinstance(op, str) and op.startswith("$") for op in v):
+            if set(v) != {"$prefix"} or not isinstance(v["$prefix"], str):
+                raise ValueError(f"filter {k!r}: the only operator is {{\"$prefix\": string}} "
+                                 f"(got {sorted(v)})")
+    return value
+
+
+def _no_bools_for_ints(cls, data: Any) -> Any:
+    """JSON true is not the integer 1 (pydantic's lax mode would take it as one)."""
+    if isinstance(data, dict):
+        for name, f in cls.model_fields.items():
+            if f.annotation in (int, int | None) and isinstance(data.get(name), bool):
+                raise ValueError(f"{name}: expected an integer, got a boolean")
+    return data
+
+
+Text = Annotated[str, AfterValidator(_check_text)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(check_json)]
+# an object value is either plain metadata (no key starts with "$") or the one operator
+# {"$prefix": string}: the schema says what `_check_filters` enforces (schemathesis found a
+# schema-valid {"$x": ...} object refused with 422 when the schema allowed any object)
+Filters = Annotated[dict[str, Any], AfterValidator(_check_filters), WithJsonSchema({
+    "type": "object", "additionalProperties": {"anyOf": [
+        {"type": "integer", "minimum": INT64[0], "maximum": INT64[1]},
+        {"type": ["string", "boolean", "null", "array"]}, {"type": "number", "not": {"type": "integer"}},
+        {"type": "object", "propertyNames": {"not": {"pattern": "^[$]"}}},
+        {"type": "object", "properties": {"$prefix": {"type": "string"}}, "required": ["$prefix"],
+         "additionalProperties": False}]}})]
+
+
+def _temperature_floor(value: float | None) -> float | None:
+    return 0.0 if value is not None and value < TEMPERATURE_FLOOR else value
+
+
+# strict: a number (an integer is one), never a boolean that lax parsing would turn into 1.0 —
+# also on the OpenAI routes, which otherwise accept what they can
+Temperature = Annotated[StrictFloat, Field(ge=0.0, le=2.0), AfterValidator(_temperature_floor)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    _ints = model_validator(mode="before")(classmethod(_no_bools_for_ints))
+
+
+# non-empty after stripping ASCII whitespace, no NUL (what model.sample enforces); the
+# character class is spelled out so every regex dialect reads the schema the same way
+NON_BLANK = r"^[^\x00]*[^ \t\n\r\f\v\x00][^\x00]*$"
+
+
+def _check_non_blank(value: str) -> str:
+    _check_text(value)
+    if "\x00" in value:
+        raise ValueError("text contains a NUL character")
+    if not value.strip(BLANK):
+        raise ValueError("text is empty")
+    return value
+
+
+# validated in Python (clear messages, no union noise); declared to clients as a pattern
+NonBlankText = Annotated[str, AfterValidator(_check_non_blank),
+                         WithJsonSchema({"type": "string", "minLength": 1, "pattern": NON_BLANK})]
+
+
+ASCII = r"^[\x21-\x7e]+$"  # base64, data URLs and URLs: printable ASCII, no spaces
+
+
+class TextSlice(Strict):
+    type: Literal["text"]
+    text: NonBlankText
+
+
+class ImageSlice(Strict):
+    """Exactly one source: inline `base64` (or a data URL), or, where the operator
+    allows them, a `url` or a server-side `path`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema: schema.update({
+        "oneOf": [{"required": ["base64"]}, {"required": ["url"]}, {"required": ["path"]}],
+        "properties": {"type": schema["properties"]["type"],
+                       **{k: {"type": "string", "minLength": 1, "pattern": ASCII} for k in ("base64", "url")},
+                       "path": {"type": "string", "minLength": 1}}}))
+    type: Literal["image"]
+    base64: str | None = Field(default=None, min_length=1, pattern=ASCII)
+    url: str | None = Field(default=None, min_length=1, pattern=ASCII)
+    path: Text | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageSlice:
+        if sum(v is not None for v in (self.base64, self.url, self.path)) != 1:
+            raise ValueError("an image slice needs exactly one of 'base64', 'path', 'url'")
+        return self
+
+
+SliceIn = Annotated[TextSlice | ImageSlice, Field(discriminator="type")]
+
+
+class SampleIn(Strict):
+    id: str | None = Field(default=None, pattern=ID_PATTERN)
+    slices: list[SliceIn] = Field(min_length=1)
+    metadata: JsonObject | None = None
+
+    def raw(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+SearchMode = Literal["dense", "hybrid", "lexical"]
+LexicalWeight = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]  # a number, never a boolean
+
+
+class RetrievalOptions(Strict):
+    enabled: StrictBool = True
+    k: int | None = Field(default=None, ge=0)
+    filters: Filters | None = None
+    mode: SearchMode | None = None  # default: the server's retrieval_mode
+    lexical_weight: LexicalWeight | None = None  # hybrid: BM25's share
+
+
+class SliceOut(BaseModel):
+    type: Literal["text", "image"]
+    text: str | None = None
+    url: str | None = None
+    base64: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ErrorBody(BaseModel):
+    error: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, Any] = Field(default_factory=dict)
+
+
+def slices_out(d: StoredDocument, images: str) -> list[SliceOut]:
+    """A stored document's slices on the wire: images as URLs of this server or inline base64."""
+    out = []
+    for k, s in enumerate(d.slices):
+        if s["type"] == "text":
+            out.append(SliceOut(type="text", text=s["text"]))
+        elif images == "base64":
+            out.append(SliceOut(type="image", base64=base64.b64encode(d.images[s["hash"]]).decode()))
+        else:
+            out.append(SliceOut(type="image", url=f"/documents/{d.id}/images/{k}"))
+    return out

@@ -1,0 +1,161 @@
+"""OpenAI-compatible routes: /v1/models, /v1/embeddings, /v1/chat/completions — requests,
+typed responses and stream chunks, with their builders."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from .common import NonBlankText, RetrievalOptions, SampleIn, Temperature, Usage, _no_bools_for_ints
+from .native import DocumentScore
+
+if TYPE_CHECKING:
+    from ..engine import GenerationResult
+
+
+class Loose(BaseModel):
+    """OpenAI routes accept (and log) fields we do not use, as vLLM does."""
+
+    model_config = ConfigDict(extra="allow")
+    _ints = model_validator(mode="before")(classmethod(_no_bools_for_ints))
+
+
+class ChatImageURL(Loose):
+    url: str
+
+
+class ChatTextPart(Loose):
+    type: Literal["text"]
+    text: NonBlankText
+
+
+class ChatImagePart(Loose):
+    type: Literal["image_url"]
+    image_url: ChatImageURL
+
+
+ChatContentPart = Annotated[ChatTextPart | ChatImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(Loose):
+    # "developer" is OpenAI's newer name for "system" and is treated as one
+    role: Literal["system", "developer", "user", "assistant"]
+    content: NonBlankText | Annotated[list[ChatContentPart], Field(min_length=1)]
+
+
+class StreamOptions(Loose):
+    include_usage: StrictBool = False
+
+
+class ChatCompletionRequest(Loose):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, json_schema_extra={
+        "contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]}})
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: Temperature | None = None
+    n: int = Field(default=1, ge=1, le=1, description="one choice per request (n > 1 is not offered)")
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    retrieval: RetrievalOptions | None = None
+
+
+class EmbeddingsRequest(Loose):
+    model: str | None = None
+    input: NonBlankText | Annotated[list[NonBlankText], Field(min_length=1)] | Annotated[
+        list[SampleIn], Field(min_length=1)]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "sugar"
+    max_model_len: int
+    embedding_version: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # "base64": little-endian float32
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingsUsage
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatResponseMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    retrieved: list[DocumentScore] = Field(description="the documents the answer was given")
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed chat completion. The first carries `retrieved`; with
+    `stream_options.include_usage` a last one carries `usage` and no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    retrieved: list[DocumentScore] | None = None
+    usage: Usage | None = None
+
+    def event(self) -> str:
+        """The server-sent event: None fields of the delta and absent extras left out, as
+        OpenAI's stream does (a choice's `finish_reason` stays, null until the last)."""
+        body = self.model_dump(exclude={"retrieved"} if self.retrieved is None else set())
+        if self.usage is None:
+            body.pop("usage")
+        for c in body["choices"]:
+            c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
+        import json
+
+        return f"data: {json.dumps(body)}\n\n"
+
+
+def finish_reason(res: GenerationResult) -> Literal["stop", "length"]:
+    return "length" if res.finish_reason == "length" else "stop"
