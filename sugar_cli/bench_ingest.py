@@ -78,8 +78,7 @@ def markdown_files(root: Path, n: int) -> None:
 def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: int = 256,
         batch_size: int = 32, sync_pages: int | None = None, sync_files: int | None = None) -> dict:
     from index.embedding import embed_samples, open_for_model
-    from index.ingest import IngestConfig, Ingestor, walk
-    from index.ingest.pipeline import embed_in_batches
+    from index.ingest import IngestConfig, Ingestor
     from model.sugar import SugarModel
 
     model = SugarModel.from_pretrained(checkpoint)
@@ -98,34 +97,79 @@ def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: in
         ing = Ingestor(idx, embed, model.embedding_version, IngestConfig.for_model(model, batch_size=batch_size))
         print(f"{'corpus':10s} {'chunks':>7s} {'read+chunk s':>13s} {'embed s (est.)':>15s} {'embed/read':>11s}")
         for name in ("pdf", "md"):
-            sources, _ = walk([root / name])
-            t = time.perf_counter()
-            chunks = [s for f in sources for s in ing.chunks(f, "bench")[1]]
-            read_s = time.perf_counter() - t
-            step = max(1, len(chunks) // max(1, embed_sample))
-            sample = chunks[::step][:embed_sample]
-            t = time.perf_counter()
-            embed_in_batches(sample, embed, batch_size)
-            per_chunk = (time.perf_counter() - t) / len(sample)
-            embed_s = per_chunk * len(chunks)
-            records[name] = {"chunks": len(chunks), "read_chunk_s": read_s, "embed_s": embed_s,
-                             "embedded_for_rate": len(sample), "ratio_embed_over_read": embed_s / read_s}
-            print(f"{name:10s} {len(chunks):7d} {read_s:13.2f} {embed_s:15.2f} {embed_s / read_s:10.1f}x")
+            records[name] = _read_against_embed(ing, root / name, embed_sample, batch_size)
         # the sync runs embed everything: on a corpus of their own size (default: the same)
         sync = root / "sync"
         (sync / "md").mkdir(parents=True)
         (sync / "manual.pdf").write_bytes(text_pdf(pages if sync_pages is None else sync_pages))
         markdown_files(sync / "md", files if sync_files is None else sync_files)
-        t = time.perf_counter()
-        first = ing.sync_paths([sync])
-        first_s = time.perf_counter() - t
-        t = time.perf_counter()
-        again = ing.sync_paths([sync])
-        again_s = time.perf_counter() - t
+        records["sync"] = _sync_against_rerun(ing, sync)
         idx.close()
-        records["sync"] = {"first_s": first_s, "rerun_s": again_s, "ratio": first_s / again_s,
-                           "first": first.to_dict(), "rerun": again.to_dict()}
-        print(f"first sync   {first_s:8.2f} s   {first.text().splitlines()[0]}")
-        print(f"re-run       {again_s:8.2f} s   {again.text().splitlines()[0]}")
-        print(f"first / re-run: {first_s / again_s:.0f}x")
     return records
+
+
+def _read_against_embed(ing, folder: Path, embed_sample: int, batch_size: int) -> dict:
+    from index.ingest import walk
+    from index.ingest.pipeline import embed_in_batches
+
+    sources, _ = walk([folder])
+    t = time.perf_counter()
+    chunks = [s for f in sources for s in ing.chunks(f, "bench")[1]]
+    read_s = time.perf_counter() - t
+    step = max(1, len(chunks) // max(1, embed_sample))
+    sample = chunks[::step][:embed_sample]
+    t = time.perf_counter()
+    embed_in_batches(sample, ing.embed, batch_size)
+    embed_s = (time.perf_counter() - t) / len(sample) * len(chunks)
+    print(f"{folder.name:10s} {len(chunks):7d} {read_s:13.2f} {embed_s:15.2f} {embed_s / read_s:10.1f}x")
+    return {"chunks": len(chunks), "read_chunk_s": read_s, "embed_s": embed_s, "embedded_for_rate": len(sample),
+            "ratio_embed_over_read": embed_s / read_s}
+
+
+def _sync_against_rerun(ing, folder: Path) -> dict:
+    t = time.perf_counter()
+    first = ing.sync_paths([folder])
+    first_s = time.perf_counter() - t
+    t = time.perf_counter()
+    again = ing.sync_paths([folder])
+    again_s = time.perf_counter() - t
+    print(f"first sync   {first_s:8.2f} s   {first.text().splitlines()[0]}")
+    print(f"re-run       {again_s:8.2f} s   {again.text().splitlines()[0]}")
+    print(f"first / re-run: {first_s / again_s:.0f}x")
+    return {"first_s": first_s, "rerun_s": again_s, "ratio": first_s / again_s,
+            "first": first.to_dict(), "rerun": again.to_dict()}
+
+
+# what the old/new table compares (seconds: lower is better)
+COMPARED = (("pdf read+chunk s", ("pdf", "read_chunk_s")), ("md read+chunk s", ("md", "read_chunk_s")),
+            ("pdf embed s", ("pdf", "embed_s")), ("md embed s", ("md", "embed_s")),
+            ("first sync s", ("sync", "first_s")), ("unchanged re-run s", ("sync", "rerun_s")))
+
+
+def run_against(baseline: str, rounds: int, cli_args: list[str]) -> dict:
+    """This bench at `baseline` (a worktree) and here, each in a process of its own, alternating
+    for `rounds` rounds; prints the best of each side and new/old."""
+    import json
+    import subprocess
+    import sys
+
+    from .baseline import REPO, env_for, worktree
+
+    runs: dict[str, list[dict]] = {f"old {baseline}": [], "new": []}
+    with worktree(baseline) as old, tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for (name, acc), root in zip(runs.items(), (old, REPO), strict=True):
+                out = Path(tmp) / f"{r}-{len(acc)}-{name.split()[0]}.json"
+                proc = subprocess.run([sys.executable, "-m", "sugar_cli", "bench", "ingest", *cli_args,
+                                       "--json", str(out)], cwd=root, env=env_for(root), capture_output=True,
+                                      text=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"bench ingest: the side at {root} failed:\n{proc.stderr[-3000:]}")
+                acc.append(json.loads(out.read_text()))
+                print(f"round {r + 1} {name}: done", flush=True)
+    best = {n: {label: min(rec[a][b] for rec in recs) for label, (a, b) in COMPARED} for n, recs in runs.items()}
+    old_best, new_best = best.values()
+    print(f"\n| best of {rounds} rounds | {' | '.join(runs)} | new/old |\n|---|---|---|---|")
+    for label, _ in COMPARED:
+        print(f"| {label} | {old_best[label]:.2f} | {new_best[label]:.2f} | {new_best[label] / old_best[label]:.2f} |")
+    return {"runs": runs, "best": best}

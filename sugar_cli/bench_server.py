@@ -17,9 +17,13 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .baseline import env_for, worktree
 
 QUERIES = ["a large red circle on the left", "What colour is the banner of House Vyd?",
            "three small blue squares", "a striped green triangle above a yellow star"]
@@ -168,12 +172,14 @@ def _cost_per_request(url: str, pid: int | None, headers: dict) -> list[dict]:
     return rows
 
 
-def _start_server(checkpoint: Path, index: Path, port: int, extra: list[str]) -> subprocess.Popen:
+def _start_server(checkpoint: Path, index: Path, port: int, extra: list[str],
+                  root: Path | None = None) -> subprocess.Popen:
+    """`sugar serve` in a process of its own; `root`: the code of another revision (a worktree)."""
     cmd = [sys.executable, "-m", "sugar_cli", "serve", "--checkpoint", str(checkpoint), "--index", str(index),
            "--port", str(port), *extra]
-    env = {**os.environ, "SUGAR_THREADS": os.environ.get("SUGAR_THREADS", "2")}
+    env = {**(env_for(root) if root else os.environ), "SUGAR_THREADS": os.environ.get("SUGAR_THREADS", "2")}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+                            start_new_session=True, cwd=root)
     import httpx
 
     deadline = time.time() + 180
@@ -239,70 +245,127 @@ def _print(rows: list[dict], title: str) -> None:
               f"{r['p99_ms']:8.1f} | {r['requests']:>6} {r['errors']:>6}")
 
 
+@dataclass
+class Variant:
+    name: str
+    flags: list[str]
+    root: Path | None = None  # another revision's code (--baseline)
+    endpoints: list[str] | None = None  # None: all that were asked for
+    extras: bool = False  # health, costs and soak run on it
+    proc: subprocess.Popen | None = None
+    url: str | None = None
+
+
+def _variants(extra: list[str], engines: list[str], compare_batching: bool, baseline: str | None) -> list[Variant]:
+    if baseline:  # the same server, old code beside new
+        flags = [*extra, "--engine", engines[0]] if engines else extra
+        return [Variant(f"old {baseline}", flags, extras=True), Variant("new", flags, extras=True)]
+    if len(engines) > 1:  # engines side by side on the same checkpoint and prompts
+        return [Variant(f"engine-{e}", [*extra, "--engine", e], extras=i == 0) for i, e in enumerate(engines)]
+    flags = [*extra, "--engine", engines[0]] if engines else extra
+    out = [Variant("batching", flags, extras=True)]
+    if compare_batching:
+        out.append(Variant("no-batching", [*flags, "--no-batching"], endpoints=["embed"]))
+    return out
+
+
 def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], concurrency: list[int],
         seconds: float, max_requests: int, soak: float, api_key: str | None, engines: list[str] | None,
-        vllm_url: str | None, compare_batching: bool, health: float = 0.0, costs: bool = False) -> dict:
+        vllm_url: str | None, compare_batching: bool, health: float = 0.0, costs: bool = False,
+        baseline: str | None = None) -> dict:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    extra = (["--api-key", api_key] if api_key else []) + (["--vllm-url", vllm_url] if vllm_url else [])
+    variants = _variants(extra, engines or [], compare_batching and not baseline and len(engines or []) < 2, baseline)
     out: dict = {"runs": {}}
-    extra = []
-    if api_key:
-        extra += ["--api-key", api_key]
-    if vllm_url:
-        extra += ["--vllm-url", vllm_url]
-    engines = engines or []
-    if len(engines) > 1:  # engines side by side on the same checkpoint and prompts
-        variants = [(f"engine-{e}", [*extra, "--engine", e]) for e in engines]
-        compare_batching = False
-    else:
-        extra += ["--engine", engines[0]] if engines else []
-        variants = [("batching", extra)] + ([("no-batching", [*extra, "--no-batching"])] if compare_batching else [])
-    for name, flags in variants:
-        proc = None
-        target = url
-        if target is None or name != "batching":
-            port = _free_port()
-            proc = _start_server(checkpoint, index, port, flags)
-            target = f"http://127.0.0.1:{port}"
-        try:
-            eps = ["embed"] if name == "no-batching" else endpoints
-            rows = [asyncio.run(_load(target, ep, c, seconds, max_requests, headers))
-                    for ep in eps for c in concurrency]
-            _print(rows, f"server ({name}) at {target}")
-            out["runs"][name] = rows
-            if health and name in ("batching", variants[0][0]):
-                h = asyncio.run(_health_under_load(target, 32, health, headers))
-                out["health_under_load"] = h
-                print(f"/health while 32 clients embed and retrieve for {health:.0f} s: p50 "
-                      f"{h['health_p50_ms']:.1f} ms, p99 {h['health_p99_ms']:.1f} ms, max {h['health_max_ms']:.1f} ms "
-                      f"({h['health_probes']} probes; {h['embed_ok']} embeds, {h['retrieve_ok']} retrievals, "
-                      f"{h['errors']} errors)")
-            if costs and name in ("batching", variants[0][0]):
-                rows = _cost_per_request(target, proc.pid if proc else None, headers)
-                out["cost_per_request"] = rows
-                print(f"{'request':>24} | {'status':>6} {'seconds':>8} {'RSS rise MB':>11} | message")
-                for c in rows:
-                    print(f"{c['request']:>24} | {c['status']:>6} {c['seconds']:8.2f} {c['rss_rise_mb']:11.1f} | "
-                          f"{c['message']}")
-            if soak and name in ("batching", variants[0][0]):
-                rss0 = _rss(proc.pid) if proc else float("nan")
-                r = asyncio.run(_load(target, "embed", 64, soak, 10**9, headers))
-                rss1 = _rss(proc.pid) if proc else float("nan")
-                out["soak"] = {**r, "seconds": soak, "rss_start_mb": rss0, "rss_end_mb": rss1}
-                print(f"soak: /embed at concurrency 64 for {soak:.0f} s: {r['requests']} ok, {r['errors']} errors, "
-                      f"{r['rps']:.1f} req/s; server RSS {rss0:.0f} -> {rss1:.0f} MB "
-                      f"({(rss1 / rss0 - 1) * 100:+.1f} %)")
-        finally:
-            if proc:
-                _stop(proc)
-    if compare_batching and 32 in concurrency:
-        gain = _model_gain(checkpoint)
-        b = next(r for r in out["runs"]["batching"] if r["endpoint"] == "embed" and r["concurrency"] == 32)
-        nb = next(r for r in out["runs"]["no-batching"] if r["concurrency"] == 32)
-        ratio = b["rps"] / nb["rps"]
-        out["batching_gain"] = {"server_c32_batching_vs_not": ratio, "model": gain,
-                                "fraction_of_model_gain": ratio / gain["gain"]}
-        print(f"micro-batching at concurrency 32: {ratio:.2f}x the --no-batching server; the model's own "
-              f"batch-32/batch-1 gain: {gain['gain']:.2f}x ({gain['batch1_per_s']:.0f} -> "
-              f"{gain['batch32_per_s']:.0f} samples/s); fraction of the model gain reached: "
-              f"{out['batching_gain']['fraction_of_model_gain']:.2f}")
+    with ExitStack() as stack:
+        if baseline:
+            variants[0].root = stack.enter_context(worktree(baseline))
+        for v in variants:
+            # one server at a time; with a baseline both stay up and the cells alternate
+            scope = stack if baseline else ExitStack()
+            if url is not None and v.name == "batching":
+                v.url = url
+            else:
+                port = _free_port()
+                v.proc = _start_server(checkpoint, index, port, v.flags, v.root)
+                scope.callback(_stop, v.proc)
+                v.url = f"http://127.0.0.1:{port}"
+            if not baseline:
+                with scope:
+                    _measure([v], endpoints, concurrency, seconds, max_requests, headers, out)
+                    _extras(v, health, costs, soak, headers, out)
+        if baseline:
+            _measure(variants, endpoints, concurrency, seconds, max_requests, headers, out)
+            for v in variants:
+                _extras(v, health, costs, soak, headers, out)
+            _print_ratios(out, variants)
+    if "no-batching" in out["runs"] and 32 in concurrency:
+        _batching_gain(checkpoint, out)
     return out
+
+
+def _measure(variants: list[Variant], endpoints: list[str], concurrency: list[int], seconds: float,
+             max_requests: int, headers: dict, out: dict) -> None:
+    """Each (endpoint, concurrency) cell on each variant in turn (alternating when several are up)."""
+    cells = [(ep, c) for ep in endpoints for c in concurrency]
+    for ep, c in cells:
+        for v in variants:
+            if v.endpoints is None or ep in v.endpoints:
+                out["runs"].setdefault(v.name, []).append(
+                    asyncio.run(_load(v.url, ep, c, seconds, max_requests, headers)))  # type: ignore[arg-type]
+    for v in variants:
+        _print(out["runs"].get(v.name, []), f"server ({v.name}) at {v.url}")
+
+
+def _extras(v: Variant, health: float, costs: bool, soak: float, headers: dict, out: dict) -> None:
+    if not v.extras:
+        return
+    key = "" if v.name in ("batching",) or v.name.startswith("engine-") else f" ({v.name})"
+    if health:
+        h = asyncio.run(_health_under_load(v.url, 32, health, headers))  # type: ignore[arg-type]
+        out["health_under_load" + key] = h
+        print(f"{v.name}: /health while 32 clients embed and retrieve for {health:.0f} s: p50 "
+              f"{h['health_p50_ms']:.1f} ms, p99 {h['health_p99_ms']:.1f} ms, max {h['health_max_ms']:.1f} ms "
+              f"({h['health_probes']} probes; {h['embed_ok']} embeds, {h['retrieve_ok']} retrievals, "
+              f"{h['errors']} errors)")
+    if costs:
+        rows = _cost_per_request(v.url, v.proc.pid if v.proc else None, headers)  # type: ignore[arg-type]
+        out["cost_per_request" + key] = rows
+        print(f"{'request':>24} | {'status':>6} {'seconds':>8} {'RSS rise MB':>11} | message")
+        for c in rows:
+            print(f"{c['request']:>24} | {c['status']:>6} {c['seconds']:8.2f} {c['rss_rise_mb']:11.1f} | "
+                  f"{c['message']}")
+    if soak:
+        rss0 = _rss(v.proc.pid) if v.proc else float("nan")
+        r = asyncio.run(_load(v.url, "embed", 64, soak, 10**9, headers))  # type: ignore[arg-type]
+        rss1 = _rss(v.proc.pid) if v.proc else float("nan")
+        out["soak" + key] = {**r, "seconds": soak, "rss_start_mb": rss0, "rss_end_mb": rss1}
+        print(f"soak: /embed at concurrency 64 for {soak:.0f} s: {r['requests']} ok, {r['errors']} errors, "
+              f"{r['rps']:.1f} req/s; server RSS {rss0:.0f} -> {rss1:.0f} MB "
+              f"({(rss1 / rss0 - 1) * 100:+.1f} %)")
+
+
+def _print_ratios(out: dict, variants: list[Variant]) -> None:
+    """new / old per cell: throughput and p50 latency."""
+    old, new = (out["runs"][v.name] for v in variants)
+    print(f"\n{'endpoint':>9} {'conc':>5} | {'req/s new/old':>13} {'p50 new/old':>12}")
+    ratios = []
+    for a, b in zip(old, new, strict=True):
+        row = {"endpoint": a["endpoint"], "concurrency": a["concurrency"], "rps_ratio": b["rps"] / a["rps"],
+               "p50_ratio": b["p50_ms"] / a["p50_ms"]}
+        ratios.append(row)
+        print(f"{row['endpoint']:>9} {row['concurrency']:>5} | {row['rps_ratio']:13.2f} {row['p50_ratio']:12.2f}")
+    out["new_over_old"] = ratios
+
+
+def _batching_gain(checkpoint: Path, out: dict) -> None:
+    gain = _model_gain(checkpoint)
+    b = next(r for r in out["runs"]["batching"] if r["endpoint"] == "embed" and r["concurrency"] == 32)
+    nb = next(r for r in out["runs"]["no-batching"] if r["concurrency"] == 32)
+    ratio = b["rps"] / nb["rps"]
+    out["batching_gain"] = {"server_c32_batching_vs_not": ratio, "model": gain,
+                            "fraction_of_model_gain": ratio / gain["gain"]}
+    print(f"micro-batching at concurrency 32: {ratio:.2f}x the --no-batching server; the model's own "
+          f"batch-32/batch-1 gain: {gain['gain']:.2f}x ({gain['batch1_per_s']:.0f} -> "
+          f"{gain['batch32_per_s']:.0f} samples/s); fraction of the model gain reached: "
+          f"{out['batching_gain']['fraction_of_model_gain']:.2f}")

@@ -15,11 +15,13 @@ timer reports only its total. `--set` overrides apply to the new side only
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
+
+from .baseline import REPO, env_for, worktree
 
 DRIVER = r"""
 import json, sys, time, logging
@@ -58,8 +60,7 @@ def _side(root: Path, preset: str, overrides: list[str], threads: int, warmup: i
     with tempfile.TemporaryDirectory() as out:
         args = {"preset": preset, "set": overrides, "threads": threads, "warmup": warmup, "steps": steps,
                 "start": start, "out": out, "cache": str(cache)}
-        env = {**os.environ, "PYTHONPATH": str(root)}
-        proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args)], cwd=root, env=env,
+        proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args)], cwd=root, env=env_for(root),
                               capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
@@ -69,26 +70,18 @@ def _side(root: Path, preset: str, overrides: list[str], threads: int, warmup: i
 
 def run(preset: str, overrides: list[str], baseline: str | None, threads: int, warmup: int, steps: int,
         start: int, rounds: int, cache: Path) -> list[dict]:
-    repo = Path(__file__).resolve().parents[1]
-    records: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        sides = [("new", repo, overrides)]
+    with ExitStack() as stack:
+        sides = [("new", REPO, overrides)]
         if baseline:
-            old = Path(tmp) / "old"
-            subprocess.run(["git", "worktree", "add", "-q", "--detach", str(old), baseline], cwd=repo,
-                           check=True)
-            sides.insert(0, (f"old {baseline}", old, []))
-        try:
-            for r in range(rounds):
-                for name, root, sets in sides:
-                    rec = _side(root, preset, sets, threads, warmup, steps, start, cache)
-                    rec.update(side=name, round=r + 1)
-                    records.append(rec)
-                    print(f"round {r + 1} {name:>14}: {rec['s_per_step']:.3f} s/step "
-                          f"({1 / rec['s_per_step']:.2f} steps/s)", flush=True)
-        finally:
-            if baseline:
-                subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=repo, check=False)
+            sides.insert(0, (f"old {baseline}", stack.enter_context(worktree(baseline)), []))
+        records: list[dict] = []
+        for r in range(rounds):
+            for name, root, sets in sides:
+                rec = _side(root, preset, sets, threads, warmup, steps, start, cache)
+                rec.update(side=name, round=r + 1)
+                records.append(rec)
+                print(f"round {r + 1} {name:>14}: {rec['s_per_step']:.3f} s/step "
+                      f"({1 / rec['s_per_step']:.2f} steps/s)", flush=True)
     print_table(records)
     return records
 

@@ -14,7 +14,12 @@ SEARCH_MODES = ("hybrid", "dense", "lexical")
 def add_parser(sub) -> None:
     p = sub.add_parser("index", help="build, search and maintain a document index")
     isub = p.add_subparsers(dest="index_cmd", required=True)
+    _add_sync(isub)
+    _add_search(isub)
+    _add_maintenance(isub)
 
+
+def _add_sync(isub) -> None:
     for name, what in (("add", "read, chunk, embed and sync files and folders (Markdown, HTML, PDF, "
                                 "images, text, JSONL)"),
                        ("import", "add an exported JSONL (same as add)")):
@@ -40,6 +45,8 @@ def add_parser(sub) -> None:
                        help="vector index type when the index is created")
         a.set_defaults(func=cmd_add)
 
+
+def _add_search(isub) -> None:
     s = isub.add_parser("search", help="two-stage search (ANN on g, GA-kernel rerank), fused with BM25 by default")
     s.add_argument("--index", type=Path, required=True)
     s.add_argument("--checkpoint", type=Path, required=True)
@@ -56,6 +63,8 @@ def add_parser(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_search)
 
+
+def _add_maintenance(isub) -> None:
     st = isub.add_parser("stats", help="count, dim, type, size on disk")
     st.add_argument("--index", type=Path, required=True)
     st.add_argument("--json", action="store_true")

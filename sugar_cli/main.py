@@ -51,6 +51,12 @@ def _add_bench(sub) -> None:
     ix.add_argument("--queries", type=int, default=200)
     ix.add_argument("--json", type=Path)
     ix.set_defaults(func=cmd_bench_index)
+    _add_bench_ingest(bsub)
+    _add_bench_server(bsub)
+    _add_bench_train(bsub)
+
+
+def _add_bench_ingest(bsub) -> None:
     ig = bsub.add_parser("ingest", help="reading + chunking vs embedding; unchanged re-run vs first run")
     ig.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
     ig.add_argument("--pages", type=int, default=1000, help="pages of the text PDF")
@@ -59,8 +65,14 @@ def _add_bench(sub) -> None:
                     help="chunks embedded to measure the embedding rate (evenly spaced)")
     ig.add_argument("--sync-pages", type=int, help="PDF pages of the sync corpus (default: --pages)")
     ig.add_argument("--sync-files", type=int, help="Markdown files of the sync corpus (default: --files)")
+    ig.add_argument("--baseline", metavar="REV",
+                    help="a git revision run beside this checkout (alternating rounds), with the ratios")
+    ig.add_argument("--rounds", type=int, default=2, help="with --baseline: alternating rounds (default 2)")
     ig.add_argument("--json", type=Path)
     ig.set_defaults(func=cmd_bench_ingest)
+
+
+def _add_bench_server(bsub) -> None:
     sv = bsub.add_parser("server", help="load generator on loopback: /embed /retrieve /generate")
     sv.add_argument("--url", help="an already running server (default: start our own)")
     sv.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
@@ -80,8 +92,13 @@ def _add_bench(sub) -> None:
                     help="seconds of /health probing while 32 clients embed and retrieve (p50/p99/max)")
     sv.add_argument("--costs", action="store_true",
                     help="requests at the limits, one at a time: status, seconds, server RSS rise")
+    sv.add_argument("--baseline", metavar="REV", help="a server of this git revision beside this checkout's "
+                    "(both up, the cells alternate), with the new/old ratios")
     sv.add_argument("--json", type=Path)
     sv.set_defaults(func=cmd_bench_server)
+
+
+def _add_bench_train(bsub) -> None:
     tr = bsub.add_parser("train", help="training steps/s of a recipe, per phase; old revision beside new")
     tr.add_argument("--preset", default="shipped", help="the training preset (default: shipped)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -331,10 +348,17 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from model.sugar import DEFAULT_CHECKPOINT
 
-    from .bench_ingest import run
+    from .bench_ingest import run, run_against
 
-    records = run(args.checkpoint or DEFAULT_CHECKPOINT, args.pages, args.files, args.embed_sample,
-                  sync_pages=args.sync_pages, sync_files=args.sync_files)
+    if args.baseline:
+        passed = ["--checkpoint", str((args.checkpoint or DEFAULT_CHECKPOINT).resolve()), "--pages", str(args.pages),
+                  "--files", str(args.files), "--embed-sample", str(args.embed_sample)]
+        passed += ["--sync-pages", str(args.sync_pages)] if args.sync_pages is not None else []
+        passed += ["--sync-files", str(args.sync_files)] if args.sync_files is not None else []
+        records = run_against(args.baseline, args.rounds, passed)
+    else:
+        records = run(args.checkpoint or DEFAULT_CHECKPOINT, args.pages, args.files, args.embed_sample,
+                      sync_pages=args.sync_pages, sync_files=args.sync_files)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0
@@ -358,7 +382,7 @@ def cmd_bench_server(args: argparse.Namespace) -> int:
         ckpt, index = ensure_default(sugar_home())
     records = run(ckpt, index, args.url, args.endpoints, args.concurrency, args.seconds, args.max_requests,
                   args.soak, args.api_key, args.engine, args.vllm_url, not args.no_compare, args.health,
-                  args.costs)
+                  args.costs, args.baseline)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

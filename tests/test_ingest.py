@@ -335,6 +335,21 @@ def test_bench_ingest_small(tiny_ckpt, capsys):
     assert "first / re-run:" in capsys.readouterr().out
 
 
+def test_bench_ingest_against_a_baseline_revision(tiny_ckpt, tmp_path, capsys):
+    """`--baseline REV`: the same bench at REV (a git worktree) and here, alternating rounds,
+    with the best of each side and new/old."""
+    from sugar_cli.main import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "ingest", "--checkpoint", str(tiny_ckpt), "--pages", "3", "--files", "3",
+                 "--embed-sample", "4", "--baseline", "HEAD", "--rounds", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["best"]) == {"old HEAD", "new"}
+    assert data["best"]["new"]["first sync s"] > 0
+    printed = capsys.readouterr().out
+    assert "| unchanged re-run s |" in printed and "new/old" in printed
+
+
 @pytest.mark.parametrize("mode", [
     pytest.param("dense", marks=pytest.mark.xfail(
         strict=True, reason="issues #10, #20: the shipped checkpoint's embeddings do not yet match a caption "

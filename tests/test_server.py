@@ -440,6 +440,24 @@ def test_bench_server_small(tiny_ckpt, tmp_path, capsys):
     assert "micro-batching at concurrency 32" in capsys.readouterr().out
 
 
+def test_bench_server_against_a_baseline_revision_alternates_and_prints_ratios(tiny_ckpt, tmp_path, capsys):
+    """`--baseline REV`: a server of REV's code (a git worktree) beside this checkout's, both up,
+    the cells alternating; new/old ratios per cell (issue #21's "no route slower")."""
+    from sugar_cli.main import main
+
+    seed_index(tmp_path / "ix", tiny_ckpt, n=4)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "server", "--checkpoint", str(tiny_ckpt), "--index", str(tmp_path / "ix"),
+                 "--endpoints", "embed", "--concurrency", "1", "--seconds", "1", "--max-requests", "8",
+                 "--baseline", "HEAD", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["runs"]) == {"old HEAD", "new"}
+    assert all(r["errors"] == 0 and r["requests"] > 0 for rows in data["runs"].values() for r in rows)
+    [ratio] = data["new_over_old"]
+    assert ratio["endpoint"] == "embed" and ratio["rps_ratio"] > 0
+    assert "req/s new/old" in capsys.readouterr().out
+
+
 def test_device_setting_is_shown_in_ready_and_refused_when_absent(tiny_ckpt, tmp_path):
     import torch
 
