@@ -312,13 +312,7 @@ class DocumentIndex:
 
         Each hit carries its StoredDocument (`with_images`: image bytes loaded for the
         top k only); candidates deleted between the ANN step and the read are skipped."""
-        if query.summary.shape != (self.dim,) or query.vectors.shape[1] != self.dim:
-            raise IndexError_(f"query dimension {query.summary.shape[-1]} does not match the index ({self.dim})")
-        if mode not in SEARCH_MODES:
-            raise IndexError_(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-        weight = LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
-        if not 0.0 <= weight <= 1.0:
-            raise IndexError_(f"lexical_weight must lie in [0, 1], got {weight}")
+        weight = self._check_query(query, mode, lexical_weight)
         if k <= 0:
             return []
         k_prime = max(k, k_prime or 5 * k)
@@ -327,38 +321,20 @@ class DocumentIndex:
             allowed = set(self.store.matching_fids(filters))
             if not allowed:
                 return []
-        dense: list[tuple[int, float]] = []
-        if mode != "lexical":
-            if allowed is None:
-                scores, fids = self.vectors.search(query.summary[None, :], k_prime)
-                dense = [(int(f), float(s)) for f, s in zip(fids[0], scores[0], strict=True) if f >= 0]
-            elif len(allowed) <= exact_filter_limit:
-                dense = self._exact(query.summary, sorted(allowed), k_prime)
-            else:
-                dense = self._ann_filtered(query.summary, allowed, k_prime)
+        ann = dict(self._dense_candidates(query.summary, allowed, k_prime, exact_filter_limit)
+                   if mode != "lexical" else [])
         lexical: dict[int, float] = {}
         if mode != "dense":
             lexical = dict(self.store.lexical(text, k_prime, self.embedding_version, allowed))
-        ann = dict(dense)
-        fids = list(ann) + [f for f in lexical if f not in ann]
-        docs = self.store.get_by_fids(fids, self.dim)
-        fids = [f for f in fids if f in docs]  # deleted since the ANN step
+        candidates = list(ann) + [f for f in lexical if f not in ann]
+        docs = self.store.get_by_fids(candidates, self.dim)
+        fids = [f for f in candidates if f in docs]  # deleted since the ANN step
         if not fids:
             return []
         for f in fids:
             if f not in ann:  # found by its words only
                 ann[f] = float(docs[f].summary @ query.summary)
-        if mode == "lexical":
-            hits = [Hit(docs[f].id, lexical[f], ann[f], docs[f].metadata, f, docs[f], None, lexical[f])
-                    for f in fids]
-        else:
-            dense_scores = self.rerank(query, [docs[f] for f in fids]) if rerank else [ann[f] for f in fids]
-            if mode == "dense":
-                hits = [Hit(docs[f].id, float(sc), ann[f], docs[f].metadata, f, docs[f])
-                        for f, sc in zip(fids, dense_scores, strict=True)]
-            else:
-                hits = _fuse([Hit(docs[f].id, 0.0, ann[f], docs[f].metadata, f, docs[f], float(sc),
-                                  lexical.get(f)) for f, sc in zip(fids, dense_scores, strict=True)], weight)
+        hits = self._scored(query, fids, docs, ann, lexical, mode, rerank, weight)
         # equal fused scores keep the dense order (lexical hits carry no dense score)
         hits.sort(key=lambda h: (-h.score, -(h.dense_score or 0.0)))
         hits = hits[:k]
@@ -366,6 +342,41 @@ class DocumentIndex:
             for h in hits:
                 self.store.load_images(h.document)  # type: ignore[arg-type]
         return hits
+
+    def _scored(self, query: Embedded, fids: list[int], docs: dict[int, StoredDocument], ann: dict[int, float],
+                lexical: dict[int, float], mode: str, rerank: bool, weight: float) -> list[Hit]:
+        """Stage 2: the candidates scored the mode's way (BM25; GA-kernel rerank; both fused)."""
+        if mode == "lexical":
+            return [Hit(docs[f].id, lexical[f], ann[f], docs[f].metadata, f, docs[f], None, lexical[f])
+                    for f in fids]
+        dense_scores = self.rerank(query, [docs[f] for f in fids]) if rerank else [ann[f] for f in fids]
+        if mode == "dense":
+            return [Hit(docs[f].id, float(sc), ann[f], docs[f].metadata, f, docs[f])
+                    for f, sc in zip(fids, dense_scores, strict=True)]
+        return _fuse([Hit(docs[f].id, 0.0, ann[f], docs[f].metadata, f, docs[f], float(sc), lexical.get(f))
+                      for f, sc in zip(fids, dense_scores, strict=True)], weight)
+
+    def _check_query(self, query: Embedded, mode: str, lexical_weight: float | None) -> float:
+        """IndexError_ for a query the index cannot answer; the hybrid weight to use."""
+        if query.summary.shape != (self.dim,) or query.vectors.shape[1] != self.dim:
+            raise IndexError_(f"query dimension {query.summary.shape[-1]} does not match the index ({self.dim})")
+        if mode not in SEARCH_MODES:
+            raise IndexError_(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        weight = LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
+        if not 0.0 <= weight <= 1.0:
+            raise IndexError_(f"lexical_weight must lie in [0, 1], got {weight}")
+        return weight
+
+    def _dense_candidates(self, q: np.ndarray, allowed: set[int] | None, k_prime: int,
+                          exact_filter_limit: int) -> list[tuple[int, float]]:
+        """Stage 1: (fid, g·g_q) of the top K' by the summary vectors — ANN, or an exact scan of
+        the documents a selective filter allows."""
+        if allowed is None:
+            scores, fids = self.vectors.search(q[None, :], k_prime)
+            return [(int(f), float(s)) for f, s in zip(fids[0], scores[0], strict=True) if f >= 0]
+        if len(allowed) <= exact_filter_limit:
+            return self._exact(q, sorted(allowed), k_prime)
+        return self._ann_filtered(q, allowed, k_prime)
 
     def _exact(self, q: np.ndarray, fids: list[int], k: int) -> list[tuple[int, float]]:
         vecs = self.store.summaries_of(fids)

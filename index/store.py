@@ -198,24 +198,11 @@ class DocumentStore:
                     if fid is None:
                         raise KeyError(doc_id)
                     deleted.append(fid)
-                for doc_id, sample, vectors, summary in docs:
-                    old = c.execute("SELECT fid FROM docs WHERE id = ?", (doc_id,)).fetchone()
+                for doc in docs:
+                    old = self._delete(c, doc[0]) if replace else None
                     if old is not None:
-                        if not replace:
-                            raise KeyError(doc_id)
-                        self._delete(c, doc_id)
-                        deleted.append(old[0])
-                    slices = self._slice_rows(c, sample)
-                    cur = c.execute(
-                        "INSERT INTO docs (id, metadata, slices, n_slices, vectors, summary,"
-                        " embedding_version, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (doc_id, json.dumps(sample.metadata, sort_keys=True), json.dumps(slices),
-                         len(slices), np.ascontiguousarray(vectors, np.float32).tobytes(),
-                         np.ascontiguousarray(summary, np.float32).tobytes(), version, time.time()),
-                    )
-                    fid = int(cur.lastrowid)  # type: ignore[arg-type]
-                    c.execute("INSERT INTO changes (op, fid) VALUES ('add', ?)", (fid,))
-                    added.append((fid, np.asarray(summary, np.float32)))
+                        deleted.append(old)
+                    added.append(self._insert(c, *doc, version))
                 for doc_id, meta in (metadata_updates or {}).items():
                     cur = c.execute("UPDATE docs SET metadata = ? WHERE id = ?",
                                     (json.dumps(meta, sort_keys=True), doc_id))
@@ -226,6 +213,23 @@ class DocumentStore:
                 c.execute("ROLLBACK")
                 raise
         return added, deleted
+
+    def _insert(self, c: sqlite3.Connection, doc_id: str, sample: Sample, vectors: np.ndarray,
+                summary: np.ndarray, version: str) -> tuple[int, np.ndarray]:
+        """One new row (KeyError if the id exists) and its change record; (fid, summary)."""
+        slices = self._slice_rows(c, sample)
+        try:
+            cur = c.execute(
+                "INSERT INTO docs (id, metadata, slices, n_slices, vectors, summary,"
+                " embedding_version, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, json.dumps(sample.metadata, sort_keys=True), json.dumps(slices), len(slices), np.ascontiguousarray(vectors, np.float32).tobytes(),
+                 np.ascontiguousarray(summary, np.float32).tobytes(), version, time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise KeyError(doc_id) from None
+        fid = int(cur.lastrowid)  # type: ignore[arg-type]
+        c.execute("INSERT INTO changes (op, fid) VALUES ('add', ?)", (fid,))
+        return fid, np.asarray(summary, np.float32)
 
     def _delete(self, c: sqlite3.Connection, doc_id: str) -> int | None:
         row = c.execute("SELECT fid FROM docs WHERE id = ?", (doc_id,)).fetchone()

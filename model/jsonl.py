@@ -93,57 +93,75 @@ def path_resolver(base: Path, max_bytes: int = DEFAULT_LIMITS.max_image_bytes):
 PathResolver = Callable[[str, str], bytes]
 
 
+class _Line:
+    """One JSON object's fields, read with errors that name them."""
+
+    def __init__(self, obj: dict, resolve: PathResolver, limits: SampleLimits) -> None:
+        self.obj, self.resolve, self.limits = obj, resolve, limits
+
+    def sample(self, value: Any, where: str) -> Sample:
+        return Sample.from_dict(value, limits=self.limits, resolve_path=self.resolve, where=where)
+
+    def need(self, key: str, kind: type, what: str) -> Any:
+        if key not in self.obj:
+            raise SampleError(key, "missing")
+        if not isinstance(self.obj[key], kind):
+            raise SampleError(key, f"must be {what}")
+        return self.obj[key]
+
+    def only(self, *keys: str) -> None:
+        unknown = sorted(set(self.obj) - set(keys))
+        if unknown:
+            raise SampleError("line", f"unknown fields {unknown}")
+
+
+def _document(r: _Line) -> Document:
+    r.only("id", "slices", "metadata")
+    doc_id = r.need("id", str, "a string")
+    s = r.sample({k: r.obj[k] for k in ("slices", "metadata") if k in r.obj}, "document")
+    return Document(id=doc_id, sample=Sample(s.slices, id=doc_id, metadata=s.metadata), metadata=s.metadata)
+
+
+def _generative(r: _Line, task: str) -> GenerativeRecord:
+    r.only("task", "slices", "answer", "id", "metadata")
+    answer = r.need("answer", str, "a string")
+    s = r.sample({"slices": r.obj.get("slices")}, "sample")
+    if task == "vqa" and s.slices[-1].type != "text":
+        raise SampleError("slices", "a vqa sample ends with its question (a text slice)")
+    return GenerativeRecord(task=task, sample=s, answer=answer)
+
+
+def _pair(r: _Line) -> PairRecord:
+    r.only("task", "query", "positive", "negatives")
+    negs = r.obj.get("negatives", [])
+    if not isinstance(negs, list):
+        raise SampleError("negatives", "must be a list")
+    return PairRecord(query=r.sample(r.obj.get("query"), "query"),
+                      positive=r.sample(r.obj.get("positive"), "positive"),
+                      negatives=[r.sample(n, f"negatives[{i}]") for i, n in enumerate(negs)])
+
+
+def _rag(r: _Line) -> RagRecord:
+    r.only("task", "context", "query", "answer")
+    ctx = r.need("context", list, "a list of samples")
+    return RagRecord(context=[r.sample(c, f"context[{i}]") for i, c in enumerate(ctx)],
+                     query=r.sample(r.obj.get("query"), "query"), answer=r.need("answer", str, "a string"))
+
+
 def parse_record(obj: Any, resolve: PathResolver, limits: SampleLimits = DEFAULT_LIMITS) -> Record:
     """One record; `resolve(path, where)` reads the image paths it names (or refuses them)."""
     if not isinstance(obj, dict):
         raise SampleError("line", "must be a JSON object")
-
-    def sample(value: Any, where: str) -> Sample:
-        return Sample.from_dict(value, limits=limits, resolve_path=resolve, where=where)
-
-    def need(key: str, kind: type, what: str) -> Any:
-        if key not in obj:
-            raise SampleError(key, "missing")
-        if not isinstance(obj[key], kind):
-            raise SampleError(key, f"must be {what}")
-        return obj[key]
-
-    def only(*keys: str) -> None:
-        unknown = sorted(set(obj) - set(keys))
-        if unknown:
-            raise SampleError("line", f"unknown fields {unknown}")
-
+    r = _Line(obj, resolve, limits)
     task = obj.get("task")
     if task is None:
-        only("id", "slices", "metadata")
-        doc_id = need("id", str, "a string")
-        s = sample({k: obj[k] for k in ("slices", "metadata") if k in obj}, "document")
-        return Document(id=doc_id, sample=Sample(s.slices, id=doc_id, metadata=s.metadata), metadata=s.metadata)
+        return _document(r)
     if task in ("caption", "vqa"):
-        only("task", "slices", "answer", "id", "metadata")
-        answer = need("answer", str, "a string")
-        s = sample({"slices": obj.get("slices")}, "sample")
-        if task == "vqa" and s.slices[-1].type != "text":
-            raise SampleError("slices", "a vqa sample ends with its question (a text slice)")
-        return GenerativeRecord(task=task, sample=s, answer=answer)
+        return _generative(r, task)
     if task == "pair":
-        only("task", "query", "positive", "negatives")
-        negs = obj.get("negatives", [])
-        if not isinstance(negs, list):
-            raise SampleError("negatives", "must be a list")
-        return PairRecord(
-            query=sample(obj.get("query"), "query"),
-            positive=sample(obj.get("positive"), "positive"),
-            negatives=[sample(n, f"negatives[{i}]") for i, n in enumerate(negs)],
-        )
+        return _pair(r)
     if task == "rag":
-        only("task", "context", "query", "answer")
-        ctx = need("context", list, "a list of samples")
-        return RagRecord(
-            context=[sample(c, f"context[{i}]") for i, c in enumerate(ctx)],
-            query=sample(obj.get("query"), "query"),
-            answer=need("answer", str, "a string"),
-        )
+        return _rag(r)
     raise SampleError("task", f"unknown task {task!r} (expected one of {list(TASKS)} or none)")
 
 

@@ -70,58 +70,76 @@ def field_path(loc: tuple) -> str:
     return out or "body"
 
 
+async def validation(_: Request, exc: RequestValidationError):
+    errs = []
+    for e in exc.errors():
+        msg = e["msg"] if e["type"] != "extra_forbidden" else "unknown field"
+        errs.append({"field": field_path(e["loc"]), "message": msg.removeprefix("Value error, ")})
+    # a union (e.g. content: text | parts) reports every branch: lead with the error
+    # that says what is wrong, not "Input should be a valid string" of another branch
+    specific = [e for e in errs if not e["message"].startswith("Input should be")]
+    first = (specific or errs or [{"field": "body", "message": "invalid request"}])[0]
+    return error(422, "invalid_request", f"{first['field']}: {first['message']}", first["field"], errors=errs)
+
+
+async def http_error(_: Request, exc: StarletteHTTPException):
+    """FastAPI's own errors (unknown route, wrong method, unparseable body) in our shape."""
+    kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+    r = error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
+    for k, v in (exc.headers or {}).items():
+        r.headers[k] = v
+    return r
+
+
+async def sample_error(_: Request, exc: SampleError):
+    return error(422, "invalid_sample", exc.message, exc.field)
+
+
+async def bad_request(_: Request, exc: BadRequest):
+    return error(422, "limit_exceeded", exc.message, exc.field)
+
+
+async def upload_refused(_: Request, exc: UploadRefused):
+    return error(422, "invalid_files", str(exc), "files", files=exc.files)
+
+
+async def index_error(_: Request, exc: IndexError_):
+    return error(422, "index_refused", str(exc))
+
+
+async def not_found(_: Request, exc: NotFound):
+    return error(404, "not_found", exc.args[0])
+
+
+async def conflict(_: Request, exc: Conflict):
+    return error(409, "conflict", exc.args[0], "id")
+
+
+async def overloaded(_: Request, exc: Overloaded):
+    r = error(429, "overloaded", str(exc))
+    r.headers["Retry-After"] = "1"
+    return r
+
+
+async def engine_error(_: Request, exc: EngineError):
+    return error(503, "engine_unavailable", str(exc))
+
+
+HANDLERS = {
+    RequestValidationError: validation,
+    StarletteHTTPException: http_error,
+    SampleError: sample_error,
+    BadRequest: bad_request,
+    UploadRefused: upload_refused,
+    IndexError_: index_error,
+    NotFound: not_found,
+    Conflict: conflict,
+    Overloaded: overloaded,
+    EngineError: engine_error,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def validation(_: Request, exc: RequestValidationError):
-        errs = []
-        for e in exc.errors():
-            msg = e["msg"] if e["type"] != "extra_forbidden" else "unknown field"
-            errs.append({"field": field_path(e["loc"]), "message": msg.removeprefix("Value error, ")})
-        # a union (e.g. content: text | parts) reports every branch: lead with the error
-        # that says what is wrong, not "Input should be a valid string" of another branch
-        specific = [e for e in errs if not e["message"].startswith("Input should be")]
-        first = (specific or errs or [{"field": "body", "message": "invalid request"}])[0]
-        return error(422, "invalid_request", f"{first['field']}: {first['message']}", first["field"], errors=errs)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
-        """FastAPI's own errors (unknown route, wrong method, unparseable body) in our shape."""
-        kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
-        r = error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
-        for k, v in (exc.headers or {}).items():
-            r.headers[k] = v
-        return r
-
-    @app.exception_handler(SampleError)
-    async def sample_error(_: Request, exc: SampleError):
-        return error(422, "invalid_sample", exc.message, exc.field)
-
-    @app.exception_handler(BadRequest)
-    async def bad_request(_: Request, exc: BadRequest):
-        return error(422, "limit_exceeded", exc.message, exc.field)
-
-    @app.exception_handler(UploadRefused)
-    async def upload_refused(_: Request, exc: UploadRefused):
-        return error(422, "invalid_files", str(exc), "files", files=exc.files)
-
-    @app.exception_handler(IndexError_)
-    async def index_error(_: Request, exc: IndexError_):
-        return error(422, "index_refused", str(exc))
-
-    @app.exception_handler(NotFound)
-    async def not_found(_: Request, exc: NotFound):
-        return error(404, "not_found", exc.args[0])
-
-    @app.exception_handler(Conflict)
-    async def conflict(_: Request, exc: Conflict):
-        return error(409, "conflict", exc.args[0], "id")
-
-    @app.exception_handler(Overloaded)
-    async def overloaded(_: Request, exc: Overloaded):
-        r = error(429, "overloaded", str(exc))
-        r.headers["Retry-After"] = "1"
-        return r
-
-    @app.exception_handler(EngineError)
-    async def engine_error(_: Request, exc: EngineError):
-        return error(503, "engine_unavailable", str(exc))
+    """Every error a request can meet answered in one shape (`error`), with its status."""
+    for exc, handler in HANDLERS.items():
+        app.add_exception_handler(exc, handler)  # type: ignore[arg-type]

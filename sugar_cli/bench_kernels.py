@@ -43,9 +43,22 @@ def _best(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def _case(B: int, L: int, D: int, repeat: int, sigma: float, budget_s: float) -> dict:
+def _tslearn(x: torch.Tensor, y: torch.Tensor, sigma: float, budget_s: float) -> tuple[np.ndarray, int, float]:
+    """tslearn's cdist_gak (the reference): on a subsample of rows when the full run would
+    exceed the budget; (kernel values, rows computed, seconds scaled to all rows)."""
     from tslearn.metrics import cdist_gak
 
+    B = len(x)
+    xs64, ys64 = x.double().numpy(), y.double().numpy()
+    probe = max(1, B // 32)
+    t_probe = _best(lambda: cdist_gak(xs64[:probe], ys64, sigma=sigma), 1)
+    rows = B if t_probe * B / probe <= budget_s else max(probe, int(budget_s / t_probe * probe))
+    t0 = time.perf_counter()
+    ref = cdist_gak(xs64[:rows], ys64, sigma=sigma)
+    return ref, rows, (time.perf_counter() - t0) * B / rows
+
+
+def _case(B: int, L: int, D: int, repeat: int, sigma: float, budget_s: float) -> dict:
     from model.kernels import ga_log_kernel_naive, ga_similarity
 
     g = torch.Generator().manual_seed(B * 1000 + L * 10 + D)
@@ -68,14 +81,7 @@ def _case(B: int, L: int, D: int, repeat: int, sigma: float, budget_s: float) ->
     t_mm = _best(mm, repeat)
     t_fast = _best(fast, repeat)
     t_sweep = _best(sweep, max(1, repeat // 2))
-    # tslearn on a subsample of rows when the full run would exceed the budget
-    xs64, ys64 = x.double().numpy(), y.double().numpy()
-    probe = max(1, B // 32)
-    t_probe = _best(lambda: cdist_gak(xs64[:probe], ys64, sigma=sigma), 1)
-    rows = B if t_probe * B / probe <= budget_s else max(probe, int(budget_s / t_probe * probe))
-    t0 = time.perf_counter()
-    ref = cdist_gak(xs64[:rows], ys64, sigma=sigma)
-    t_ts = (time.perf_counter() - t0) * B / rows
+    ref, rows, t_ts = _tslearn(x, y, sigma, budget_s)
     # naive loop: a few pairs, scaled to all B*B
     n_pairs = 3
     t0 = time.perf_counter()

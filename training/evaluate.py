@@ -466,6 +466,8 @@ def write_report(results: dict, out_dir: Path, title: str = "Sugar evaluation") 
 
 
 def plot_results(results: dict, out_dir: Path) -> None:
+    """eval_bars.png (accuracies, retrieval, RAG; both splits, with majority/chance marks) and
+    position_curve.png when measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -475,60 +477,67 @@ def plot_results(results: dict, out_dir: Path) -> None:
     groups = [("minimal_pairs", "minimal-pair accuracy"), ("vqa", "VQA exact match"),
               ("vqa_blank", "VQA, image blanked")]
     fig, axes = plt.subplots(1, 5, figsize=(25, 3.8))
+    baselines = results.get("baselines", {})
     for ax, (key, title) in zip(axes[:3], groups, strict=True):
         names = [k for k, v in results.get(key, {}).items() if isinstance(v, float)]
-        for i, (split, d) in enumerate(splits):
-            vals = [d.get(key, {}).get(n, 0.0) for n in names]
-            ax.bar([x + i * 0.4 for x in range(len(names))], vals, width=0.4, label=split)
-        majority = results.get("baselines", {}).get(key, {})
-        ax.scatter([x + 0.2 for x in range(len(names))],
-                   [majority.get(n, {}).get("majority", majority.get(n, {}).get("chance", 0))
-                    for n in names], color="k", marker="_", s=200, label="majority/chance", zorder=3)
-        ax.set_xticks([x + 0.2 for x in range(len(names))], names, rotation=45)
-        ax.set_ylim(0, 1)
+        majority = baselines.get(key, {})
+        _split_bars(ax, names, [d.get(key, {}) for _, d in splits], splits,
+                    [majority.get(n, {}).get("majority", majority.get(n, {}).get("chance", 0)) for n in names])
         ax.set_title(title)
-        ax.legend(fontsize=7)
-    ks = ["r@1", "r@5", "r@10", "mrr"]
-    bars = [(f"{name} ({split})", d.get(name, {})) for split, d in splits
-            for name in ("retrieval", "retrieval_cosine")]
-    w = 0.8 / len(bars)
-    for i, (label, d) in enumerate(bars):
-        axes[3].bar([x + i * w for x in range(4)], [d.get(k, 0) for k in ks], width=w, label=label)
-    axes[3].set_xticks([x + 0.4 - w / 2 for x in range(4)], ks)
-    axes[3].set_ylim(0, 1)
-    axes[3].legend(fontsize=7)
-    axes[3].set_title("interleaved retrieval")
+    _retrieval_bars(axes[3], splits)
     rag_keys = ["no_retrieval", "own_retrieval", "hybrid.own_retrieval", "gold", "retrieval_r@1",
                 "hybrid.retrieval_r@1"]
-    for i, (split, d) in enumerate(splits):
-        fr = flat(d.get("rag", {}))
-        axes[4].bar([x + i * 0.4 for x in range(len(rag_keys))], [fr.get(k, 0.0) for k in rag_keys],
-                    width=0.4, label=split)
-    fb = flat(results.get("baselines", {}).get("rag", {}))
-    axes[4].scatter([x + 0.2 for x in range(len(rag_keys))],
-                    [fb.get(f"{k}.majority", fb.get(f"{k}.chance", 0.0)) for k in rag_keys],
-                    color="k", marker="_", s=200, label="majority/chance", zorder=3)
-    axes[4].set_xticks([x + 0.2 for x in range(len(rag_keys))], rag_keys, rotation=45)
-    axes[4].set_ylim(0, 1)
-    axes[4].legend(fontsize=7)
+    fb = flat(baselines.get("rag", {}))
+    _split_bars(axes[4], rag_keys, [flat(d.get("rag", {})) for _, d in splits], splits,
+                [fb.get(f"{k}.majority", fb.get(f"{k}.chance", 0.0)) for k in rag_keys])
     axes[4].set_title("RAG (answers; gold-document R@1)")
     fig.tight_layout()
     fig.savefig(out_dir / "eval_bars.png", dpi=100)
     plt.close(fig)
     if "position_curve" in results:
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for split, d in splits:
-            curve = d.get("position_curve")
-            if curve:
-                ax.plot(range(1, len(curve) + 1), curve, marker="o", label=split)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("position of the relevant document")
-        ax.set_ylabel("accuracy")
-        ax.set_title("RAG position sensitivity (k=5)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "position_curve.png", dpi=100)
-        plt.close(fig)
+        _position_curve(splits, out_dir / "position_curve.png")
+
+
+def _split_bars(ax, names: list[str], values: list[dict], splits, marks: list[float]) -> None:
+    """One bar per split and name, a black mark per name (majority or chance)."""
+    for i, ((split, _), d) in enumerate(zip(splits, values, strict=True)):
+        ax.bar([x + i * 0.4 for x in range(len(names))], [d.get(n, 0.0) for n in names], width=0.4, label=split)
+    ax.scatter([x + 0.2 for x in range(len(names))], marks, color="k", marker="_", s=200,
+               label="majority/chance", zorder=3)
+    ax.set_xticks([x + 0.2 for x in range(len(names))], names, rotation=45)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+
+
+def _retrieval_bars(ax, splits) -> None:
+    ks = ["r@1", "r@5", "r@10", "mrr"]
+    bars = [(f"{name} ({split})", d.get(name, {})) for split, d in splits
+            for name in ("retrieval", "retrieval_cosine")]
+    w = 0.8 / len(bars)
+    for i, (label, d) in enumerate(bars):
+        ax.bar([x + i * w for x in range(4)], [d.get(k, 0) for k in ks], width=w, label=label)
+    ax.set_xticks([x + 0.4 - w / 2 for x in range(4)], ks)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title("interleaved retrieval")
+
+
+def _position_curve(splits, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for split, d in splits:
+        curve = d.get("position_curve")
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", label=split)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("position of the relevant document")
+    ax.set_ylabel("accuracy")
+    ax.set_title("RAG position sensitivity (k=5)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def evaluate(checkpoint: str | Path, out_dir: str | Path | None = None, cfg: EvalConfig | None = None) -> dict:
