@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
+from .projector import fold_projector, text_embedding_rms
 from .prompts import Prompt
 
 logger = logging.getLogger(__name__)
@@ -145,11 +146,6 @@ class Backbone(ABC):
 
 
 _REGISTRY: dict[str, type[Backbone]] = {}
-
-
-def text_embedding_rms(model: Any) -> torch.Tensor:
-    """The per-element RMS of a HF model's input embedding table, detached."""
-    return model.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt()
 
 
 def register(model_type: str):
@@ -338,8 +334,6 @@ class LlavaBackbone(Backbone):
         )
 
     def fold(self) -> None:
-        from .projector import fold_projector
-
         fold_projector(self.model)
 
     def save(self, path: str | Path) -> None:

@@ -34,6 +34,8 @@ too makes the trained function the served one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -111,10 +113,13 @@ class NormalizedProjector(nn.Module):
         return plain
 
 
+def text_embedding_rms(model: Any) -> torch.Tensor:
+    """The per-element RMS of a HF model's input embedding table, detached."""
+    return model.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt()
+
+
 def install_normalized_projector(llava: nn.Module) -> NormalizedProjector:
     """Swap a LlavaForConditionalGeneration's projector for a NormalizedProjector."""
-    from .backbone import text_embedding_rms
-
     inner = llava.model
     proj = NormalizedProjector(inner.multi_modal_projector, float(text_embedding_rms(inner.language_model)))
     inner.multi_modal_projector = proj

@@ -331,12 +331,14 @@ class Evaluator:
         import tempfile
 
         from index.embedding import embedded, open_for_model
+        from index.ingest import SourcePlan, write
 
         k, fmt = self.cfg.rag_k, self.model.config.prompts
         with tempfile.TemporaryDirectory() as tmp:
             index = open_for_model(tmp, self.model)
-            index.add([(Sample(d.slices, id=str(i)), embedded(de, i)) for i, d in enumerate(docs)],
-                      version=self.model.embedding_version)
+            plan = SourcePlan([Sample(d.slices, id=str(i)) for i, d in enumerate(docs)],
+                              embedded=[embedded(de, i) for i in range(len(docs))])
+            write(index, [plan], None, self.model.embedding_version)
             tops = [[int(h.id) for h in index.search(embedded(qe, i), k, text=q, mode="hybrid")]
                     for i, (_, q, _) in enumerate(qs)]
             index.close()
