@@ -17,6 +17,7 @@ install: $(VENV)/.installed
 
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: install lint
 	$(PY) -m pytest

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -98,12 +99,13 @@ class VectorIndex:
         self.dim, self.settings, self.kind = dim, settings, kind
         self.tombstones: set[int] = set()
         self.lock = RWLock()  # parallel searches, exclusive mutation
-        self.index = self._new(kind, np.zeros((0, dim), np.float32))
+        self.index: Any = self._new(kind, np.zeros((0, dim), np.float32))
         self.gpu_index = None
 
     # ------------------------------------------------------------ construction
-    def _new(self, kind: str, train: np.ndarray) -> faiss.Index:
+    def _new(self, kind: str, train: np.ndarray) -> Any:
         s = self.settings
+        base: Any  # faiss's SWIG classes: their stubs lack hnsw, nprobe, id_map
         if kind == "flat":
             base = faiss.IndexFlatIP(self.dim)
         elif kind == "hnsw":
@@ -236,7 +238,7 @@ class VectorIndex:
         vi.index = index
         vi.tombstones = set(meta.get("tombstones", []))
         if meta["kind"] == "hnsw":
-            faiss.downcast_index(index.index).hnsw.efSearch = settings.hnsw_ef_search
+            faiss.downcast_index(index.index).hnsw.efSearch = settings.hnsw_ef_search  # type: ignore[attr-defined]
         if meta["kind"] == "ivf":
             faiss.extract_index_ivf(index).nprobe = settings.ivf_nprobe
         return vi, int(meta["seq"])

@@ -78,7 +78,8 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     from .engine import make_engine
     from .settings import StartupError, check_startup, resolve_device
 
-    check_startup(settings)
+    check_startup(settings)  # a checkpoint and an index are given
+    assert settings.checkpoint is not None and settings.index is not None
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings)

@@ -238,7 +238,7 @@ class VLLMEngine(Engine):
     def _messages(messages: Messages) -> list[dict]:
         out = []
         for role, parts in messages:
-            content = []
+            content: list[dict[str, Any]] = []
             for p in parts:
                 if isinstance(p, str):
                     content.append({"type": "text", "text": p})
@@ -277,7 +277,8 @@ class VLLMEngine(Engine):
         import httpx
 
         body = await self._body(messages, max_tokens, temperature, True)
-        text, usage, reason, first = "", {}, "stop", True
+        usage: dict[str, Any] = {}
+        text, reason, first = "", "stop", True
         try:
             async with self.client.stream("POST", self.url + "/v1/chat/completions", json=body) as r:
                 if r.status_code != 200:

@@ -49,7 +49,7 @@ def install_guard(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         if needs_key:
             header = request.headers.get("authorization", "")
             token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            if not hmac.compare_digest(token.encode(), str(settings.api_key).encode()):
                 return refuse(401, "unauthorized", "missing or wrong API key (Authorization: Bearer …)")
         length = request.headers.get("content-length")
         if length is not None:

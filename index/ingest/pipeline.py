@@ -375,12 +375,12 @@ class Ingestor:
             fmt, samples, n_images, skipped = self.chunks(f, digest)
         except (ReadError, SampleError) as e:
             return SourcePlan(result=FileResult(f.source, "failed", reason=str(e)))
-        ids = [s.id for s in samples]
+        ids: list[str] = [s.id for s in samples]  # type: ignore[misc]  # chunk() and JSONL set every id
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             return SourcePlan(result=FileResult(f.source, "failed", fmt, reason=f"document id {dup!r} appears twice"))
         stored = {i: (sl, m) for i, sl, m in existing}
-        others = self.index.store.existing_ids([i for i in ids if i not in stored])  # type: ignore[misc]
+        others = self.index.store.existing_ids([i for i in ids if i not in stored])
         if others:
             # identical content under an existing id is not an error: it stays as it is
             by_id = {s.id: s for s in samples}
@@ -396,7 +396,7 @@ class Ingestor:
             old = stored.get(s.id)  # type: ignore[arg-type]
             if old is not None and slices_equal(old[0], s):
                 if old[1] != s.metadata:
-                    updates[s.id] = s.metadata  # type: ignore[index]
+                    updates[str(s.id)] = s.metadata
             else:
                 to_embed.append(s)
         delete = [i for i in stored if i not in set(ids)]

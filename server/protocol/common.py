@@ -111,7 +111,11 @@ Temperature = Annotated[StrictFloat, Field(ge=0.0, le=2.0), AfterValidator(_temp
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    _ints = model_validator(mode="before")(classmethod(_no_bools_for_ints))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ints(cls, data: Any) -> Any:
+        return _no_bools_for_ints(cls, data)
 
 
 # non-empty after stripping ASCII whitespace, no NUL (what model.sample enforces); the

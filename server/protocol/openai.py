@@ -3,7 +3,7 @@ typed responses and stream chunks, with their builders."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -18,7 +18,11 @@ class Loose(BaseModel):
     """OpenAI routes accept (and log) fields we do not use, as vLLM does."""
 
     model_config = ConfigDict(extra="allow")
-    _ints = model_validator(mode="before")(classmethod(_no_bools_for_ints))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ints(cls, data: Any) -> Any:
+        return _no_bools_for_ints(cls, data)
 
 
 class ChatImageURL(Loose):

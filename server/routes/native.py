@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from fastapi import APIRouter
 
@@ -15,7 +16,7 @@ from ..streaming import sse
 from .wire import parse_samples
 
 router = APIRouter(tags=["native"])
-SSE = {200: {"content": {"application/json": {}, "text/event-stream": {}},
+SSE: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}, "text/event-stream": {}},
              "description": "JSON, or server-sent events with `stream: true`"}}
 
 

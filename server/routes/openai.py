@@ -54,7 +54,7 @@ async def model(model_id: str, service: Svc, settings: Cfg) -> P.ModelCard:
 @router.post("/embeddings", response_model=P.EmbeddingsResponse, responses=responses(*COMMON, 422, 429))
 async def embeddings(req: P.EmbeddingsRequest, service: Svc, settings: Cfg) -> P.EmbeddingsResponse:
     log_ignored("/v1/embeddings", req)
-    items = [req.input] if isinstance(req.input, str) else list(req.input)
+    items: list[str | P.SampleIn] = [req.input] if isinstance(req.input, str) else list(req.input)
     if not items:
         raise BadRequest("input", "no input")
     if len(items) > settings.max_samples_per_request:

@@ -14,6 +14,8 @@ the stack or the memory ("HTML bombs").
 
 from __future__ import annotations
 
+from typing import Any
+
 from selectolax.lexbor import LexborHTMLParser
 
 from .base import Block, Parsed, ReadError, ReadOptions, decode_text, resolve_image
@@ -63,10 +65,10 @@ def read_html(data: bytes, name: str, opts: ReadOptions) -> Parsed:
             parsed.blocks.append(Block("text", content))
 
     # iterative depth-first walk: (node, entering)
-    stack: list[tuple[object, bool]] = [(root, True)]
+    stack: list[tuple[Any, bool]] = [(root, True)]
     while stack:
         node, entering = stack.pop()
-        tag = node.tag  # type: ignore[attr-defined]
+        tag = node.tag
         if not entering:
             if tag in BLOCK or tag in HEADINGS:
                 flush()
@@ -77,15 +79,14 @@ def read_html(data: bytes, name: str, opts: ReadOptions) -> Parsed:
             continue
         if tag in DROP:
             continue
-        if tag == "figcaption" and node.parent is not None and node.parent.mem_id in figure_caption \
-                and figure_caption[node.parent.mem_id]:  # type: ignore[attr-defined]
+        if tag == "figcaption" and node.parent is not None and figure_caption.get(node.parent.mem_id):
             continue  # already beside its image
         if tag == "-text":
-            buf.append(node.text(deep=False))  # type: ignore[attr-defined]
+            buf.append(node.text(deep=False))
             continue
         if tag == "img":
-            src = (node.attributes.get("src") or "").strip()  # type: ignore[attr-defined]
-            alt = (node.attributes.get("alt") or "").strip()  # type: ignore[attr-defined]
+            src = (node.attributes.get("src") or "").strip()
+            alt = (node.attributes.get("alt") or "").strip()
             fig = _figure_of(node)
             if fig is not None and not alt:
                 key = fig.mem_id
@@ -106,7 +107,7 @@ def read_html(data: bytes, name: str, opts: ReadOptions) -> Parsed:
                 heading[0] = HEADINGS[tag]
         stack.append((node, False))
         children = []
-        child = node.child  # type: ignore[attr-defined]
+        child = node.child
         while child is not None:
             children.append(child)
             child = child.next

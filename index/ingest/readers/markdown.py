@@ -18,7 +18,7 @@ def _parser() -> MarkdownIt:
     return MarkdownIt("commonmark").enable("table")
 
 
-def _inline_parts(tok: Token) -> list[tuple[str, str]]:
+def _inline_parts(tok: Token) -> list[tuple[str, ...]]:
     """An inline token -> [("text", str) | ("image", src, alt)...] in order."""
     parts: list = []
     buf: list[str] = []
