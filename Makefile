@@ -22,7 +22,7 @@ lint: install
 test: install lint
 	$(PY) -m pytest
 
-# the main job: train the tiny default if missing, index the built-in collection, serve
+# the main job: index the built-in collection with the shipped checkpoint (once), serve
 run: install
 	$(VENV)/bin/sugar serve
 

@@ -7,18 +7,18 @@ from collections.abc import Callable, Sequence
 from model.sample import Sample
 from model.sugar import SliceEmbeddings, SugarModel
 
-from .index import DocumentIndex, Embedded
+from .index import DocumentIndex, DocumentVectors
 
 
-def embedded(e: SliceEmbeddings, b: int) -> Embedded:
+def document_vectors(e: SliceEmbeddings, b: int) -> DocumentVectors:
     """Sample b of a batch of embeddings as the index stores it (float32 numpy)."""
     vecs, summary, _ = e.item(b)
-    return Embedded(vecs.detach().float().cpu().numpy(), summary.detach().float().cpu().numpy())
+    return DocumentVectors(vecs.detach().float().cpu().numpy(), summary.detach().float().cpu().numpy())
 
 
-def embed_samples(model: SugarModel, samples: Sequence[Sample], batch_size: int = 32) -> list[Embedded]:
+def embed_samples(model: SugarModel, samples: Sequence[Sample], batch_size: int = 32) -> list[DocumentVectors]:
     e = model.embed(list(samples), batch_size=batch_size)
-    return [embedded(e, b) for b in range(len(samples))]
+    return [document_vectors(e, b) for b in range(len(samples))]
 
 
 def open_for_model(path, model: SugarModel, **kw) -> DocumentIndex:

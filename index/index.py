@@ -62,7 +62,7 @@ SEARCH_MODES = ("dense", "hybrid", "lexical")
 LEXICAL_WEIGHT = 0.6
 
 
-class IndexError_(ValueError):
+class IndexRefused(ValueError):
     """A request the index refuses (wrong dimension, other embedding version, bad id)."""
 
 
@@ -91,7 +91,7 @@ class Hit:
 
 
 @dataclass
-class Embedded:
+class DocumentVectors:
     """One document's vectors: slices [m, D], summary [D]."""
 
     vectors: np.ndarray
@@ -125,7 +125,7 @@ class DocumentIndex:
             self._init_meta(dim, embedding_version, kernel)
             self.vectors = self._open_vectors()
         except sqlite3.DatabaseError as e:
-            raise IndexError_(
+            raise IndexRefused(
                 f"{self.path / STORE_FILE}: not a readable SQLite database ({e}); the store is the "
                 "source of truth and cannot be rebuilt from FAISS: restore the index directory from "
                 "a backup (README: backing up an index)") from None
@@ -136,22 +136,22 @@ class DocumentIndex:
         stored_dim = s.get_meta("dim")
         if stored_dim is None:
             if dim is None:
-                raise IndexError_(f"{self.path}: no index here (give a dimension to create one)")
+                raise IndexRefused(f"{self.path}: no index here (give a dimension to create one)")
             k = kernel or KernelSettings()
             s.set_meta({"dim": dim, "embedding_version": version or "", "format_version": FORMAT_VERSION,
                         "index_type": self.settings.type, "kernel": json.dumps(k.__dict__)})
         else:
             if dim is not None and int(stored_dim) != dim:
-                raise IndexError_(f"{self.path}: index dimension {stored_dim} does not match {dim}")
+                raise IndexRefused(f"{self.path}: index dimension {stored_dim} does not match {dim}")
             stored_version = s.get_meta("embedding_version") or ""
             if version and stored_version and version != stored_version:
-                raise IndexError_(
+                raise IndexRefused(
                     f"{self.path}: built with embedding version {stored_version}, not {version}"
                     " (re-embed it: sugar index reembed)")
             if version and not stored_version:
                 s.set_meta({"embedding_version": version})
             if int(s.get_meta("format_version") or 1) > FORMAT_VERSION:
-                raise IndexError_(f"{self.path}: written by a newer version of this software")
+                raise IndexRefused(f"{self.path}: written by a newer version of this software")
         self.dim = int(s.get_meta("dim"))  # type: ignore[arg-type]
         self.embedding_version = s.get_meta("embedding_version") or ""
         self.kernel = KernelSettings(**json.loads(s.get_meta("kernel") or "{}"))
@@ -170,7 +170,7 @@ class DocumentIndex:
             # the snapshot has seen commits the store no longer has (e.g. its -wal file was
             # deleted): acknowledged documents are gone, so never come up as if all were well
             if not self.repair:
-                raise IndexError_(
+                raise IndexRefused(
                     f"{self.path / STORE_FILE}: behind its FAISS snapshot (store change {last} < "
                     f"snapshot change {seq}): the store lost committed writes (a deleted -wal file?). "
                     f"Restore the directory from a backup, or accept the loss with "
@@ -205,15 +205,15 @@ class DocumentIndex:
         return vi
 
     # ------------------------------------------------------------ writes
-    def _check(self, emb: Embedded, version: str | None) -> None:
+    def _check(self, emb: DocumentVectors, version: str | None) -> None:
         if emb.vectors.ndim != 2 or emb.vectors.shape[1] != self.dim or emb.summary.shape != (self.dim,):
-            raise IndexError_(
+            raise IndexRefused(
                 f"vector dimension {emb.summary.shape[-1]} does not match the index ({self.dim})")
         if version is not None and self.embedding_version and version != self.embedding_version:
-            raise IndexError_(f"embedding version {version} does not match the index "
+            raise IndexRefused(f"embedding version {version} does not match the index "
                               f"({self.embedding_version}); re-embed or use the matching checkpoint")
 
-    def add(self, docs: Sequence[tuple[Sample, Embedded]], version: str | None = None,
+    def add(self, docs: Sequence[tuple[Sample, DocumentVectors]], version: str | None = None,
             upsert: bool = False, delete_ids: Sequence[str] = (),
             metadata_updates: dict[str, dict[str, Any]] | None = None) -> list[str]:
         """Store documents (one transaction) and index them; returns their ids.
@@ -227,12 +227,12 @@ class DocumentIndex:
         for sample, emb in docs:
             self._check(emb, version)
             if len(emb.vectors) != len(sample.slices):
-                raise IndexError_(f"{len(emb.vectors)} slice vectors for {len(sample.slices)} slices")
+                raise IndexRefused(f"{len(emb.vectors)} slice vectors for {len(sample.slices)} slices")
             doc_id = sample.id or uuid.uuid4().hex
             rows.append((doc_id, sample, emb.vectors, emb.summary))
         ids = [r[0] for r in rows]
         if len(set(ids)) != len(ids):
-            raise IndexError_("duplicate ids in one batch")
+            raise IndexRefused("duplicate ids in one batch")
         # one critical section: the store commit and the FAISS update (and any snapshot
         # it triggers) happen together, so two writers of the same id cannot apply their
         # vector changes in another order than they committed (issue #14)
@@ -294,7 +294,7 @@ class DocumentIndex:
 
     def search(
         self,
-        query: Embedded,
+        query: DocumentVectors,
         k: int = 10,
         k_prime: int | None = None,
         filters: dict[str, Any] | None = None,
@@ -343,7 +343,7 @@ class DocumentIndex:
                 self.store.load_images(h.document)  # type: ignore[arg-type]
         return hits
 
-    def _scored(self, query: Embedded, fids: list[int], docs: dict[int, StoredDocument], ann: dict[int, float],
+    def _scored(self, query: DocumentVectors, fids: list[int], docs: dict[int, StoredDocument], ann: dict[int, float],
                 lexical: dict[int, float], mode: str, rerank: bool, weight: float) -> list[Hit]:
         """Stage 2: the candidates scored the mode's way (BM25; GA-kernel rerank; both fused)."""
         if mode == "lexical":
@@ -356,15 +356,15 @@ class DocumentIndex:
         return _fuse([Hit(docs[f].id, 0.0, ann[f], docs[f].metadata, f, docs[f], float(sc), lexical.get(f))
                       for f, sc in zip(fids, dense_scores, strict=True)], weight)
 
-    def _check_query(self, query: Embedded, mode: str, lexical_weight: float | None) -> float:
-        """IndexError_ for a query the index cannot answer; the hybrid weight to use."""
+    def _check_query(self, query: DocumentVectors, mode: str, lexical_weight: float | None) -> float:
+        """IndexRefused for a query the index cannot answer; the hybrid weight to use."""
         if query.summary.shape != (self.dim,) or query.vectors.shape[1] != self.dim:
-            raise IndexError_(f"query dimension {query.summary.shape[-1]} does not match the index ({self.dim})")
+            raise IndexRefused(f"query dimension {query.summary.shape[-1]} does not match the index ({self.dim})")
         if mode not in SEARCH_MODES:
-            raise IndexError_(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+            raise IndexRefused(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
         weight = LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
         if not 0.0 <= weight <= 1.0:
-            raise IndexError_(f"lexical_weight must lie in [0, 1], got {weight}")
+            raise IndexRefused(f"lexical_weight must lie in [0, 1], got {weight}")
         return weight
 
     def _dense_candidates(self, q: np.ndarray, allowed: set[int] | None, k_prime: int,
@@ -394,7 +394,7 @@ class DocumentIndex:
                 return out[:k]
             want *= 4
 
-    def rerank(self, query: Embedded, docs: Sequence[StoredDocument]) -> list[float]:
+    def rerank(self, query: DocumentVectors, docs: Sequence[StoredDocument]) -> list[float]:
         """s̄(q, d) for each candidate (batched GA kernel)."""
         cand, mask = pad_sequences([torch.tensor(d.vectors) for d in docs])
         with torch.no_grad():
@@ -469,7 +469,7 @@ class DocumentIndex:
             self.embedding_version, self.dim = version, dim
             self.vectors = self._rebuild_from_store(None)
 
-    def replace_vectors(self, docs: Sequence[tuple[Sample, Embedded]], version: str) -> None:
+    def replace_vectors(self, docs: Sequence[tuple[Sample, DocumentVectors]], version: str) -> None:
         """New vectors for stored documents (their slices and metadata unchanged), one transaction."""
         for _, e in docs:
             self._check(e, None)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .kernels import KernelSettings
 
 FORMAT_VERSION = 1
+# sugar_config.json keys earlier versions wrote and nothing reads (ignored when loading)
+RETIRED = frozenset({"backbone_family"})
 
 T = TypeVar("T")
 
@@ -71,7 +73,6 @@ class SugarConfig:
     # prompts
     prompts: PromptFormat = field(default_factory=PromptFormat)
     # bookkeeping
-    backbone_family: str = "llava"
     format_version: int = FORMAT_VERSION
     embedding_version: str = ""
 
@@ -103,7 +104,8 @@ class SugarConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SugarConfig:
-        cfg = _from_dict(cls, dict(data), "sugar_config")
+        data = {k: v for k, v in data.items() if k not in RETIRED}
+        cfg = _from_dict(cls, data, "sugar_config")
         if cfg.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"sugar_config: format_version {cfg.format_version} is newer than this code "

@@ -77,7 +77,7 @@ class SugarModel(nn.Module):
     def __init__(self, backbone: Backbone, config: SugarConfig) -> None:
         super().__init__()
         self.backbone = backbone
-        self.lm = backbone.model  # registered as a submodule (parameters, .train(), .to())
+        self.llava = backbone.model  # registered as a submodule (parameters, .train(), .to())
         self.config = config
         self.heads = SliceHeads(backbone.hidden_size, config.embed_dim, config.head_norm)
 
@@ -141,7 +141,7 @@ class SugarModel(nn.Module):
                 sort_keys=True,
             ).encode()
         )
-        for module in (self.lm, self.heads):
+        for module in (self.llava, self.heads):
             for name, t in sorted(module.state_dict().items()):
                 h.update(name.encode())
                 h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -158,18 +158,18 @@ class SugarModel(nn.Module):
         self.backbone.fold()  # the version hashes the weights as saved
         if dtype is not None:
             with torch.no_grad():
-                for p in self.lm.parameters():
+                for p in self.llava.parameters():
                     p.copy_(p.to(dtype).to(p.dtype))
         self.config.embedding_version = self.compute_embedding_version()
         if dtype is None:
             self.backbone.save(path / BACKBONE_DIR)
         else:
-            orig = next(self.lm.parameters()).dtype
-            self.lm.to(dtype)
+            orig = next(self.llava.parameters()).dtype
+            self.llava.to(dtype)
             try:
                 self.backbone.save(path / BACKBONE_DIR)
             finally:
-                self.lm.to(orig)
+                self.llava.to(orig)
         heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
         save_file(heads, str(path / HEADS_FILE), metadata={"format": "pt"})
         self.config.save(path / CONFIG_FILE)

@@ -72,7 +72,7 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     """Load the checkpoint, open the index (refusing a mismatch), build the engine."""
     import torch
 
-    from index import DocumentIndex, IndexError_
+    from index import DocumentIndex, IndexRefused
     from model.sugar import SugarModel
 
     from .engine import make_engine
@@ -88,7 +88,7 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     try:
         index = DocumentIndex(settings.index, dim=model.embed_dim, embedding_version=model.embedding_version,
                               kernel=model.config.kernel, snapshot_every=settings.snapshot_every)
-    except IndexError_ as e:
+    except IndexRefused as e:
         raise StartupError(str(e)) from None
     engine = make_engine(settings, model)
     return SugarService(settings, model, index, engine, batching=batching, on_batch=metrics.batch_size.observe)

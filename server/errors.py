@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index import IndexError_
+from index import IndexRefused
 from model.sample import SampleError
 
 from . import protocol as P
@@ -103,7 +103,7 @@ async def upload_refused(_: Request, exc: UploadRefused):
     return error(422, "invalid_files", str(exc), "files", files=exc.files)
 
 
-async def index_error(_: Request, exc: IndexError_):
+async def index_error(_: Request, exc: IndexRefused):
     return error(422, "index_refused", str(exc))
 
 
@@ -131,7 +131,7 @@ HANDLERS = {
     SampleError: sample_error,
     BadRequest: bad_request,
     UploadRefused: upload_refused,
-    IndexError_: index_error,
+    IndexRefused: index_error,
     NotFound: not_found,
     Conflict: conflict,
     Overloaded: overloaded,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index import DocumentIndex, Embedded, Hit
+from index import DocumentIndex, DocumentVectors, Hit
 from index.embedding import embed_samples
 from index.ingest import (
     UPLOAD_PREFIX,
@@ -173,15 +173,15 @@ class SugarService:
             raise failed from None
 
     # ------------------------------------------------------------ embedding
-    def _embed_sync(self, samples: list[Sample]) -> list[Embedded]:
+    def _embed_sync(self, samples: list[Sample]) -> list[DocumentVectors]:
         return embed_samples(self.model, samples, batch_size=self.settings.embed_max_batch)
 
-    async def embed(self, samples: list[Sample]) -> list[Embedded]:
+    async def embed(self, samples: list[Sample]) -> list[DocumentVectors]:
         return await self.batcher.submit(samples)
 
-    async def store(self, samples: list[Sample], embeddings: list[Embedded], upsert: bool) -> list[str]:
+    async def store(self, samples: list[Sample], embeddings: list[DocumentVectors], upsert: bool) -> list[str]:
         """Store embedded samples (one transaction, `index.ingest.write`)."""
-        plan = SourcePlan(samples, embedded=embeddings)
+        plan = SourcePlan(samples, vectors=embeddings)
         try:
             return await asyncio.to_thread(write, self.index, [plan], None, self.model.embedding_version, upsert)
         except KeyError as e:
@@ -302,7 +302,7 @@ class SugarService:
             raise UploadRefused(bad)
         loop = asyncio.get_running_loop()
 
-        def embed(samples: list[Sample]) -> list[Embedded]:  # from the writer thread, through the batcher
+        def embed(samples: list[Sample]) -> list[DocumentVectors]:  # from the writer thread, through the batcher
             return asyncio.run_coroutine_threadsafe(self.embed(samples), loop).result()
 
         try:
@@ -338,7 +338,7 @@ class SugarService:
                 self._ready_error = None
             except Exception as e:  # any failure turns /ready red, with the reason
                 self._ready_error = f"{type(e).__name__}: {e}"
-        lm = self.model.lm
+        lm = self.model.llava
         return {"model": self.model.embedding_version, "index_documents": self.index.count(),
                 "engine": self.engine.name, "device": str(self.model.backbone.device),
                 "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "error": self._ready_error}

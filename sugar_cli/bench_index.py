@@ -90,7 +90,7 @@ def _rerank_cost(d: int, rng) -> dict:
 
 
 def _end_to_end(n: int, d: int, kind: str, nq: int, rng) -> dict:
-    from index import DocumentIndex, Embedded
+    from index import DocumentIndex, DocumentVectors
     from model.sample import Sample, Slice
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,14 +105,14 @@ def _end_to_end(n: int, d: int, kind: str, nq: int, rng) -> dict:
                 g = v.sum(0)
                 words = " ".join(rng.choice(VOCAB, 12))
                 rows.append((Sample([Slice.of_text(f"doc {i} {words}")] * M_SLICES, id=f"d{i}"),
-                             Embedded(v, (g / np.linalg.norm(g)).astype(np.float32))))
+                             DocumentVectors(v, (g / np.linalg.norm(g)).astype(np.float32))))
             idx.add(rows, version="bench")
         t_ingest = time.perf_counter() - t
         ts: dict[str, list[float]] = {"k'50": [], "k'100": [], "hybrid_k'50": []}
         for _ in range(min(nq, 100)):
             v = _unit(rng, M_SLICES, d)
             g = v.sum(0)
-            q = Embedded(v, (g / np.linalg.norm(g)).astype(np.float32))
+            q = DocumentVectors(v, (g / np.linalg.norm(g)).astype(np.float32))
             text = " ".join(rng.choice(VOCAB, 5))
             for name, kw in (("k'50", {"k_prime": 50}), ("hybrid_k'50", {"k_prime": 50, "text": text,
                                                                          "mode": "hybrid"}),

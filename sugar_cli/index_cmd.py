@@ -97,11 +97,11 @@ def _add_maintenance(isub) -> None:
 
 
 def _open(path: Path, repair: bool = False, inspect: bool = False):
-    from index import DocumentIndex, IndexError_
+    from index import DocumentIndex, IndexRefused
 
     try:
         return DocumentIndex(path, repair=repair, inspect=inspect)
-    except IndexError_ as e:
+    except IndexRefused as e:
         raise SystemExit(f"sugar index: {e}") from None
 
 
@@ -109,7 +109,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     """Sync files into the index; exit 1 when any file failed (the others are stored)."""
     from tqdm import tqdm
 
-    from index import IndexError_, VectorSettings
+    from index import IndexRefused, VectorSettings
     from index.embedding import embed_samples, open_for_model
     from index.ingest import IngestConfig, Ingestor, walk
     from index.ingest.readers import ReadOptions
@@ -121,7 +121,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     model = SugarModel.from_pretrained(args.checkpoint)
     try:
         idx = open_for_model(args.index, model, settings=VectorSettings(type=args.type))
-    except IndexError_ as e:
+    except IndexRefused as e:
         raise SystemExit(f"sugar index: {e}") from None
     config = IngestConfig.for_model(model, max_images=args.max_chunk_images, max_tokens=args.max_chunk_tokens,
                                     read=ReadOptions(pdf_page_images=args.pdf_page_images),
@@ -140,7 +140,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from index import IndexError_
+    from index import IndexRefused
     from index.embedding import embed_samples, open_for_model
     from model.sample import Sample
     from model.sugar import SugarModel
@@ -148,7 +148,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     model = SugarModel.from_pretrained(args.checkpoint)
     try:
         idx = open_for_model(args.index, model)
-    except IndexError_ as e:
+    except IndexRefused as e:
         raise SystemExit(f"sugar index: {e}") from None
     parts: list = [args.query]
     for img in args.image:
@@ -164,7 +164,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         hits = idx.search(query, k=args.k, k_prime=args.k_prime, filters=filters or None, text=args.query,
                           mode=args.mode, lexical_weight=args.lexical_weight)
-    except IndexError_ as e:
+    except IndexRefused as e:
         raise SystemExit(f"sugar index search: {e}") from None
     if args.json:
         print(json.dumps([h.to_dict() for h in hits]))

@@ -117,7 +117,8 @@ def _add_bench_train(bsub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a Sugar checkpoint (joint generative + discriminative)")
-    p.add_argument("--preset", default="tiny", help="tiny (default checkpoint) or smoke")
+    p.add_argument("--preset", default="tiny", help="shipped (the recipe of the checkpoint in the package), "
+                   "tiny (300 steps, the default), claims, claims_staged or smoke (training/config.py)")
     p.add_argument("--config", type=Path, help="a JSON recipe (training/recipes/); overrides the preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (JSON value), repeatable")
@@ -396,7 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpcore"):  # one line per request otherwise (benchmarks, engines)
+    # httpx/httpcore: one line per request otherwise (benchmarks, engines); faiss.loader: its
+    # probe of the CPU-specific builds logs "Could not load library ..." at INFO, which reads
+    # as a failure although the build it then loads is fine
+    for noisy in ("httpx", "httpcore", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from index import DocumentIndex, Embedded
+from index import DocumentIndex, DocumentVectors
 from model.sample import Sample
 from tests.conftest import make_image
 
@@ -23,7 +23,7 @@ def main(path: str) -> None:
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         g = v.sum(0) / np.linalg.norm(v.sum(0))
         s = Sample.build([f"crash doc {i}", make_image(i % 7)], id=f"c{i}", metadata={"i": i})
-        idx.add([(s, Embedded(v, g.astype(np.float32)))], version="v1")
+        idx.add([(s, DocumentVectors(v, g.astype(np.float32)))], version="v1")
         if i % 10 == 3:
             idx.delete([f"c{i - 1}"])
             print(f"-c{i - 1}", flush=True)

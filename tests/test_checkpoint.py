@@ -75,3 +75,13 @@ def _truncate(f):
 def test_missing_directory(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint directory not found"):
         SugarModel.from_pretrained(tmp_path / "none")
+
+
+def test_a_retired_config_key_is_ignored_an_unknown_one_refused():
+    """`backbone_family` was written by earlier versions and read by nothing (retired, #21):
+    checkpoints carrying it still load; a key nobody ever wrote is still an error."""
+    from model.config import SugarConfig
+
+    assert SugarConfig.from_dict({"backbone_family": "llava", "embed_dim": 64}).embed_dim == 64
+    with pytest.raises(ValueError, match="unknown keys"):
+        SugarConfig.from_dict({"backbone_familly": "llava"})

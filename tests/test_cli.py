@@ -122,3 +122,15 @@ def test_settings_refuse_an_unknown_retrieval_mode(monkeypatch):
     monkeypatch.setenv("SUGAR_RETRIEVAL_LEXICAL_WEIGHT", "2")
     with pytest.raises(ValidationError, match="retrieval_lexical_weight"):
         Settings()
+
+
+def test_startup_logs_no_faiss_loader_lines(tmp_path):
+    """faiss's loader probes CPU-specific builds and logs 'Could not load library ...' at INFO:
+    the CLI keeps it out of the log (issue #21)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sugar_cli", "index", "stats", "--index", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=300)
+    assert "faiss.loader" not in proc.stderr and "Could not load library" not in proc.stderr
+    assert proc.returncode != 0 and "no index here" in proc.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import DocumentIndex, Embedded, IndexError_, VectorSettings
+from index import DocumentIndex, DocumentVectors, IndexRefused, VectorSettings
 from index.ingest import reembed
 from model.sample import Sample
 from tests.conftest import make_image
@@ -28,7 +28,7 @@ def rand_emb(rng, m=2):
     v = rng.normal(size=(m, D)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     g = v.sum(0)
-    return Embedded(v, (g / np.linalg.norm(g)).astype(np.float32))
+    return DocumentVectors(v, (g / np.linalg.norm(g)).astype(np.float32))
 
 
 def docs(n, seed=0, with_image=False, meta=None):
@@ -97,17 +97,17 @@ def test_corrupt_snapshot_is_rebuilt_from_the_store(tmp_path, caplog):
 
 def test_refuses_wrong_dimension_and_version(tmp_path):
     idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1")
-    bad = Embedded(np.zeros((1, 8), np.float32), np.zeros(8, np.float32))
-    with pytest.raises(IndexError_, match="dimension 8 does not match the index \\(16\\)"):
+    bad = DocumentVectors(np.zeros((1, 8), np.float32), np.zeros(8, np.float32))
+    with pytest.raises(IndexRefused, match="dimension 8 does not match the index \\(16\\)"):
         idx.add([(Sample.build(["x"]), bad)], version="v1")
-    with pytest.raises(IndexError_, match="embedding version v2 does not match"):
+    with pytest.raises(IndexRefused, match="embedding version v2 does not match"):
         idx.add(docs(1), version="v2")
     idx.close()
-    with pytest.raises(IndexError_, match="built with embedding version v1, not v2"):
+    with pytest.raises(IndexRefused, match="built with embedding version v1, not v2"):
         DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v2")
-    with pytest.raises(IndexError_, match="index dimension 16 does not match 32"):
+    with pytest.raises(IndexRefused, match="index dimension 16 does not match 32"):
         DocumentIndex(tmp_path / "ix", dim=32)
-    with pytest.raises(IndexError_, match="no index here"):
+    with pytest.raises(IndexRefused, match="no index here"):
         DocumentIndex(tmp_path / "empty")
 
 
@@ -277,14 +277,14 @@ def test_hybrid_fuses_dense_and_bm25_scores(tmp_path):
     assert odd and all(h.metadata["odd"] is True for h in odd)
     assert [h.id for h in idx.search(q, k=5, mode="hybrid")] == [h.id for h in dense[:5]]
     assert set(hybrid[0].to_dict()) == {"id", "score", "ann_score", "metadata", "dense_score", "lexical_score"}
-    with pytest.raises(IndexError_, match="search mode must be one of dense, hybrid, lexical, got 'bm25'"):
+    with pytest.raises(IndexRefused, match="search mode must be one of dense, hybrid, lexical, got 'bm25'"):
         idx.search(q, k=3, text=text, mode="bm25")
     # the weight: 0 keeps the dense order of the candidates, 1 the BM25 order of the matched ones
     all_dense = idx.search(q, k=5, k_prime=25, text=text, mode="hybrid", lexical_weight=0.0)
     assert [h.dense_score for h in all_dense] == pytest.approx([h.score for h in by_dense[:5]], rel=1e-5)
     all_words = idx.search(q, k=5, k_prime=25, text=text, mode="hybrid", lexical_weight=1.0)
     assert [h.lexical_score for h in all_words] == pytest.approx(sorted(lex.values(), reverse=True)[:5])
-    with pytest.raises(IndexError_, match=r"lexical_weight must lie in \[0, 1\], got 1.5"):
+    with pytest.raises(IndexRefused, match=r"lexical_weight must lie in \[0, 1\], got 1.5"):
         idx.search(q, k=3, text=text, mode="hybrid", lexical_weight=1.5)
 
 
@@ -411,7 +411,7 @@ def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path):
         assert d.to_sample().slices[1].image.size == (40, 30)
     for doc_id in sorted(live)[:20]:
         d = idx.get(doc_id)
-        hits = idx.search(Embedded(d.vectors.copy(), d.summary.copy()), k=1)
+        hits = idx.search(DocumentVectors(d.vectors.copy(), d.summary.copy()), k=1)
         assert hits[0].id == doc_id
 
 
@@ -471,7 +471,7 @@ def test_writers_racing_on_the_same_ids_keep_faiss_and_store_equal(tmp_path, mon
     assert ok, problems
     for doc_id in reopened.list_ids(0, 10):
         d = reopened.get(doc_id)
-        hits = reopened.search(Embedded(d.vectors, d.summary), k=3)
+        hits = reopened.search(DocumentVectors(d.vectors, d.summary), k=3)
         assert doc_id in [h.id for h in hits]
 
 
@@ -493,7 +493,7 @@ def test_truncated_store_is_refused_naming_the_file(tmp_path):
     idx.close()
     store = tmp_path / "ix" / "store.sqlite"
     store.write_bytes(store.read_bytes()[: 4096 * 3])
-    with pytest.raises(IndexError_, match="store.sqlite: not a readable SQLite database.*backup"):
+    with pytest.raises(IndexRefused, match="store.sqlite: not a readable SQLite database.*backup"):
         DocumentIndex(tmp_path / "ix")
 
 
@@ -511,7 +511,7 @@ def test_store_behind_its_snapshot_is_refused_then_repaired_on_request(tmp_path)
     lost.mkdir()
     for name in ("store.sqlite", "faiss.index", "faiss.meta.json"):  # no -wal, no -shm
         shutil.copy(tmp_path / "ix" / name, lost / name)
-    with pytest.raises(IndexError_, match="behind its FAISS snapshot.*sugar index rebuild"):
+    with pytest.raises(IndexRefused, match="behind its FAISS snapshot.*sugar index rebuild"):
         DocumentIndex(lost, dim=D, embedding_version="v1")
     repaired = DocumentIndex(lost, dim=D, embedding_version="v1", repair=True)
     assert repaired.verify()[0] and repaired.vectors.count == repaired.count()
@@ -587,5 +587,5 @@ def test_server_sigkilled_while_clients_race_put_and_delete_keeps_the_index_whol
     assert len(ids) <= 3
     for doc_id in ids:
         d = idx.get(doc_id)
-        hits = idx.search(Embedded(d.vectors, d.summary), k=3, rerank=False)
+        hits = idx.search(DocumentVectors(d.vectors, d.summary), k=3, rerank=False)
         assert doc_id in [h.id for h in hits]

@@ -132,11 +132,11 @@ def test_lora_recipe_parses():
 def test_lora_on_tiny_backbone_trains_and_merges(tmp_path):
     cfg = preset("smoke").with_overrides(["steps=2", "lora_rank=4"])
     tr = Trainer(cfg, tmp_path / "ck")
-    trainable = {n for n, p in tr.model.lm.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in tr.model.llava.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     tr.run()
     m = SugarModel.from_pretrained(tmp_path / "ck")
-    assert not any("lora" in k for k in m.lm.state_dict())
+    assert not any("lora" in k for k in m.llava.state_dict())
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):

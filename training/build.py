@@ -40,7 +40,7 @@ def apply_lora(model: SugarModel, cfg: TrainConfig) -> None:
     """LoRA adapters on the language model; vision tower frozen; heads fully trained."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    lm = model.lm
+    lm = model.llava
     for p in lm.parameters():
         p.requires_grad_(False)
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
@@ -55,7 +55,7 @@ def merge_lora(model: SugarModel) -> None:
     """Fold LoRA weights into the base layers so backbone/ is a plain HF model."""
     from peft.tuners.lora import LoraLayer
 
-    lm = model.lm.model.language_model
+    lm = model.llava.model.language_model
     for name, module in list(lm.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge()

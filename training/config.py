@@ -182,7 +182,8 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # the default checkpoint: budgeted to train in <= 10 minutes on 2 CPU cores
+    # `sugar train`'s default preset: 300 joint steps, budgeted to train in <= 10 minutes on 2 CPU
+    # cores (to watch training; the checkpoint in the package is `shipped`)
     "tiny": {"tiny": {"patch_size": 16}, "steps": 300, "threads": 2},
     # the checkpoint shipped with the project (model/default_checkpoint/): the staged recipe
     # (issue #20, docs/METHOD.md §11): image tokens centred and scaled, 1,000 generative steps

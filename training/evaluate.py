@@ -330,16 +330,16 @@ class Evaluator:
         question ranked by mode "hybrid" (GA kernel fused with BM25 over the documents' text)."""
         import tempfile
 
-        from index.embedding import embedded, open_for_model
+        from index.embedding import document_vectors, open_for_model
         from index.ingest import SourcePlan, write
 
         k, fmt = self.cfg.rag_k, self.model.config.prompts
         with tempfile.TemporaryDirectory() as tmp:
             index = open_for_model(tmp, self.model)
             plan = SourcePlan([Sample(d.slices, id=str(i)) for i, d in enumerate(docs)],
-                              embedded=[embedded(de, i) for i in range(len(docs))])
+                              vectors=[document_vectors(de, i) for i in range(len(docs))])
             write(index, [plan], None, self.model.embedding_version)
-            tops = [[int(h.id) for h in index.search(embedded(qe, i), k, text=q, mode="hybrid")]
+            tops = [[int(h.id) for h in index.search(document_vectors(qe, i), k, text=q, mode="hybrid")]
                     for i, (_, q, _) in enumerate(qs)]
             index.close()
         prompts = [generation_prompt(text(q), fmt, [docs[j] for j in top])

@@ -111,7 +111,7 @@ class TrainModule(nn.Module):
         self._image_tokens = []
         device = self.model.backbone.device
         with self.timer("gen_forward"):
-            logits = [self.model.lm(**g.to(device).model_inputs()).logits for g in enc.gen]
+            logits = [self.model.llava(**g.to(device).model_inputs()).logits for g in enc.gen]
         embs = None
         with self.timer("embed_forward"):
             if enc.embed:

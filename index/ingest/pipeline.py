@@ -34,7 +34,7 @@ from typing import Any
 
 from model.sample import Sample, SampleError
 
-from ..index import DocumentIndex, Embedded
+from ..index import DocumentIndex, DocumentVectors
 from ..store import slices_equal
 from .chunking import (
     ChunkLimits,
@@ -49,7 +49,7 @@ from .readers import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, ReadError, ReadOptions, d
 
 logger = logging.getLogger(__name__)
 
-Embed = Callable[[list[Sample]], list[Embedded]]
+Embed = Callable[[list[Sample]], list[DocumentVectors]]
 UPLOAD_PREFIX = "upload:"
 
 
@@ -204,7 +204,7 @@ class IngestConfig:
 
 @dataclass
 class SourcePlan:
-    """What one write does: samples to store (embedded by `write` unless `embedded` holds their
+    """What one write does: samples to store (embedded by `write` unless `vectors` holds their
     vectors already), ids to delete, metadata to replace, and the source's result (file
     sources) — planned without writing anything."""
 
@@ -212,7 +212,7 @@ class SourcePlan:
     delete: list[str] = field(default_factory=list)
     updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     result: FileResult | None = None
-    embedded: list[Embedded] | None = None
+    vectors: list[DocumentVectors] | None = None
     vectors_only: bool = False  # re-embedding: stored documents get new vectors, nothing else
 
     @property
@@ -231,11 +231,11 @@ def write(index: DocumentIndex, plans: Sequence[SourcePlan], embed: Embed | None
     then store everything in one transaction — samples, deletions and metadata updates (or, for
     re-embedding plans, the new vectors). Returns the stored ids. KeyError as `DocumentIndex.add`
     (an existing id without `upsert`, an unknown id to delete); nothing is written then."""
-    pending = [s for p in plans if p.embedded is None for s in p.samples]  # embedded together, in batches
+    pending = [s for p in plans if p.vectors is None for s in p.samples]  # embedded together, in batches
     fresh = iter(embed_in_batches(pending, embed, batch_size, progress))
-    docs: list[tuple[Sample, Embedded]] = []
+    docs: list[tuple[Sample, DocumentVectors]] = []
     for p in plans:
-        vecs = p.embedded if p.embedded is not None else [next(fresh) for _ in p.samples]
+        vecs = p.vectors if p.vectors is not None else [next(fresh) for _ in p.samples]
         docs += zip(p.samples, vecs, strict=True)
     if plans and all(p.vectors_only for p in plans):
         index.replace_vectors(docs, version)
@@ -245,10 +245,10 @@ def write(index: DocumentIndex, plans: Sequence[SourcePlan], embed: Embed | None
 
 
 def embed_in_batches(samples: list[Sample], embed: Embed | None, batch_size: int,
-                     progress: Callable[[int], None] | None = None) -> list[Embedded]:
+                     progress: Callable[[int], None] | None = None) -> list[DocumentVectors]:
     if samples and embed is None:
         raise ValueError("samples to store without vectors and no embedding function")
-    out: list[Embedded] = []
+    out: list[DocumentVectors] = []
     for a in range(0, len(samples), batch_size):
         part = samples[a : a + batch_size]
         out += embed(part)  # type: ignore[misc]
