@@ -65,6 +65,7 @@ class Backbone(ABC):
     """A loaded multimodal LLM: model, tokenizer, image processor."""
 
     family: ClassVar[str]
+    image_token: str  # the placeholder one image takes in a prompt's text
     model: Any
     tokenizer: Any
     processor: Any
@@ -92,6 +93,14 @@ class Backbone(ABC):
 
     @abstractmethod
     def _expand(self, prompt: Prompt) -> tuple[str, list[tuple[int, int]]]: ...
+
+    @abstractmethod
+    def tokenize(self, prompt: Prompt) -> tuple[list[int], list[int]]:
+        """Token ids (images expanded) and each token's start in `prompt.text`."""
+
+    @abstractmethod
+    def batch_from_ids(self, ids: Sequence[int], images: Sequence[Any]) -> EncodedBatch:
+        """A one-prompt generation batch from token ids and their images."""
 
     def image_tokens(self, images: Sequence[Any]) -> torch.Tensor:
         """[images, tokens, d]: what the LM is shown of each image (the projector's output)."""
@@ -283,6 +292,35 @@ class LlavaBackbone(Backbone):
     def prompt_length(self, prompt: Prompt) -> int:
         with self.lock:
             return super().prompt_length(prompt)
+
+    def tokenize(self, prompt: Prompt) -> tuple[list[int], list[int]]:
+        """The prompt's token ids (images expanded) and where each token starts in `prompt.text`
+        (the tokens of an image start at its placeholder): one tokenisation, from which the
+        ids of any prompt that leaves out spans of this one are cut (`batch_from_ids`)."""
+        with self.lock:
+            text, _ = self._expand(prompt)
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ph, grow = self.image_token, len(self.image_token) * (self._tokens_per_image - 1)
+        places = [i for i in range(len(prompt.text)) if prompt.text.startswith(ph, i)]
+        starts, j = [], 0
+        for a, _ in enc["offset_mapping"]:
+            # placeholders whose whole expansion lies before this token
+            while j < len(places) and places[j] + j * grow + len(ph) + grow <= a:
+                j += 1
+            inside = j < len(places) and a >= places[j] + j * grow
+            starts.append(places[j] if inside else a - j * grow)
+        return list(enc["input_ids"]), starts
+
+    def batch_from_ids(self, ids: Sequence[int], images: Sequence[Any]) -> EncodedBatch:
+        """A one-prompt batch for generation from token ids already cut (`tokenize`) and the
+        images whose tokens they hold (their pixels processed here)."""
+        pixel_values = None
+        if images:
+            pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        input_ids = torch.tensor([list(ids)], dtype=torch.long)
+        return EncodedBatch(input_ids, torch.ones_like(input_ids), pixel_values,
+                            torch.full_like(input_ids, -1), torch.zeros(1, 1, dtype=torch.bool),
+                            torch.zeros(1, 1, dtype=torch.bool))
 
     def count_text_tokens(self, text: str) -> int:
         """Tokens of plain text (no images, no special tokens): chunk budgets (index.ingest.chunking)."""

@@ -68,6 +68,7 @@ class Prepared:
 
 class Engine(ABC):
     name: str
+    decodes_our_tokens = False  # True: generates from the ids `prepare_ids` gets (in process)
 
     @abstractmethod
     def max_context(self) -> int: ...
@@ -75,6 +76,11 @@ class Engine(ABC):
     def prepare(self, messages: Messages) -> Prepared | None:
         """Tokenise the prompt here, once, when this engine decodes from our tokens
         (in process); None when the engine tokenises itself (vLLM)."""
+        return None
+
+    def prepare_ids(self, ids: Sequence[int], images: Sequence[Any]) -> Prepared | None:
+        """The same from token ids the service already has (cut from one tokenisation of
+        the longest prompt); None when the engine tokenises itself."""
         return None
 
     @abstractmethod
@@ -98,6 +104,7 @@ class HFEngine(Engine):
     """transformers `generate` with KV cache on one worker thread; streaming by TextIteratorStreamer."""
 
     name = "hf"
+    decodes_our_tokens = True
 
     def __init__(self, model: SugarModel) -> None:
         self.model = model
@@ -114,6 +121,9 @@ class HFEngine(Engine):
     def prepare(self, messages: Messages) -> Prepared:
         batch = self.backbone.encode([self._prompt(messages)], padding_side="left")
         return Prepared(int(batch.input_ids.shape[1]), batch)
+
+    def prepare_ids(self, ids: Sequence[int], images: Sequence[Any]) -> Prepared:
+        return Prepared(len(ids), self.backbone.batch_from_ids(ids, images))
 
     def _run(self, messages: Messages, max_tokens: int, temperature: float, streamer=None,
              cancel: threading.Event | None = None, prepared: Prepared | None = None) -> GenerationResult:

@@ -27,7 +27,8 @@ from index.ingest import (
     write,
 )
 from index.ingest.readers import ReadError, ReadOptions
-from model.prompts import Part, rag_parts
+from model.backbone import Backbone
+from model.prompts import Part, Prompt, rag_parts
 from model.sample import Sample, SampleError, SampleLimits
 from model.sugar import SugarModel
 
@@ -61,6 +62,36 @@ class UploadRefused(ValueError):
         self.files = files
         shown = "; ".join(f"{f['file']}: {f['reason']}" for f in files[:10])
         super().__init__(f"{len(files)} file(s) cannot be read, nothing was stored: {shown}")
+
+
+# tokens kept free when documents were dropped and the engine tokenises the shorter prompt
+# itself (vLLM): its tokenisation of the join may differ from our cut by a token or two
+JOIN_SLACK = 2
+
+
+def dropped_span(full: str, short: str) -> tuple[int, int]:
+    """[lo, hi) of `full` whose removal leaves `short` (a prompt with its last documents left out)."""
+    lo = len(os.path.commonprefix([full, short]))
+    tail = len(os.path.commonprefix([full[lo:][::-1], short[lo:][::-1]]))
+    hi = len(full) - tail
+    assert full[:lo] + full[hi:] == short, "the shorter prompt is not the longer one with one span left out"
+    return lo, hi
+
+
+def cut_prompt(full: Prompt, tokenized: tuple[list[int], list[int]], short: Prompt,
+               bb: Backbone) -> tuple[list[int], list[Any]]:
+    """The ids and images of `short` (`full` with one span left out: its last documents) cut
+    from `full`'s one tokenisation (`Backbone.tokenize`). Exact when tokens of `full` start
+    at both ends of the span (the documents' blocks begin on a line of their own); otherwise
+    (no document left: the span starts mid-line) `short` is tokenised itself."""
+    ids, starts = tokenized
+    lo, hi = dropped_span(full.text, short.text)
+    at = set(starts)
+    if lo not in at or (hi not in at and hi != len(full.text)):
+        return bb.tokenize(short)[0], list(short.images)
+    places = [i for i in range(len(full.text)) if full.text.startswith(bb.image_token, i)]
+    return ([t for t, s in zip(ids, starts, strict=True) if not lo <= s < hi],
+            [im for im, s in zip(full.images, places, strict=True) if not lo <= s < hi])
 
 
 @dataclass
@@ -231,38 +262,38 @@ class SugarService:
         return await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)
 
     def _fit(self, history, query: Sample, hits: list[Hit], max_tokens: int, retrieval_ms: float) -> RagPlan:
-        """The prompt with every retrieved document is tokenised once (by the engine when it
-        decodes from our tokens) and handed to the engine as is when it fits; otherwise
-        documents are dropped from the end, counting tokens, and the chosen prompt is
-        prepared once."""
+        """The prompt with every retrieved document is tokenised once — the query and each
+        document once, kept or dropped. When it does not fit, documents are dropped from the
+        end of the ranking: each shorter prompt's length comes from the same tokenisation (the
+        tokens of the dropped span left out), and the engine that decodes from our tokens gets
+        exactly those ids."""
+        from model.prompts import chat_prompt
+
         docs = [h.document.to_sample() for h in hits]  # type: ignore[union-attr]
         budget = self.engine.max_context() - max_tokens
-        fmt = self.model.config.prompts
+        fmt, bb = self.model.config.prompts, self.model.backbone
 
-        def messages_with(n: int):
+        def messages_with(n: int) -> list[tuple[str, list[Part]]]:
             return [*history, ("user", rag_parts(docs[:n], query, fmt))]
 
-        used = len(hits)
-        messages = messages_with(used)
-        prepared = self.engine.prepare(messages)
-        n = prepared.tokens if prepared is not None else self.prompt_tokens(messages)
+        def render(n: int):  # text only: rendering is not tokenising
+            return chat_prompt(messages_with(n), fmt, eos=bb.eos_token)
+
+        full = render(len(docs))
+        tokenized = bb.tokenize(full)
+        ids, images = tokenized[0], list(full.images)
+        used, n = len(docs), len(ids)
         while n > budget and used > 0:
             used -= 1
-            messages = messages_with(used)
-            n = self.prompt_tokens(messages)
-            prepared = None
+            ids, images = cut_prompt(full, tokenized, render(used), bb)
+            # an engine that tokenises the shorter prompt itself may join the two sides with
+            # a token or two other than our cut: keep that margin
+            n = len(ids) + (0 if self.engine.decodes_our_tokens else JOIN_SLACK)
         if n > budget:
             raise BadRequest("max_tokens", f"the prompt takes {n} tokens and max_tokens {max_tokens}: more than "
                              f"the context of {self.engine.max_context()}")
-        if prepared is None:
-            prepared = self.engine.prepare(messages)
-        return RagPlan(messages, hits[:used], hits[used:], retrieval_ms, prepared)
-
-    def prompt_tokens(self, messages) -> int:
-        from model.prompts import chat_prompt
-
-        bb = self.model.backbone
-        return bb.prompt_length(chat_prompt(messages, self.model.config.prompts, eos=bb.eos_token))
+        prepared = self.engine.prepare_ids(ids, images)
+        return RagPlan(messages_with(used), hits[:used], hits[used:], retrieval_ms, prepared)
 
     async def generate(self, plan: RagPlan, max_tokens: int, temperature: float) -> GenerationResult:
         self.generations.acquire()

@@ -249,14 +249,18 @@ def test_the_rag_prompt_is_tokenised_once_and_decoded_as_measured(client, app_an
     generation-side tokenisation per request (the query's embedding is another path)."""
     bb = app_and_client[0].state.service.model.backbone
     calls = []
-    real = type(bb).encode
+    real, real_encode = type(bb).tokenize, type(bb).encode
 
-    def counting(self, prompts, padding_side="right"):
-        if padding_side == "left":
-            calls.append(len(prompts))
-        return real(self, prompts, padding_side)
+    def counting(self, prompt):
+        calls.append(1)
+        return real(self, prompt)
 
-    monkeypatch.setattr(type(bb), "encode", counting)
+    def encode(self, prompts, padding_side="right"):
+        assert padding_side != "left", "the engine tokenised the prompt again"
+        return real_encode(self, prompts, padding_side)
+
+    monkeypatch.setattr(type(bb), "tokenize", counting)
+    monkeypatch.setattr(type(bb), "encode", encode)
     body = {"query": text_sample("What colour is the banner of House H3?"), "max_tokens": 2,
             "retrieval": {"k": 3}, "stream": stream}
     if stream:
@@ -266,6 +270,61 @@ def test_the_rag_prompt_is_tokenised_once_and_decoded_as_measured(client, app_an
         final = client.post("/generate", json=body).json()
     assert calls == [1]
     assert len(final["documents"]) == 3 and final["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("tight", [False, True])
+def test_generate_tokenises_the_query_once_and_each_document_once(client, app_and_client, monkeypatch, tight):
+    """Issue #21: fitting the documents into the context tokenises the prompt once — the query
+    and each retrieved document once, kept or dropped (before: the whole prompt again for every
+    document dropped, and once more for the engine). The query's embedding prompt is another
+    path (the input-limit check and the retrieval embedding)."""
+    service = app_and_client[0].state.service
+    tok_cls = type(service.model.backbone.tokenizer)
+    texts: list[str] = []
+    real = tok_cls.__call__
+
+    def counting(self, text, *a, **kw):
+        texts.extend([text] if isinstance(text, str) else list(text))
+        return real(self, text, *a, **kw)
+
+    q = text_sample("What colour is the banner of House H2?")
+    ctx = service.engine.max_context()
+    full = client.post("/generate", json={"query": q, "max_tokens": 1, "retrieval": {"k": 5}}).json()
+    max_tokens = ctx - full["usage"]["prompt_tokens"] + 10 if tight else 1
+    monkeypatch.setattr(tok_cls, "__call__", counting)
+    r = client.post("/generate", json={"query": q, "max_tokens": max_tokens, "retrieval": {"k": 5}}).json()
+    monkeypatch.undo()
+    assert bool(r["dropped_documents"]) == tight
+    for d in r["documents"] + r["dropped_documents"]:
+        name = d["id"].removeprefix("house-")
+        assert sum(f"The banner of House H{name}:" in t for t in texts) == 1, d["id"]
+    query_text = q["slices"][0]["text"]
+    assert sum(query_text in t and "The banner of House" in t.replace(query_text, "") for t in texts) == 1
+    assert sum(query_text in t for t in texts) == 3  # input check + retrieval embedding + the prompt
+
+
+def test_cut_ids_equal_the_shorter_prompt_tokenised(app_and_client):
+    """The fast path against the slow reference: the ids cut from the longest prompt's one
+    tokenisation equal the shorter prompt's own tokenisation (images included), and the cut
+    takes the right images."""
+    from model.prompts import chat_prompt, rag_parts
+    from model.sample import Sample
+    from server.service import cut_prompt
+    from tests.conftest import make_image
+
+    model = app_and_client[0].state.service.model
+    bb, fmt = model.backbone, model.config.prompts
+    docs = [Sample.build([f"Document text number {i}.", make_image(i)]) for i in range(4)]
+    query = Sample.build(["What is shown?", make_image(9)])
+    render = lambda n: chat_prompt([("user", rag_parts(docs[:n], query, fmt))], fmt, eos=bb.eos_token)  # noqa: E731
+    full = render(4)
+    tokenized = bb.tokenize(full)
+    assert tokenized[0] == bb.encode([full]).input_ids[0].tolist()
+    for n in range(4):  # n = 0: no document left, the span starts mid-line (tokenised itself)
+        short = render(n)
+        ids, images = cut_prompt(full, tokenized, short, bb)
+        assert ids == bb.encode([short]).input_ids[0].tolist(), n
+        assert images == short.images
 
 
 def test_backpressure_429(tiny_ckpt, tmp_path):
