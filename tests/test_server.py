@@ -483,15 +483,19 @@ def test_settings_from_environment(monkeypatch, tmp_path):
         Settings(_env_file=None)
 
 
-def test_bench_server_small(tiny_ckpt, tmp_path, capsys):
+def _bench_server(ckpt, tmp_path, *flags: str) -> dict:
     from sugar_cli.main import main
 
-    seed_index(tmp_path / "ix", tiny_ckpt, n=4)
+    seed_index(tmp_path / "ix", ckpt, n=4)
     out = tmp_path / "bench.json"
-    assert main(["bench", "server", "--checkpoint", str(tiny_ckpt), "--index", str(tmp_path / "ix"),
-                 "--endpoints", "embed", "retrieve", "--concurrency", "1", "32", "--seconds", "2",
-                 "--max-requests", "64", "--json", str(out)]) == 0
-    data = json.loads(out.read_text())
+    assert main(["bench", "server", "--checkpoint", str(ckpt), "--index", str(tmp_path / "ix"), *flags,
+                 "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_server_small(tiny_ckpt, tmp_path, capsys):
+    data = _bench_server(tiny_ckpt, tmp_path, "--endpoints", "embed", "retrieve", "--concurrency", "1", "32",
+                         "--seconds", "2", "--max-requests", "64")
     rows = data["runs"]["batching"]
     assert {r["endpoint"] for r in rows} == {"embed", "retrieve"}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows)
@@ -502,14 +506,8 @@ def test_bench_server_small(tiny_ckpt, tmp_path, capsys):
 def test_bench_server_against_a_baseline_revision_alternates_and_prints_ratios(tiny_ckpt, tmp_path, capsys):
     """`--baseline REV`: a server of REV's code (a git worktree) beside this checkout's, both up,
     the cells alternating; new/old ratios per cell (issue #21's "no route slower")."""
-    from sugar_cli.main import main
-
-    seed_index(tmp_path / "ix", tiny_ckpt, n=4)
-    out = tmp_path / "bench.json"
-    assert main(["bench", "server", "--checkpoint", str(tiny_ckpt), "--index", str(tmp_path / "ix"),
-                 "--endpoints", "embed", "--concurrency", "1", "--seconds", "1", "--max-requests", "8",
-                 "--baseline", "HEAD", "--json", str(out)]) == 0
-    data = json.loads(out.read_text())
+    data = _bench_server(tiny_ckpt, tmp_path, "--endpoints", "embed", "--concurrency", "1", "--seconds", "1",
+                         "--max-requests", "8", "--baseline", "HEAD")
     assert set(data["runs"]) == {"old HEAD", "new"}
     assert all(r["errors"] == 0 and r["requests"] > 0 for rows in data["runs"].values() for r in rows)
     [ratio] = data["new_over_old"]

@@ -33,6 +33,7 @@ from .common import (
     Text,
     TextSlice,
     Usage,
+    Wire,
     check_json,
     slices_out,
 )
@@ -149,6 +150,7 @@ __all__ = [
     "UploadSummary",
     "UploadedFile",
     "Usage",
+    "Wire",
     "citation",
     "finish_reason",
     "generate_response",

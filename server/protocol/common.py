@@ -109,13 +109,17 @@ def _temperature_floor(value: float | None) -> float | None:
 Temperature = Annotated[StrictFloat, Field(ge=0.0, le=2.0), AfterValidator(_temperature_floor)]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Wire(BaseModel):
+    """A request model: JSON true is never taken for the integer 1."""
 
     @model_validator(mode="before")
     @classmethod
     def _ints(cls, data: Any) -> Any:
         return _no_bools_for_ints(cls, data)
+
+
+class Strict(Wire):
+    model_config = ConfigDict(extra="forbid")
 
 
 # non-empty after stripping ASCII whitespace, no NUL (what model.sample enforces); the

@@ -3,26 +3,21 @@ typed responses and stream chunks, with their builders."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from .common import NonBlankText, RetrievalOptions, SampleIn, Temperature, Usage, _no_bools_for_ints
+from .common import NonBlankText, RetrievalOptions, SampleIn, Temperature, Usage, Wire
 from .native import DocumentScore
 
 if TYPE_CHECKING:
     from ..engine import GenerationResult
 
 
-class Loose(BaseModel):
+class Loose(Wire):
     """OpenAI routes accept (and log) fields we do not use, as vLLM does."""
 
     model_config = ConfigDict(extra="allow")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _ints(cls, data: Any) -> Any:
-        return _no_bools_for_ints(cls, data)
 
 
 class ChatImageURL(Loose):
