@@ -80,7 +80,7 @@ class Backbone(ABC):
     def max_positions(self) -> int: ...
 
     @abstractmethod
-    def image_token_count(self, image: Any) -> int:
+    def image_token_count(self, image: Any = None) -> int:
         """How many tokens one image placeholder expands into."""
 
     @abstractmethod

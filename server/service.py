@@ -138,7 +138,10 @@ class SugarService:
     def _check_tokens(self, sample: Sample, where: str) -> None:
         """Bound a sample by what it costs: its embedding prompt's tokens, counted by the
         tokenizer, within `max_input_tokens` (default: the model's context). A text too
-        long to fit even at the longest token is refused without tokenising it."""
+        long to fit even at the longest token is refused without tokenising it; a prompt
+        that fits even at one token per byte (plus its images' tokens and a margin for the
+        tokens a tokenizer adds) is admitted without tokenising it either — the embedding
+        tokenises it once, later."""
         from model.prompts import embedding_prompt
 
         bb = self.model.backbone
@@ -146,7 +149,12 @@ class SugarService:
         chars = sum(len(s.text or "") for s in sample.slices)
         if chars > limit * self._longest_token:
             raise SampleError(where, f"{chars} characters cannot fit in {limit} tokens (the input limit)")
-        n = bb.prompt_length(embedding_prompt(sample, self.model.config.prompts))
+        prompt = embedding_prompt(sample, self.model.config.prompts)
+        n_images = len(prompt.images)
+        text_bytes = len(prompt.text.encode("utf-8")) - n_images * len(bb.image_token.encode("utf-8"))
+        if text_bytes + n_images * bb.image_token_count() + 2 * len(sample.slices) + 8 <= limit:
+            return
+        n = bb.prompt_length(prompt)
         if n > limit:
             raise SampleError(where, f"{n} tokens exceed the input limit of {limit}")
 

@@ -292,6 +292,25 @@ def test_inputs_are_bounded_by_their_tokens(client):
     assert client.post("/embed", json={"samples": [text_sample("zq " * 50)]}).status_code == 200
 
 
+def test_the_untokenised_admission_bound_holds(client):
+    """A short input is admitted without tokenising it when it fits at one token per byte
+    (plus its images' tokens and a margin): check the bound against the tokenizer."""
+    from model.prompts import embedding_prompt
+    from model.sample import Sample
+    from tests.conftest import make_image
+
+    model = client.app.state.service.model
+    bb = model.backbone
+    for parts in (["a"], ["zq " * 50], ["漢字 mixed ascii 😀" * 5], [" a ", "\n\nb"], ["x", make_image(1), "y"],
+                  ["\u00e9" * 40, make_image(2)]):
+        sample = Sample.build(parts)
+        prompt = embedding_prompt(sample, model.config.prompts)
+        n_images = len(prompt.images)
+        text_bytes = len(prompt.text.encode()) - n_images * len(bb.image_token.encode())
+        bound = text_bytes + n_images * bb.image_token_count() + 2 * len(sample.slices) + 8
+        assert bb.prompt_length(prompt) <= bound, parts
+
+
 def test_one_failing_request_in_a_micro_batch_fails_alone():
     import asyncio
 
