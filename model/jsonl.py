@@ -17,12 +17,14 @@ lists them all); none is skipped silently.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sample import DEFAULT_LIMITS, Sample, SampleError, SampleLimits
+from .sample import DEFAULT_LIMITS, DOCUMENT_ID, Sample, SampleError, SampleLimits
 
 TASKS = ("caption", "vqa", "pair", "rag")
 
@@ -118,6 +120,9 @@ class _Line:
 def _document(r: _Line) -> Document:
     r.only("id", "slices", "metadata")
     doc_id = r.need("id", str, "a string")
+    if not re.fullmatch(DOCUMENT_ID, doc_id):
+        raise SampleError("id", f"{doc_id[:80]!r} is not a document id (letters, digits, _ first, then "
+                          "also . : @ + -; at most 256 characters)")
     s = r.sample({k: r.obj[k] for k in ("slices", "metadata") if k in r.obj}, "document")
     return Document(id=doc_id, sample=Sample(s.slices, id=doc_id, metadata=s.metadata), metadata=s.metadata)
 
@@ -165,6 +170,17 @@ def parse_record(obj: Any, resolve: PathResolver, limits: SampleLimits = DEFAULT
     raise SampleError("task", f"unknown task {task!r} (expected one of {list(TASKS)} or none)")
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"{text} is beyond the double range")
+    return v
+
+
 def iter_records(lines: Iterable[str], resolve: PathResolver, limits: SampleLimits = DEFAULT_LIMITS
                  ) -> Iterator[tuple[int, Record | SampleError]]:
     """(line number, record or the error of that line) for every non-blank line."""
@@ -172,9 +188,12 @@ def iter_records(lines: Iterable[str], resolve: PathResolver, limits: SampleLimi
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_not_json, parse_float=_finite)
         except json.JSONDecodeError as e:
             yield lineno, SampleError("line", f"invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        except (ValueError, RecursionError) as e:
+            yield lineno, SampleError("line", f"invalid JSON ({e if isinstance(e, ValueError) else 'nested too deeply'})")
             continue
         try:
             yield lineno, parse_record(obj, resolve, limits)

@@ -49,6 +49,10 @@ class SampleLimits:
 
 
 DEFAULT_LIMITS = SampleLimits()
+# Document ids: what a URL path segment carries unescaped and a file name can hold; no "/",
+# no leading "." (no "..", no hidden names). The server's routes and the ingestion of JSONL
+# documents both enforce it (a stored id outside it could not be read back).
+DOCUMENT_ID = r"^[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,255}$"
 BLANK = " \t\n\r\f\v"  # what makes a text slice empty (ASCII whitespace; the API schema spells out the same class)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +183,10 @@ class SugarService:
         else:
             raise SampleError(where, "path is outside the allow-listed directories")
         try:
-            size = real.stat().st_size
+            st = real.stat()
+            if not stat.S_ISREG(st.st_mode):  # a device or a pipe never ends (/dev/zero)
+                raise SampleError(where, "not a regular file")
+            size = st.st_size
             if size > self.limits.max_image_bytes:
                 raise SampleError(where, f"{size} bytes exceed the limit of {self.limits.max_image_bytes}")
             return real.read_bytes()

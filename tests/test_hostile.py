@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from tests.conftest import make_image, png_bytes
 from tests.server_fixtures import seed_index, settings_for
 
 SURROGATE = "a\ud800b"  # valid JSON ("a\\ud800b"), not valid Unicode
@@ -399,3 +400,84 @@ def test_churn_deletes_racing_reads_give_no_5xx(client):
     assert set(codes) <= {200, 404, 429}  # 429: a full queue under 32 clients is backpressure
     ok, problems = client.app.state.service.index.verify()
     assert ok, problems
+
+
+# ---------------------------------------------------------------- issue #22: strict input on every way in
+
+
+@pytest.fixture(scope="module")
+def strict_client(tiny_ckpt, tmp_path_factory):
+    ix = tmp_path_factory.mktemp("strict") / "ix"
+    seed_index(ix, tiny_ckpt, n=2)
+    allowed = tmp_path_factory.mktemp("allowed")
+    (allowed / "ok.png").write_bytes(png_bytes(make_image(3)))
+    app = create_app(settings_for(tiny_ckpt, ix, allow_paths=[str(allowed), "/dev"]))
+    with TestClient(app) as c:
+        c.allowed = allowed
+        yield c
+
+
+def _count(c) -> int:
+    return c.get("/index/stats").json()["count"]
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_metadata_is_a_422_naming_the_field_on_every_write(strict_client, number):
+    c = strict_client
+    before = _count(c)
+    doc = '{"id": "nf1", "slices": [{"type": "text", "text": "x"}], "metadata": {"v": NUM}}'.replace("NUM", number)
+    sample = '{"slices": [{"type": "text", "text": "x"}], "metadata": {"v": [1, NUM]}}'.replace("NUM", number)
+    for method, path, body in (("POST", "/documents", doc), ("PUT", "/documents/nf1", doc),
+                               ("POST", "/embed", '{"samples": [' + sample + '], "store": true}')):
+        r = c.request(method, path, content=body, headers={"content-type": "application/json"})
+        assert_422(r, "metadata", "not a finite number")
+    r = c.post("/documents/upload", files=[("files", ("a.md", b"# A\n\ntext", "text/markdown"))],
+               data={"metadata": '{"v": ' + number + "}"})
+    assert_422(r, "metadata", "not a finite number")
+    line = '{"id": "nf2", "slices": [{"type": "text", "text": "x"}], "metadata": {"v": NUM}}\n'.replace("NUM", number)
+    r = c.post("/documents/upload", files=[("files", ("d.jsonl", line.encode(), "text/plain"))])
+    assert_422(r, "files", "d.jsonl")
+    assert _count(c) == before and c.get("/health").status_code == 200
+
+
+def test_upload_metadata_nested_too_deep_and_unusable_file_names_are_422(strict_client):
+    c = strict_client
+    r = c.post("/documents/upload", files=[("files", ("a.md", b"# A\n\ntext", "text/markdown"))],
+               data={"metadata": "[" * 100_000 + "]" * 100_000})
+    assert_422(r, "metadata", "nested deeper")
+    r = c.post("/documents/upload", files=[("files", ("a.md", b"# A\n\ntext", "text/markdown"))],
+               data={"metadata": '{"a": ' * 100 + "1" + "}" * 100})
+    assert_422(r, "metadata", "nested deeper than 64")
+    for name in (".", "a/./b.md", "dir/"):
+        r = c.post("/documents/upload", files=[("files", (name, b"# A\n\ntext", "text/markdown"))])
+        assert_422(r, "files[0]", "not a usable name")
+    assert c.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("doc_id", ["a/b", "../x", "sp ace", ".hidden"])
+def test_jsonl_upload_ids_follow_the_id_grammar(strict_client, doc_id):
+    c = strict_client
+    before = _count(c)
+    line = json.dumps({"id": doc_id, "slices": [{"type": "text", "text": "x"}]}) + "\n"
+    r = c.post("/documents/upload", files=[("files", ("ids.jsonl", line.encode(), "text/plain"))])
+    assert_422(r, "files", "is not a document id")
+    assert _count(c) == before
+
+
+def test_jsonl_upload_paths_follow_the_allow_list_and_never_read_a_device(strict_client, tmp_path):
+    """Issue #22's first hole: an image path inside an uploaded JSONL is read only inside
+    SUGAR_ALLOW_PATHS (the JSON API's rule), never from a special file; nothing is stored."""
+    c = strict_client
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(png_bytes(make_image(4)))
+    before = _count(c)
+    for path, message in ((str(outside), "outside the allow-listed"), ("../../etc/passwd", "outside the allow-listed"),
+                          ("/dev/zero", "not a regular file")):
+        line = json.dumps({"id": "p1", "slices": [{"type": "image", "path": path}]}) + "\n"
+        r = c.post("/documents/upload", files=[("files", ("p.jsonl", line.encode(), "text/plain"))])
+        assert_422(r, "files", message)
+    assert _count(c) == before
+    line = json.dumps({"id": "p2", "slices": [{"type": "image", "path": str(c.allowed / "ok.png")}]}) + "\n"
+    r = c.post("/documents/upload", files=[("files", ("p.jsonl", line.encode(), "text/plain"))])
+    assert r.status_code == 200, r.text
+    assert c.get("/documents/p2/images/0").status_code == 200

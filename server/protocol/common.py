@@ -10,6 +10,7 @@ routes accept and log them (`openai.Loose`). The sample schema is the training J
 from __future__ import annotations
 
 import base64
+import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -23,14 +24,12 @@ from pydantic import (
     model_validator,
 )
 
-from model.sample import BLANK
+from model.sample import BLANK, DOCUMENT_ID
 
 if TYPE_CHECKING:
     from index.store import StoredDocument
 
-# Document ids: what a URL path segment carries unescaped and a file name can hold;
-# no "/", no leading "." (no "..", no hidden names). Enforced where ids are created.
-ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,255}$"
+ID_PATTERN = DOCUMENT_ID  # model.sample: the one grammar, also for ids inside uploaded JSONL
 # filter integers: inside SQLite's int64, with a bound that reads the same as a double (so
 # /openapi.json means the same to clients that parse JSON numbers as floats)
 INT64 = (-9 * 10**18, 9 * 10**18)
@@ -49,17 +48,30 @@ def _check_text(value: str) -> str:
     return value
 
 
+# metadata nested deeper than this is refused (a filter or a label needs a few levels)
+MAX_JSON_DEPTH = 64
+
+
 def check_json(value: Any) -> Any:
-    """Metadata: UTF-8 strings, keys included (stored and returned as JSON)."""
-    if isinstance(value, str):
-        _check_text(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_text(k)
-            check_json(v)
-    elif isinstance(value, list):
-        for v in value:
-            check_json(v)
+    """Metadata: UTF-8 strings (keys included), finite numbers (JSON has no NaN or Infinity;
+    Python's parser takes them, and 1e400, as floats), nesting within MAX_JSON_DEPTH levels.
+    Walked without recursion."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        v, depth, where = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(v, str):
+            _check_text(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{where.lstrip('.') or 'value'}: {v} is not a finite number (JSON has no NaN or "
+                             "Infinity; numbers beyond the double range are refused)")
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                _check_text(k)
+                stack.append((x, depth + 1, f"{where}.{k}"))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1, f"{where}[{i}]") for i, x in enumerate(v))
     return value
 
 

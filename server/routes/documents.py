@@ -45,6 +45,8 @@ def _upload_name(raw: str | None, k: int) -> str:
     if len(name) > 255 or any(ord(c) < 32 or c == "\x7f" for c in name) or ".." in name.split("/"):
         raise BadRequest(f"files[{k}]", f"file name {name[:80]!r} is not allowed (control characters, "
                          "'..' or over 255 characters)")
+    if any(part in ("", ".") for part in name.split("/")):
+        raise BadRequest(f"files[{k}]", f"file name {name[:80]!r} is not a usable name (an empty or '.' part)")
     return name
 
 
@@ -62,6 +64,8 @@ async def upload_documents(
     if metadata is not None:
         try:
             meta = P.check_json(json.loads(metadata))
+        except RecursionError:
+            raise BadRequest("metadata", f"nested deeper than {P.MAX_JSON_DEPTH} levels") from None
         except (json.JSONDecodeError, ValueError) as e:
             raise BadRequest("metadata", f"not valid JSON ({e})") from None
         if not isinstance(meta, dict):
