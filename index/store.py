@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -110,6 +111,10 @@ def stored_sample(doc_id: str, slices: list[dict[str, Any]], metadata: dict[str,
     return Sample(out, id=doc_id, metadata=metadata)
 
 
+class StoreUnavailable(RuntimeError):
+    """The store's files changed under the process: no write is accepted (the server: 503)."""
+
+
 def blob_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -127,6 +132,31 @@ class DocumentStore:
             c.executescript(SCHEMA)
             c.commit()
             self._ensure_lexical(c)
+            self._files = self._identities()
+
+    # ---------------------------------------------------------------- files
+    def _identities(self) -> dict[str, tuple[int, int] | None]:
+        """(device, inode) of the database and its WAL file, None where absent."""
+        out: dict[str, tuple[int, int] | None] = {}
+        for f in (self.path, Path(f"{self.path}-wal")):
+            try:
+                st = os.stat(f)
+                out[f.name] = (st.st_dev, st.st_ino)
+            except FileNotFoundError:
+                out[f.name] = None
+        return out
+
+    def check_files(self) -> None:
+        """StoreUnavailable when the database or its WAL file was deleted or replaced under
+        this process (its writes would go to an unlinked file and be lost at the next open):
+        checked before every write and by readiness."""
+        now = self._identities()
+        for name, ident in self._files.items():
+            if ident is not None and now.get(name) != ident:
+                what = "deleted" if now.get(name) is None else "replaced"
+                raise StoreUnavailable(f"{name} was {what} while the store was open: writes are refused "
+                                       "so nothing acknowledged is lost; restart the server (README: "
+                                       "durability and backups)")
 
     def _ensure_lexical(self, c: sqlite3.Connection) -> None:
         """The FTS5 table and its triggers; filled from `docs` when they are new (one
@@ -165,6 +195,7 @@ class DocumentStore:
 
     def set_meta(self, items: dict[str, Any]) -> None:
         with self.write_lock:
+            self.check_files()
             c = self.conn
             c.execute("BEGIN IMMEDIATE")
             for k, v in items.items():
@@ -190,6 +221,7 @@ class DocumentStore:
         added: list[tuple[int, np.ndarray]] = []
         deleted: list[int] = []
         with self.write_lock:
+            self.check_files()
             c = self.conn
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -256,6 +288,7 @@ class DocumentStore:
         """Re-embedding: new vectors for existing ids (new fids, one transaction)."""
         added, deleted = [], []
         with self.write_lock:
+            self.check_files()
             c = self.conn
             c.execute("BEGIN IMMEDIATE")
             try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index import IndexRefused
+from index import IndexRefused, StoreUnavailable
 from model.sample import SampleError
 
 from . import protocol as P
@@ -125,6 +126,20 @@ async def engine_error(_: Request, exc: EngineError):
     return error(503, "engine_unavailable", str(exc))
 
 
+async def store_unavailable(_: Request, exc: StoreUnavailable):
+    return error(503, "index_unavailable", str(exc))
+
+
+async def store_failed(request: Request, exc: sqlite3.DatabaseError):
+    """The store failed under a request: a 503 naming why (its files changed under the
+    process, or SQLite's own error), never a 500."""
+    try:
+        request.app.state.service.index.store.check_files()
+    except StoreUnavailable as e:
+        return error(503, "index_unavailable", str(e))
+    return error(503, "index_unavailable", f"the index store failed ({exc})")
+
+
 HANDLERS = {
     RequestValidationError: validation,
     StarletteHTTPException: http_error,
@@ -136,6 +151,8 @@ HANDLERS = {
     Conflict: conflict,
     Overloaded: overloaded,
     EngineError: engine_error,
+    StoreUnavailable: store_unavailable,
+    sqlite3.DatabaseError: store_failed,
 }
 
 

@@ -378,6 +378,7 @@ class SugarService:
                 if e.summary.shape != (self.index.dim,):
                     raise EngineError("canary embedding has the wrong dimension")
                 await asyncio.wait_for(self.engine.check(), self.settings.vllm_timeout_s)
+                self.index.store.check_files()
                 self._ready_error = None
             except Exception as e:  # any failure turns /ready red, with the reason
                 self._ready_error = f"{type(e).__name__}: {e}"

@@ -4,6 +4,7 @@ innocent requests beside it are unharmed, and the server stays healthy after."""
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -481,3 +482,38 @@ def test_jsonl_upload_paths_follow_the_allow_list_and_never_read_a_device(strict
     r = c.post("/documents/upload", files=[("files", ("p.jsonl", line.encode(), "text/plain"))])
     assert r.status_code == 200, r.text
     assert c.get("/documents/p2/images/0").status_code == 200
+
+
+@pytest.mark.parametrize("damage", ["delete_wal", "replace_store"])
+def test_a_store_changed_under_the_server_refuses_writes_with_503_and_turns_ready_red(tiny_ckpt, tmp_path, damage):
+    """Issue #22: a live server whose WAL file is deleted (or whose database is replaced) kept
+    acknowledging writes that were lost at the restart. Now every write is a 503 naming the
+    file and /ready is red; reads still answer."""
+    import shutil
+
+    ix = tmp_path / "ix"
+    seed_index(ix, tiny_ckpt, n=2)
+    with TestClient(create_app(settings_for(tiny_ckpt, ix, ready_cache_s=0))) as c:
+        doc = {"id": "w1", "slices": [{"type": "text", "text": "before"}]}
+        assert c.post("/documents", json=doc).status_code == 201
+        assert c.get("/ready").status_code == 200
+        if damage == "delete_wal":
+            os.unlink(ix / "store.sqlite-wal")
+            name = "store.sqlite-wal was deleted"
+        else:
+            shutil.copy(ix / "store.sqlite", tmp_path / "copy.sqlite")
+            os.replace(tmp_path / "copy.sqlite", ix / "store.sqlite")
+            name = "store.sqlite was replaced"
+        for method, path, body in (("POST", "/documents", {**doc, "id": "w2"}), ("PUT", "/documents/w1", doc),
+                                   ("POST", "/embed", {"samples": [doc], "store": True, "upsert": True})):
+            r = c.request(method, path, json=body)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["type"] == "index_unavailable" and name in r.json()["error"]["message"]
+        r = c.post("/documents/upload", files=[("files", ("a.md", b"# A\n\ntext", "text/markdown"))])
+        assert r.status_code == 503 and name in r.text
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and name in ready.text
+        assert c.get("/health").status_code == 200
+        # a read on another thread's connection meets the unlinked WAL: a 503 naming it, never a 500
+        r = c.get("/documents/w1")
+        assert r.status_code == 200 or (r.status_code == 503 and name in r.text), r.text
