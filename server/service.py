@@ -281,7 +281,14 @@ class SugarService:
         exactly those ids."""
         from model.prompts import chat_prompt
 
-        docs = [h.document.to_sample() for h in hits]  # type: ignore[union-attr]
+        docs, usable = [], []
+        for h in hits:  # a stored document that cannot be rendered is left out, never an error for all
+            try:
+                docs.append(h.document.to_sample())  # type: ignore[union-attr]
+                usable.append(h)
+            except SampleError as e:
+                logger.warning("generation: document %r left out of the context: %s", h.id, e)
+        hits = usable
         budget = self.engine.max_context() - max_tokens
         fmt, bb = self.model.config.prompts, self.model.backbone
 

@@ -4,6 +4,7 @@ innocent requests beside it are unharmed, and the server stays healthy after."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -517,3 +518,32 @@ def test_a_store_changed_under_the_server_refuses_writes_with_503_and_turns_read
         # a read on another thread's connection meets the unlinked WAL: a 503 naming it, never a 500
         r = c.get("/documents/w1")
         assert r.status_code == 200 or (r.status_code == 503 and name in r.text), r.text
+
+
+def test_a_stored_image_over_the_limits_never_fails_another_clients_generate(tiny_ckpt, tmp_path, caplog):
+    """Issue #22: a document stored with an image beyond the pixel limit (an older server, a
+    looser limit, the CLI) made every /generate that retrieved it a 422 ('decompression bomb'
+    or 'exceeds the limit') for every client. Now it is left out of the context, logged."""
+    from PIL import Image
+
+    from index.embedding import add_samples, open_for_model
+    from model.sample import Sample, SampleLimits
+    from model.sugar import SugarModel
+
+    model = SugarModel.from_pretrained(tiny_ckpt)
+    idx = open_for_model(tmp_path / "ix", model)
+    big = Image.new("RGB", (4200, 4100), (20, 40, 200))  # 17.2 M pixels > 4096², one colour: a small PNG
+    loose = SampleLimits(max_image_pixels=10**8)
+    add_samples(idx, model, [Sample.build(["The banner of House Big:", big], id="house-big", limits=loose),
+                             Sample.build(["The banner of House Small:", make_image(1)], id="house-small")])
+    idx.close()
+    with TestClient(create_app(settings_for(tiny_ckpt, tmp_path / "ix"))) as c:
+        q = {"slices": [{"type": "text", "text": "What colour is the banner of House Big?"}]}
+        with caplog.at_level(logging.WARNING, logger="server.service"):
+            r = c.post("/generate", json={"query": q, "max_tokens": 2, "retrieval": {"k": 2}})
+        assert r.status_code == 200, r.text
+        assert [d["id"] for d in r.json()["documents"]] == ["house-small"]
+        assert "'house-big' left out of the context" in caplog.text and "exceeds the limit" in caplog.text
+        chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q["slices"][0]["text"]}],
+                                                   "max_tokens": 2, "retrieval": {"k": 2}})
+        assert chat.status_code == 200, chat.text
