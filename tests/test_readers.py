@@ -205,3 +205,63 @@ def test_pdf_chunks_carry_their_page():
     samples = chunk(p, "/r.pdf", "h")
     assert [(s.metadata["page"], s.slices[0].text) for s in samples] == [(1, "first page text"),
                                                                          (2, "second page text")]
+
+
+def _pdf(objs: dict[int, bytes]) -> bytes:
+    """A PDF from numbered objects (1: catalog); offsets and xref written here."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = {}
+    for i in sorted(objs):
+        offsets[i] = len(out)
+        out += b"%d 0 obj\n" % i + objs[i] + b"\nendobj\n"
+    xref, n = len(out), max(objs) + 1
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % n + b"".join(b"%010d 00000 n \n" % offsets[i] for i in range(1, n))
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (n, xref)
+    return bytes(out)
+
+
+def _stream(data: bytes, extra: bytes = b"") -> bytes:
+    return b"<< /Length %d %s >>\nstream\n" % (len(data), extra) + data + b"\nendstream"
+
+
+def test_a_huge_pdf_page_is_rendered_within_the_pixel_limit():
+    """Issue #22: a 600-byte PDF with one 14,400 x 14,400 pt page rendered a 207 M pixel image
+    (16-25 s, +3 GB). It is rendered at the scale that fits the pixel limit."""
+    import time
+
+    from model.sample import SampleLimits
+
+    data = _pdf({1: b"<< /Type /Catalog /Pages 2 0 R >>", 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                 3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 14400 14400] /Contents 4 0 R >>",
+                 4: _stream(b"")})
+    assert len(data) < 600
+    limits = SampleLimits(max_image_pixels=1_000_000)
+    t0 = time.perf_counter()
+    parsed = read(data, "huge.pdf", ReadOptions(limits=limits))
+    assert time.perf_counter() - t0 < 10
+    [block] = [b for b in parsed.blocks if b.kind == "image"]
+    w, h = block.image.size
+    assert w * h <= 1_000_000 and w > 900 and h > 900
+
+
+def test_a_pdf_embedded_image_beyond_the_limit_is_skipped_before_decoding():
+    import time
+    import zlib
+
+    from model.sample import SampleLimits
+
+    side = 14_400
+    pixels = zlib.compress(bytes(side * side // 8), 9)  # 1 bit per pixel, all black: ~25 KB
+    image = _stream(pixels, b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
+                    b"/BitsPerComponent 1 /Filter /FlateDecode" % (side, side))
+    content = b"BT /F1 12 Tf 72 720 Td (A page with a picture.) Tj ET q 400 0 0 400 100 200 cm /Im1 Do Q"
+    data = _pdf({1: b"<< /Type /Catalog /Pages 2 0 R >>", 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                 3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources "
+                    b"<< /Font << /F1 6 0 R >> /XObject << /Im1 5 0 R >> >> >>",
+                 4: _stream(content), 5: image,
+                 6: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"})
+    t0 = time.perf_counter()
+    parsed = read(data, "pic.pdf", ReadOptions(limits=SampleLimits(max_image_pixels=4096 * 4096)))
+    assert time.perf_counter() - t0 < 5
+    assert [b.kind for b in parsed.blocks] == ["text"]
+    assert any("14400x14400 image beyond the limit" in s for s in parsed.skipped), parsed.skipped

@@ -4,7 +4,9 @@ Per page: the text layer's lines in PDFium's reading order, with the page's
 embedded images placed before the first line below their top edge. With
 `pdf_page_images="always"` the rendered page is added as an image slice at
 the top of each page; `"auto"` (the default) renders only pages without a
-text layer (scans, slides exported as images); `"never"` renders none.
+text layer (scans, slides exported as images); `"never"` renders none. A page
+is rendered at a scale that keeps it within the pixel limit, and an embedded
+image beyond it is skipped (with the reason) before its pixels are decoded.
 Encrypted, corrupt and empty PDFs raise `ReadError` with the reason.
 """
 
@@ -61,9 +63,14 @@ def _read_page(page, number: int, opts: ReadOptions, parsed: Parsed, raw) -> Non
     finally:
         tp.close()
     images: list[tuple[float, object]] = []
+    limit = opts.limits.max_image_pixels
     for obj in page.get_objects(filter=[raw.FPDF_PAGEOBJ_IMAGE], max_depth=3):
         try:
             _, _, _, top = obj.get_bounds()
+            pw, ph = obj.get_px_size()  # from the image's header: checked before any pixel is decoded
+            if pw * ph > limit:
+                parsed.skipped.append(f"page {number}: embedded {pw}x{ph} image beyond the limit of {limit} pixels")
+                continue
             img = obj.get_bitmap(render=True).to_pil()
         except Exception as e:  # noqa: BLE001 - one unreadable image does not lose the page
             parsed.skipped.append(f"page {number}: embedded image ({type(e).__name__}: {e})")
@@ -77,7 +84,7 @@ def _read_page(page, number: int, opts: ReadOptions, parsed: Parsed, raw) -> Non
         images.append((top, img.convert("RGB")))
     render = opts.pdf_page_images == "always" or (opts.pdf_page_images == "auto" and not lines)
     if render:
-        bitmap = page.render(scale=opts.pdf_render_scale)
+        bitmap = page.render(scale=_page_scale(page, opts))
         parsed.blocks.append(Block("image", f"Page {number}", image=bitmap.to_pil().convert("RGB"),
                                    page=number))
         if not lines:
@@ -91,3 +98,14 @@ def _read_page(page, number: int, opts: ReadOptions, parsed: Parsed, raw) -> Non
         parsed.blocks.append(Block("text", text, page=number))
     for _, img in images[k:]:
         parsed.blocks.append(Block("image", "", image=img, page=number))  # type: ignore[arg-type]
+
+
+def _page_scale(page, opts: ReadOptions) -> float:
+    """`pdf_render_scale`, lowered so that the rendered page stays within the pixel limit (a
+    14,400 pt page at scale 1 would be 207 M pixels: it is rendered at 4096 x 4096 instead)."""
+    w, h = page.get_size()
+    scale = opts.pdf_render_scale
+    if w * h * scale * scale > opts.limits.max_image_pixels:
+        scale = (opts.limits.max_image_pixels / (w * h)) ** 0.5 * 0.999
+    return scale
+
