@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 # the checkpoint shipped inside the package (trained by `sugar train --preset shipped`)
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default_checkpoint"
-DEFAULT_CHECKPOINT_COMMAND = f"sugar train --preset shipped --out {DEFAULT_CHECKPOINT}"
+# the shipped checkpoint is the shipped preset's 4,000 steps, resumed to 8,000 (docs/METHOD.md §11.4)
+DEFAULT_CHECKPOINT_COMMAND = (f"sugar train --preset shipped --out {DEFAULT_CHECKPOINT} && sugar train --preset "
+                              f"shipped --steps 8000 --set threads=1 --resume --out {DEFAULT_CHECKPOINT}")
 
 BACKBONE_DIR = "backbone"
 HEADS_FILE = "heads.safetensors"

@@ -188,7 +188,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the checkpoint shipped with the project (model/default_checkpoint/): the staged recipe
     # (issue #20, docs/METHOD.md §11): image tokens centred and scaled, 1,000 generative steps
     # with the vision side frozen (200 of captions first), then 3,000 joint steps, the vision
-    # side still frozen; many house names; stored in float16
+    # side still frozen; many house names; stored in float16. The shipped files are this run
+    # resumed to 8,000 steps (`--steps 8000 --set threads=1 --resume`, METHOD §11.4)
     "shipped": {"tiny": {"patch_size": 16}, "steps": 4000, "threads": 2, "warmup": 50, "n_houses": 1500,
                 "checkpoint_every": 100, "save_dtype": "float16",
                 "standardize_projector": "global", "image_scale": 2.0, "read_steps": 1000, "align_steps": 200,
