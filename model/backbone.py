@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -301,7 +302,7 @@ class LlavaBackbone(Backbone):
             text, _ = self._expand(prompt)
             enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ph, grow = self.image_token, len(self.image_token) * (self._tokens_per_image - 1)
-        places = [i for i in range(len(prompt.text)) if prompt.text.startswith(ph, i)]
+        places = [m.start() for m in re.finditer(re.escape(ph), prompt.text)]
         starts, j = [], 0
         for a, _ in enc["offset_mapping"]:
             # placeholders whose whole expansion lies before this token

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ def cut_prompt(full: Prompt, tokenized: tuple[list[int], list[int]], short: Prom
     at = set(starts)
     if lo not in at or (hi not in at and hi != len(full.text)):
         return bb.tokenize(short)[0], list(short.images)
-    places = [i for i in range(len(full.text)) if full.text.startswith(bb.image_token, i)]
+    places = [m.start() for m in re.finditer(re.escape(bb.image_token), full.text)]
     return ([t for t, s in zip(ids, starts, strict=True) if not lo <= s < hi],
             [im for im, s in zip(full.images, places, strict=True) if not lo <= s < hi])
 
