@@ -213,7 +213,7 @@ class SugarService:
                     if len(data) > self.limits.max_image_bytes:
                         raise SampleError(where, f"image exceeds {self.limits.max_image_bytes} bytes")
                 return data
-        except httpx.HTTPError:
+        except (httpx.HTTPError, httpx.InvalidURL):
             raise failed from None
 
     # ------------------------------------------------------------ embedding

@@ -6,7 +6,9 @@ prefix (`https://images.example.org/public/`). A requested URL is parsed, not
 string-matched: the scheme must be http(s), userinfo (`user@host`) is refused,
 scheme, host (case-insensitive) and port (the scheme's default when absent)
 must equal an entry's, and its path must start with the entry's path at a
-segment boundary. The host is then resolved and every address it resolves to
+segment boundary (a path with `.` or `..` segments, percent-encoded or not, is
+refused: the target would normalise it out of the prefix; so is a URL with
+whitespace or control characters, or over 8,192 characters). The host is then resolved and every address it resolves to
 must be public: loopback, private, link-local, multicast, reserved and
 unspecified addresses are refused unless the operator opens them too
 (`SUGAR_ALLOW_PRIVATE_URLS`, e.g. for an image service on the same network).
@@ -23,9 +25,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_URL_CHARS = 8192
 
 
 class UrlRefused(ValueError):
@@ -79,6 +82,11 @@ class UrlPolicy:
         """The URL to fetch, or UrlRefused."""
         if not self.allowed:
             raise UrlRefused("image URLs are not allowed (the operator has not allow-listed any)")
+        if len(url) > MAX_URL_CHARS:
+            raise UrlRefused(f"URL of {len(url)} characters exceeds the limit of {MAX_URL_CHARS}")
+        if any(ord(c) <= 32 or c == "\x7f" for c in url):
+            # urlsplit drops tabs and newlines (WHATWG) but the client sends them: refused, not guessed
+            raise UrlRefused("URL contains whitespace or control characters")
         try:
             u = urlsplit(url)
             port = u.port
@@ -91,6 +99,10 @@ class UrlPolicy:
         if not u.hostname:
             raise UrlRefused("URL has no host")
         host, port = u.hostname.lower(), port or DEFAULT_PORTS[u.scheme]
+        segments = unquote(u.path).replace("\\", "/").split("/")
+        if "." in segments or ".." in segments:
+            # the target normalises /img/../secret.png to /secret.png: outside an /img/ prefix
+            raise UrlRefused("URL path has '.' or '..' segments")
         if not any(a.admits(u.scheme, host, port, u.path or "/") for a in self.allowed):
             raise UrlRefused("URL is not in the allow-list")
         if not self.allow_private:

@@ -220,12 +220,28 @@ def test_image_urls_are_parsed_not_prefix_matched(tiny_ckpt, tmp_path, image_hos
             "file:///etc/passwd": "scheme",
             f"{image_host}/public/redirect": "could not fetch",    # redirects are not followed
             f"{image_host}/public/missing.png": "could not fetch",
+            # issue #22: escaping the prefix by dot segments, whitespace inside, a huge URL
+            f"{image_host}/public/../secret": "'..' segments",
+            f"{image_host}/public/%2e%2e/secret": "'..' segments",
+            f"{image_host}/public/./img.png": "'.' or '..'",
+            f"{image_host}/public/img.png?" + "a" * 70_000: "exceeds the limit of 8192",
         }
         for url, why in refused.items():
             r = embed_url(c, url)
             assert r.status_code == 422 and why in r.json()["error"]["message"], (url, r.text)
             assert "secret" not in r.text and "404" not in r.text and "302" not in r.text
         assert c.get("/health").status_code == 200
+
+
+def test_an_html_upload_whose_img_src_holds_a_tab_is_no_500(tiny_ckpt, tmp_path, image_host):
+    seed_index(tmp_path / "ix", tiny_ckpt, n=1)
+    with url_client(tiny_ckpt, tmp_path / "ix", allow_urls=[f"{image_host}/public/"],
+                    allow_private_urls=True) as c:
+        html = f'<html><body><p>Text here.</p><img src="{image_host}/public/im\tg.png" alt="x"></body></html>'
+        r = c.post("/documents/upload", files=[("files", ("page.html", html.encode(), "text/html"))])
+        assert r.status_code == 200, r.text
+        [f] = r.json()["files"]
+        assert f["images"] == 0 and any("whitespace or control" in s for s in f["skipped_images"]), f
 
 
 def test_allow_listed_urls_to_private_addresses_need_the_operator(tiny_ckpt, tmp_path, image_host):
