@@ -262,11 +262,50 @@ def test_6_upload_markdown_with_image_search_it_then_delete(server, driver, tmp_
     doc_id = card.get_attribute("data-id")
     card.click()
     wait(d, lambda: d.find_element(By.ID, "doc-dialog").is_displayed())
+    # the metadata: one key per line, long values wrapped inside the dialog (issue #22)
+    meta = d.find_element(By.CSS_SELECTOR, "#doc-dialog-body pre.meta")
+    assert '"source": "upload:zephyr.md"' in meta.text and len(meta.text.splitlines()) > 3
+    assert meta.value_of_css_property("white-space") == "pre-wrap"
+    assert meta.size["width"] <= d.find_element(By.ID, "doc-dialog").size["width"]
+    # Delete asks first (issue #22): dismissed, nothing is deleted; accepted, it is
     d.find_element(By.ID, "doc-delete").click()
+    wait(d, lambda: not no_alert(d))
+    assert doc_id in d.switch_to.alert.text
+    d.switch_to.alert.dismiss()
+    assert api(server, "GET", f"/documents/{doc_id}")["id"] == doc_id
+    d.find_element(By.ID, "doc-delete").click()
+    wait(d, lambda: not no_alert(d))
+    d.switch_to.alert.accept()
     wait(d, lambda: not d.find_element(By.ID, "doc-dialog").is_displayed())
     with pytest.raises(urllib.error.HTTPError) as e:
         api(server, "GET", f"/documents/{doc_id}")
     assert e.value.code == 404
+
+
+def test_6b_the_library_list_asks_before_delete(server, driver):
+    d = driver
+    api(server, "POST", "/documents", {"id": "aaa-to-delete", "slices": [{"type": "text", "text": "Delete me."}]})
+    d.find_element(By.ID, "tab-search").click()
+    d.find_element(By.ID, "tab-library").click()  # the list is read when the tab opens
+    button = "#doc-list button[aria-label='delete aaa-to-delete']"
+    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#doc-list li"))
+    while not d.find_elements(By.CSS_SELECTOR, button):  # the newest document is on the last page
+        page = d.find_element(By.ID, "doc-page").text
+        assert d.find_element(By.ID, "doc-next").is_enabled(), page
+        d.find_element(By.ID, "doc-next").click()
+        wait(d, lambda page=page: d.find_element(By.ID, "doc-page").text != page)
+    d.find_element(By.CSS_SELECTOR, button).click()
+    wait(d, lambda: not no_alert(d))
+    d.switch_to.alert.dismiss()
+    assert api(server, "GET", "/documents/aaa-to-delete")["id"] == "aaa-to-delete"
+    d.find_element(By.CSS_SELECTOR, button).click()
+    wait(d, lambda: not no_alert(d))
+    d.switch_to.alert.accept()
+    wait(d, lambda: not d.find_elements(By.CSS_SELECTOR, button))
+    with pytest.raises(urllib.error.HTTPError) as e:
+        api(server, "GET", "/documents/aaa-to-delete")
+    assert e.value.code == 404
+    d.find_element(By.ID, "tab-search").click()  # where the next test starts
 
 
 def test_7_document_text_with_markup_renders_inert(server, driver):

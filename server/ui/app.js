@@ -108,7 +108,11 @@ function label(meta) {
 }
 
 let openId = null;
+// deleting cannot be undone: both Delete buttons ask first
+const sure = (id) => window.confirm(`Delete document ${id}? This cannot be undone.`);
+
 $("doc-delete").addEventListener("click", async () => {
+  if (!sure(openId)) return;
   try {
     await api(`/documents/${encodeURIComponent(openId)}`, { method: "DELETE" });
     $("doc-dialog").close();
@@ -128,9 +132,9 @@ async function openDocument(id) {
   body.replaceChildren();
   try {
     const d = await (await api(`/documents/${encodeURIComponent(id)}`)).json();
-    const m = document.createElement("p");
-    m.className = "muted";
-    m.textContent = JSON.stringify(d.metadata);
+    const m = document.createElement("pre");  // one key per line, long values wrapped (style.css)
+    m.className = "muted meta";
+    m.textContent = JSON.stringify(d.metadata, null, 2);
     body.append(m);
     await renderSlices(body, d.id, d.slices);
   } catch (e) {
@@ -396,6 +400,7 @@ async function refreshLibrary() {
       del.type = "button"; del.textContent = "Delete";
       del.setAttribute("aria-label", `delete ${id}`);
       del.addEventListener("click", async () => {
+        if (!sure(id)) return;
         try { await api(`/documents/${encodeURIComponent(id)}`, { method: "DELETE" }); refreshLibrary(); }
         catch (e) { $("library-error").textContent = e.message; }
       });
