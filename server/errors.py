@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
@@ -83,13 +84,29 @@ async def validation(_: Request, exc: RequestValidationError):
     return error(422, "invalid_request", f"{first['field']}: {first['message']}", first["field"], errors=errs)
 
 
-async def http_error(_: Request, exc: StarletteHTTPException):
+async def http_error(request: Request, exc: StarletteHTTPException):
     """FastAPI's own errors (unknown route, wrong method, unparseable body) in our shape."""
     kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
     r = error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
     for k, v in (exc.headers or {}).items():
         r.headers[k] = v
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        r.headers["Allow"] = allowed
     return r
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path, from the app's OpenAPI paths (GET implies
+    HEAD): Starlette's 405 names only the methods of the first route whose path matched (GET,
+    PUT and DELETE /documents/{id} are three routes)."""
+    table = getattr(request.app.state, "allowed_methods", None)
+    if table is None:
+        table = [(re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"),
+                  {m.upper() for m in ops} | ({"HEAD"} if "get" in ops else set()))
+                 for path, ops in request.app.openapi().get("paths", {}).items()]
+        request.app.state.allowed_methods = table
+    methods = set().union(*(ms for regex, ms in table if regex.match(request.url.path)))
+    return ", ".join(sorted(methods))
 
 
 async def sample_error(_: Request, exc: SampleError):

@@ -564,3 +564,17 @@ def test_a_stored_image_over_the_limits_never_fails_another_clients_generate(tin
         chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q["slices"][0]["text"]}],
                                                    "max_tokens": 2, "retrieval": {"k": 2}})
         assert chat.status_code == 200, chat.text
+
+
+def test_405_names_every_method_the_path_serves(client):
+    """Issue #22 (schemathesis): a 405 named only the first matching route's methods (OPTIONS
+    /documents/{id} answered 'Allow: PUT'); it names them all."""
+    for method, path, allow in (("OPTIONS", "/documents/house-0", "DELETE, GET, HEAD, PUT"),
+                                ("PATCH", "/documents/house-0", "DELETE, GET, HEAD, PUT"),
+                                ("OPTIONS", "/documents", "GET, HEAD, POST"), ("PUT", "/embed", "POST"),
+                                ("POST", "/documents/house-0/images/0", "GET, HEAD"),
+                                ("DELETE", "/v1/models", "GET, HEAD")):
+        r = client.request(method, path)
+        assert r.status_code == 405, (method, path)
+        assert r.headers["allow"] == allow, (method, path, r.headers.get("allow"))
+        assert r.json()["error"]["type"] == "method_not_allowed"
