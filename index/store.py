@@ -107,7 +107,7 @@ def stored_sample(doc_id: str, slices: list[dict[str, Any]], metadata: dict[str,
             out.append(Slice.of_text(s["text"]))
         else:
             data = blob(s["hash"])
-            out.append(Slice("image", image=decode_image(data, "stored image"), _png=data))
+            out.append(Slice("image", image=decode_image(data, "stored image", charge=False), _png=data))
     return Sample(out, id=doc_id, metadata=metadata)
 
 

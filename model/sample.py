@@ -17,8 +17,11 @@ import base64
 import binascii
 import hashlib
 import io
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,6 +52,53 @@ class SampleLimits:
 
 
 DEFAULT_LIMITS = SampleLimits()
+
+
+class BudgetExceeded(SampleError):
+    """The request's images together exceed its pixel budget: the request is refused, never
+    an image silently skipped."""
+
+
+class PixelBudget:
+    """Decoded pixels one request may cost, over all its images (each image is also bounded
+    by `SampleLimits.max_image_pixels`). Charged from an image's header, before its pixels
+    are decoded; `pixel_budget` makes one the current budget of a request (a context
+    variable: threads started with the request's context charge the same budget)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def charge(self, pixels: int, where: str) -> None:
+        with self._lock:
+            if self.used + pixels > self.limit:
+                raise BudgetExceeded(where, f"{pixels} more pixels exceed the request's budget of {self.limit} "
+                                         f"decoded pixels ({self.used} used by its earlier images)")
+            self.used += pixels
+
+
+_BUDGET: ContextVar[PixelBudget | None] = ContextVar("sugar_pixel_budget", default=None)
+
+
+@contextmanager
+def pixel_budget(limit: int | None) -> Iterator[PixelBudget | None]:
+    """Within the block, every decoded image (`decode_image`, PDF pages and embedded images)
+    is charged to one budget of `limit` pixels (None: no budget)."""
+    budget = PixelBudget(limit) if limit else None
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def charge_pixels(pixels: int, where: str) -> None:
+    """Charge the current request's pixel budget (none outside one); SampleError beyond it."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.charge(pixels, where)
+
+
 # Document ids: what a URL path segment carries unescaped and a file name can hold; no "/",
 # no leading "." (no "..", no hidden names). The server's routes and the ingestion of JSONL
 # documents both enforce it (a stored id outside it could not be read back).
@@ -277,8 +327,10 @@ def decode_base64(value: str, where: str, limits: SampleLimits = DEFAULT_LIMITS)
         raise SampleError(where, f"invalid base64 ({e})") from None
 
 
-def decode_image(raw: bytes, where: str, limits: SampleLimits = DEFAULT_LIMITS) -> Image.Image:
-    """Decode bytes into an RGB image, checking size and pixels before decoding pixels."""
+def decode_image(raw: bytes, where: str, limits: SampleLimits = DEFAULT_LIMITS, charge: bool = True) -> Image.Image:
+    """Decode bytes into an RGB image, checking size and pixels before decoding pixels; the
+    pixels are charged to the request's budget (`pixel_budget`) unless `charge` is False
+    (images the server stored itself)."""
     if len(raw) > limits.max_image_bytes:
         raise SampleError(where, f"{len(raw)} bytes exceed the limit of {limits.max_image_bytes}")
     if not raw:
@@ -300,6 +352,8 @@ def decode_image(raw: bytes, where: str, limits: SampleLimits = DEFAULT_LIMITS) 
             if w == 0 or h == 0:
                 raise SampleError(where, "image has no pixels")
             check_aspect(w, h, where, limits)
+            if charge:
+                charge_pixels(w * h, where)
             img.seek(0)  # animated images: the first frame
             img.load()
     except SampleError:

@@ -135,7 +135,7 @@ async def conflict(_: Request, exc: Conflict):
 
 async def overloaded(_: Request, exc: Overloaded):
     r = error(429, "overloaded", str(exc))
-    r.headers["Retry-After"] = "1"
+    r.headers["Retry-After"] = str(exc.retry_after)
     return r
 
 

@@ -1,4 +1,6 @@
-"""The request guard: API key, body size and body deadline, per-route metrics.
+"""The request guard: API key, body size and body deadline, the request's pixel
+budget (`model.sample.pixel_budget`: all the images one request decodes), per-route
+metrics.
 
 Runs before any route: a request that fails here never reaches the service.
 """
@@ -10,6 +12,8 @@ import hmac
 import time
 
 from fastapi import FastAPI, Request
+
+from model.sample import pixel_budget
 
 from .errors import error
 from .metrics import Metrics
@@ -71,6 +75,7 @@ def install_guard(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             if len(body) > settings.max_body_bytes:  # chunked bodies have no Content-Length
                 return refuse(413, "body_too_large", f"request body exceeds {settings.max_body_bytes} bytes",
                               "body")
-        response = await call_next(request)
+        with pixel_budget(settings.max_request_pixels):  # the route's threads inherit it
+            response = await call_next(request)
         metrics.observe(route, response.status_code, time.perf_counter() - t0)
         return response

@@ -11,34 +11,38 @@ import asyncio
 import logging
 import os
 import re
-import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from index import DocumentIndex, DocumentVectors, Hit
 from index.embedding import embed_samples
 from index.ingest import (
     UPLOAD_PREFIX,
+    Chunked,
     FileResult,
     IngestConfig,
     Ingestor,
+    SourceFile,
     SourcePlan,
+    SourceReader,
     pair_uploads,
     write,
 )
-from index.ingest.readers import ReadError, ReadOptions
+from index.ingest.chunking import TokenizerCount
+from index.ingest.readers import ReadOptions
 from model.backbone import Backbone
 from model.prompts import Part, Prompt, rag_parts
-from model.sample import Sample, SampleError, SampleLimits
+from model.sample import Sample, SampleError
 from model.sugar import SugarModel
 
 from .batching import EmbeddingBatcher, GenerationLimiter
 from .engine import Engine, EngineError, GenerationResult, Prepared
+from .policy import InputPolicy
 from .protocol import RetrievalOptions
 from .settings import Settings
-from .urls import UrlPolicy, UrlRefused
+from .workers import IngestPool, ReadTimeout, WorkerDied, read_sources
 
 logger = logging.getLogger(__name__)
 
@@ -109,31 +113,47 @@ class SugarService:
     def __init__(self, settings: Settings, model: SugarModel, index: DocumentIndex, engine: Engine,
                  batching: bool = True, on_batch=None) -> None:
         self.settings, self.model, self.index, self.engine = settings, model, index, engine
-        self.limits = SampleLimits(
-            max_slices=settings.max_slices, max_text_chars=settings.max_text_chars,
-            max_image_pixels=settings.max_image_pixels, max_image_bytes=settings.max_image_bytes,
-            max_image_aspect=settings.max_image_aspect,
-            image_formats=tuple(f.upper() for f in settings.image_formats),
-        )
+        self.policy = InputPolicy.from_settings(settings)  # every way bytes enter (server/policy.py)
+        self.limits = self.policy.limits
         self.batcher = EmbeddingBatcher(self._embed_sync, settings.embed_max_batch, settings.embed_max_wait_ms,
-                                        settings.embed_queue_size, enabled=batching, on_batch=on_batch)
+                                        settings.embed_queue_size, enabled=batching, on_batch=on_batch,
+                                        cost=self.token_estimate, max_cost=settings.embed_batch_tokens)
         self.generations = GenerationLimiter(settings.gen_queue_size)
-        self.url_policy = UrlPolicy(settings.allow_urls, settings.allow_private_urls)
+        self.ingest_pool = (IngestPool(settings.ingest_workers, settings.ingest_queue, settings.ingest_timeout_s)
+                            if settings.ingest_workers else None)
         self._ready_at = 0.0
         self._ready_error: str | None = "not checked yet"
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.warm_up)
         self.batcher.start()
+        if self.ingest_pool:
+            self.ingest_pool.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        if self.ingest_pool:
+            await self.ingest_pool.stop()
         await self.engine.close()
         self.index.close()
 
+    def warm_up(self) -> None:
+        """What loads or compiles on its first call (numba's GA kernel, FAISS, the lexical index,
+        the model's first forward) runs once before serving: the first requests under load
+        would otherwise each hold the GIL for a few hundred milliseconds and stall every
+        other request, `/health` included."""
+        import torch
+
+        [e] = self._embed_sync([Sample.build(["warm-up"])])
+        v = torch.from_numpy(e.vectors)[None]
+        self.model.config.kernel.similarity(v, v)
+        if self.index.count():
+            self.index.search(e, 1, text="warm-up", mode="hybrid")
+
     # ------------------------------------------------------------ input
     def parse(self, raw: dict[str, Any], where: str) -> Sample:
-        sample = Sample.from_dict(raw, limits=self.limits, resolve_path=self._read_path,
-                                  resolve_url=self._fetch_url, where=where)
+        sample = Sample.from_dict(raw, limits=self.limits, resolve_path=self.policy.read_path,
+                                  resolve_url=self.policy.fetch_url, where=where)
         self._check_tokens(sample, where)
         return sample
 
@@ -160,6 +180,16 @@ class SugarService:
         if n > limit:
             raise SampleError(where, f"{n} tokens exceed the input limit of {limit}")
 
+    def token_estimate(self, sample: Sample) -> int:
+        """A sample's embedding tokens, bounded without the tokenizer (micro-batch costs): a token
+        per byte of text at most (what `_check_tokens` admits by), each image's tokens, a few
+        for the prompt's frame, and never more than the input limit."""
+        bb = self.model.backbone
+        per_image = bb.image_token_count()
+        n = 16 + sum(len((s.text or "").encode("utf-8")) + 2 if s.type == "text" else per_image
+                     for s in sample.slices)
+        return min(n, bb.max_positions)
+
     def count_text_tokens(self, samples: list[Sample]) -> int:
         """Tokens of the samples' text (OpenAI embeddings `usage`), under the tokenizer lock."""
         bb = self.model.backbone
@@ -172,49 +202,6 @@ class SugarService:
             tok = self.model.backbone.tokenizer
             self._longest = max(len(tok.convert_tokens_to_string([t])) for t in tok.get_vocab())
         return self._longest
-
-    def _read_path(self, value: str, where: str) -> bytes:
-        if not self.settings.allow_paths:
-            raise SampleError(where, "local paths are not allowed (the operator has not allow-listed any)")
-        real = Path(os.path.realpath(value))
-        for root in self.settings.allow_paths:
-            base = Path(os.path.realpath(root))
-            if real == base or base in real.parents:
-                break
-        else:
-            raise SampleError(where, "path is outside the allow-listed directories")
-        try:
-            st = real.stat()
-            if not stat.S_ISREG(st.st_mode):  # a device or a pipe never ends (/dev/zero)
-                raise SampleError(where, "not a regular file")
-            size = st.st_size
-            if size > self.limits.max_image_bytes:
-                raise SampleError(where, f"{size} bytes exceed the limit of {self.limits.max_image_bytes}")
-            return real.read_bytes()
-        except OSError as e:
-            raise SampleError(where, f"cannot read ({e.strerror})") from None
-
-    def _fetch_url(self, value: str, where: str) -> bytes:
-        """An allow-listed image URL (server/urls.py); upstream details stay out of errors."""
-        import httpx
-
-        try:
-            url = self.url_policy.check(value)
-        except UrlRefused as e:
-            raise SampleError(where, str(e)) from None
-        failed = SampleError(where, "could not fetch an image from the URL (no redirects are followed)")
-        try:
-            with httpx.stream("GET", url, timeout=10.0, follow_redirects=False) as r:
-                if r.status_code != 200:
-                    raise failed
-                data = b""
-                for chunk in r.iter_bytes():
-                    data += chunk
-                    if len(data) > self.limits.max_image_bytes:
-                        raise SampleError(where, f"image exceeds {self.limits.max_image_bytes} bytes")
-                return data
-        except (httpx.HTTPError, httpx.InvalidURL):
-            raise failed from None
 
     # ------------------------------------------------------------ embedding
     def _embed_sync(self, samples: list[Sample]) -> list[DocumentVectors]:
@@ -327,14 +314,9 @@ class SugarService:
 
     # ------------------------------------------------------------ uploads (index.ingest)
     def _ingestor(self, metadata: dict[str, Any] | None) -> Ingestor:
-        def fetch(src: str) -> bytes:
-            try:
-                return self._fetch_url(src, "image")
-            except SampleError as e:
-                raise ReadError(e.message) from None
-
-        # image paths in uploaded JSONL: the JSON API's allow-list (SUGAR_ALLOW_PATHS)
-        read = ReadOptions(limits=self.limits, resolve=fetch, resolve_path=self._read_path,
+        # images linked or named by an upload follow the input policy: the URL allow-list,
+        # SUGAR_ALLOW_PATHS for paths in uploaded JSONL, the per-request pixel budget
+        read = ReadOptions(limits=self.limits, resolve=self.policy.fetch_linked, resolve_path=self.policy.read_path,
                            pdf_page_images=self.settings.pdf_page_images)
         config = IngestConfig.for_model(self.model, self.settings.max_slices, self.settings.retrieval_k,
                                         read=read, metadata=metadata or {},
@@ -342,16 +324,32 @@ class SugarService:
         return Ingestor(self.index, self._embed_sync, self.model.embedding_version, config)
 
     async def upload(self, files: list[tuple[str, bytes]], metadata: dict[str, Any] | None) -> list[FileResult]:
-        """Read and chunk every file first; any unreadable file refuses the whole upload
-        (`UploadRefused`, nothing stored). Then embed (through the shared batcher) and write
-        everything in one transaction (`index.ingest.write`)."""
+        """Read and chunk every file first (in an ingestion worker, `server.workers`); any
+        unreadable file refuses the whole upload (`UploadRefused`, nothing stored). Then embed
+        (through the shared batcher) and write everything in one transaction
+        (`index.ingest.write`)."""
         ing = self._ingestor(metadata)
-        plans = await asyncio.to_thread(ing.plan, pair_uploads(files))
+        loop = asyncio.get_running_loop()
+        sources = pair_uploads(files)
+        if self.ingest_pool is not None:
+            pool = self.ingest_pool
+            # the worker gets a reader of plain data: the tokenizer's backend, not the model
+            reader = SourceReader(IngestConfig(ing.config.limits, ing.config.read, TokenizerCount.of(self.model.backbone),
+                                               ing.config.metadata, ing.config.batch_size))
+
+            def read_in_worker(changed: Sequence[SourceFile]) -> list[Chunked | str]:
+                job = pool.run(read_sources, reader, changed, self.policy.max_request_pixels)
+                return asyncio.run_coroutine_threadsafe(job, loop).result()
+
+            ing.read = read_in_worker
+        try:
+            plans = await asyncio.to_thread(ing.plan, sources)
+        except (ReadTimeout, WorkerDied) as e:
+            raise UploadRefused([{"file": f.name, "reason": str(e)} for f in sources]) from None
         bad = [{"file": p.result.source.removeprefix(UPLOAD_PREFIX), "reason": p.result.reason}  # type: ignore[union-attr]
                for p in plans if p.failed]
         if bad:
             raise UploadRefused(bad)
-        loop = asyncio.get_running_loop()
 
         def embed(samples: list[Sample]) -> list[DocumentVectors]:  # from the writer thread, through the batcher
             return asyncio.run_coroutine_threadsafe(self.embed(samples), loop).result()

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 32 * 1024 * 1024
     body_timeout_s: float = 30.0  # the whole request body must arrive within this
     max_image_pixels: int = 4096 * 4096
+    # decoded pixels of all the images one request carries (uploads: all its files, PDF pages
+    # and embedded images included); 0: no budget beyond the per-image limit
+    max_request_pixels: int = 4 * 4096 * 4096
     max_image_aspect: float = 20.0  # longer side / shorter side
     max_image_bytes: int = 16 * 1024 * 1024
     image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
     embed_queue_size: int = 256  # queued samples; beyond it: 429
     embed_max_batch: int = 32
     embed_max_wait_ms: float = 5.0
+    # a micro-batch's estimated cost (tokens of its longest sample x its size): a big request
+    # is split so that small ones behind it wait for one micro-batch, not the whole request
+    embed_batch_tokens: int = Field(default=4096, ge=0)
     gen_queue_size: int = 64  # generation requests waiting or running; beyond it: 429
     gen_timeout_s: float = 120.0
     retrieval_k: int = 3
@@ -70,6 +76,12 @@ class Settings(BaseSettings):
     max_upload_files: int = 32
     max_upload_file_bytes: int = 16 * 1024 * 1024
     pdf_page_images: str = Field(default="auto", pattern="^(auto|always|never)$")
+    # uploads are read and chunked in worker processes (server/workers.py): this many run,
+    # ingest_queue more wait (beyond: 429), a job past ingest_timeout_s has its worker
+    # replaced (the upload is refused, 422); 0 workers: read in the serving process
+    ingest_workers: int = Field(default=1, ge=0, le=64)
+    ingest_queue: int = Field(default=8, ge=0)
+    ingest_timeout_s: float = Field(default=60.0, gt=0)
 
     @field_validator("allow_urls")
     @classmethod

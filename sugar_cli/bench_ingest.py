@@ -109,12 +109,13 @@ def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: in
 
 
 def _read_against_embed(ing, folder: Path, embed_sample: int, batch_size: int) -> dict:
-    from index.ingest import walk
+    from index.ingest import SourceReader, walk
     from index.ingest.pipeline import embed_in_batches
 
     sources, _ = walk([folder])
     t = time.perf_counter()
-    chunks = [s for f in sources for s in ing.chunks(f, "bench")[1]]
+    reader = SourceReader(ing.config)
+    chunks = [s for f in sources for s in reader.chunks(f, "bench").samples]
     read_s = time.perf_counter() - t
     step = max(1, len(chunks) // max(1, embed_sample))
     sample = chunks[::step][:embed_sample]

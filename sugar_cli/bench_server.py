@@ -6,16 +6,22 @@ endpoint and concurrency level sends requests for a bounded time and count:
 throughput, p50/p99 latency, errors (a 429 counts as one). It also measures
 the model's own batch-32 / batch-1 embedding gain in-process, so the
 micro-batching gain at concurrency 32 is reported as a fraction of it, and
-optionally a soak at concurrency 64 with the server's RSS before and after.
+optionally a soak at concurrency 64 with the server's RSS before and after,
+`/health` latency under load with hostile uploads beside it (`--health`), and
+what each request at the limits costs the serving process (`--costs`: CPU
+seconds, peak RSS rise; plus a small /embed's wait behind a big one). Servers
+it starts get a copy of the index.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -74,16 +80,34 @@ async def _load(url: str, endpoint: str, concurrency: int, seconds: float, max_r
             "rps": len(lat) / wall, "tokens_per_s": tokens / wall, "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
 
 
-async def _health_under_load(url: str, concurrency: int, seconds: float, headers: dict) -> dict:
-    """/health latency (probed every 50 ms) while `concurrency` clients embed and retrieve."""
+PROBE = """
+import json, sys, time, httpx
+url, seconds = sys.argv[1], float(sys.argv[2])
+out, stop = [], time.perf_counter() + seconds
+with httpx.Client(base_url=url, timeout=30.0) as c:
+    while time.perf_counter() < stop:
+        t = time.perf_counter()
+        c.get("/health")
+        out.append((time.perf_counter() - t) * 1e3)
+        time.sleep(0.05)
+print(json.dumps(out))
+"""
+
+
+async def _health_under_load(url: str, concurrency: int, seconds: float, headers: dict, uploads: int = 4) -> dict:
+    """/health latency (probed every 50 ms from a process of its own, so the load generator's
+    event loop does not delay the probes) while `concurrency` clients embed and retrieve and
+    `uploads` clients keep sending hostile uploads (`_hostile_uploads`)."""
     import httpx
 
+    probe = subprocess.Popen([sys.executable, "-c", PROBE, url, str(seconds)], stdout=subprocess.PIPE, text=True)
     stop_at = time.perf_counter() + seconds
-    health: list[float] = []
     done = {"embed": 0, "retrieve": 0}
     errors = 0
-    async with httpx.AsyncClient(base_url=url, timeout=120.0, headers=headers,
-                                 limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+    upload_status: dict[int, int] = {}
+    hostile = list(_hostile_uploads().items())
+    async with httpx.AsyncClient(base_url=url, timeout=300.0, headers=headers,
+                                 limits=httpx.Limits(max_connections=concurrency + uploads + 4)) as client:
         async def worker(w: int) -> None:
             nonlocal errors
             ep = "embed" if w % 2 == 0 else "retrieve"
@@ -96,20 +120,87 @@ async def _health_under_load(url: str, concurrency: int, seconds: float, headers
                 else:
                     errors += 1
 
-        async def prober() -> None:
-            async with httpx.AsyncClient(base_url=url, timeout=30.0) as probe:
-                while time.perf_counter() < stop_at:
-                    t = time.perf_counter()
-                    await probe.get("/health")
-                    health.append((time.perf_counter() - t) * 1e3)
-                    await asyncio.sleep(0.05)
+        async def uploader(w: int) -> None:
+            k = w
+            while time.perf_counter() < stop_at:
+                name, data = hostile[k % len(hostile)]
+                k += 1
+                try:
+                    r = await client.post("/documents/upload", files=[("files", (name, data))])
+                    upload_status[r.status_code] = upload_status.get(r.status_code, 0) + 1
+                    if r.status_code == 429:
+                        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+                except httpx.HTTPError:
+                    upload_status[0] = upload_status.get(0, 0) + 1  # no answer at all
 
-        await asyncio.gather(prober(), *(worker(w) for w in range(concurrency)))
-    arr = np.array(health)
-    return {"concurrency": concurrency, "seconds": seconds, "embed_ok": done["embed"],
-            "retrieve_ok": done["retrieve"], "errors": errors, "health_probes": len(arr),
+        await asyncio.gather(*(worker(w) for w in range(concurrency)), *(uploader(w) for w in range(uploads)))
+    import json
+
+    arr = np.array(json.loads(probe.communicate(timeout=seconds + 120)[0]))
+    return {"concurrency": concurrency, "uploads": uploads, "seconds": seconds, "embed_ok": done["embed"],
+            "retrieve_ok": done["retrieve"], "errors": errors, "upload_status": upload_status,
+            "health_probes": len(arr),
             "health_p50_ms": float(np.percentile(arr, 50)), "health_p99_ms": float(np.percentile(arr, 99)),
             "health_max_ms": float(arr.max())}
+
+
+def _tiny_behind_big(url: str, headers: dict, rounds: int = 3) -> dict:
+    """A one-sample /embed sent 0.1 s after a 32-sample /embed at the token limit: its latency."""
+    import threading
+
+    import httpx
+
+    big = {"samples": [{"slices": [{"type": "text", "text": f"zq{i} " + "zq " * 560}]} for i in range(32)]}
+    tiny = {"samples": [{"slices": [{"type": "text", "text": "a red circle"}]}]}
+    rows = []
+    for _ in range(rounds):
+        out: dict = {}
+
+        def send_big(out=out) -> None:
+            t = time.perf_counter()
+            out["status"] = httpx.post(url + "/embed", json=big, headers=headers, timeout=300).status_code
+            out["s"] = time.perf_counter() - t
+
+        th = threading.Thread(target=send_big)
+        th.start()
+        time.sleep(0.1)
+        t = time.perf_counter()
+        r = httpx.post(url + "/embed", json=tiny, headers=headers, timeout=300)
+        tiny_s = time.perf_counter() - t
+        th.join()
+        rows.append({"tiny_s": tiny_s, "tiny_status": r.status_code, "big_s": out["s"], "big_status": out["status"]})
+    return {"rounds": rows, "tiny_max_s": max(r["tiny_s"] for r in rows),
+            "big_median_s": float(np.median([r["big_s"] for r in rows]))}
+
+
+def _hostile_uploads() -> dict[str, bytes]:
+    """Files at the body limit's reach that cost the most to read (issue #22)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (4096, 4096), 1).save(buf, format="PNG", optimize=True)  # ~2 KB, 16.8 M pixels decoded
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    md_images = "# Pictures\n\n" + "\n\n".join(f"![p{i}](data:image/png;base64,{b64})" for i in range(32))
+    return {
+        "deep.html": b"<html><body>" + b"<div>" * 60_000 + b"x",
+        "brackets.md": b"[" * 200_000,
+        "huge-page.pdf": _huge_pdf_page(),
+        "images.md": md_images.encode(),
+    }
+
+
+def _huge_pdf_page() -> bytes:
+    """One 14,400 x 14,400 pt page without a text layer (rendered when read)."""
+    from fpdf import FPDF
+
+    pdf = FPDF(unit="pt", format=(14_400, 14_400))
+    pdf.add_page()
+    pdf.set_fill_color(200, 30, 30)
+    pdf.rect(100, 100, 14_000, 14_000, style="F")
+    return bytes(pdf.output())
 
 
 def _heavy_requests() -> dict[str, dict]:
@@ -139,7 +230,8 @@ def _heavy_requests() -> dict[str, dict]:
 
 
 def _cost_per_request(url: str, pid: int | None, headers: dict) -> list[dict]:
-    """Each heavy request alone: status, seconds, and the server's peak RSS rise (sampled every 10 ms)."""
+    """Each heavy request alone: status, seconds, the serving process's CPU seconds (its own
+    threads; ingestion workers are other processes) and its peak RSS rise (sampled every 10 ms)."""
     import threading
 
     import httpx
@@ -147,8 +239,12 @@ def _cost_per_request(url: str, pid: int | None, headers: dict) -> list[dict]:
 
     rows = []
     proc = psutil.Process(pid) if pid else None
-    for name, body in _heavy_requests().items():
+    requests = [(name, "/embed", {"json": body}) for name, body in _heavy_requests().items()]
+    requests += [(f"upload {name}", "/documents/upload", {"files": [("files", (name, data))]})
+                 for name, data in _hostile_uploads().items()]
+    for name, path, kw in requests:
         base = proc.memory_info().rss if proc else 0
+        cpu0 = sum(proc.cpu_times()[:2]) if proc else 0.0
         peak = [base]
         stop = threading.Event()
 
@@ -161,14 +257,19 @@ def _cost_per_request(url: str, pid: int | None, headers: dict) -> list[dict]:
         if t:
             t.start()
         t0 = time.perf_counter()
-        r = httpx.post(url + "/embed", json=body, headers=headers, timeout=120)
+        try:
+            r = httpx.post(url + path, headers=headers, timeout=600, **kw)
+            status, message = r.status_code, (r.json().get("error", {}).get("message", "")[:80]
+                                              if r.status_code >= 400 else "")
+        except httpx.HTTPError as e:
+            status, message = 0, f"no answer ({type(e).__name__})"
         secs = time.perf_counter() - t0
         stop.set()
         if t:
             t.join()
-        rows.append({"request": name, "status": r.status_code, "seconds": secs,
-                     "rss_rise_mb": (peak[0] - base) / 2**20 if proc else float("nan"),
-                     "message": r.json().get("error", {}).get("message", "")[:80] if r.status_code >= 400 else ""})
+        rows.append({"request": name, "status": status, "seconds": secs,
+                     "cpu_s": sum(proc.cpu_times()[:2]) - cpu0 if proc else float("nan"),
+                     "rss_rise_mb": (peak[0] - base) / 2**20 if proc else float("nan"), "message": message})
     return rows
 
 
@@ -280,6 +381,8 @@ def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], co
     with ExitStack() as stack:
         if baseline:
             variants[0].root = stack.enter_context(worktree(baseline))
+        # each server it starts writes (uploads) into a copy of the index, never into the user's
+        copies = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sugar-bench-")))
         for v in variants:
             # one server at a time; with a baseline both stay up and the cells alternate
             scope = stack if baseline else ExitStack()
@@ -287,7 +390,9 @@ def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], co
                 v.url = url
             else:
                 port = _free_port()
-                v.proc = _start_server(checkpoint, index, port, v.flags, v.root)
+                own = copies / f"index-{len(list(copies.iterdir()))}"
+                shutil.copytree(index, own)
+                v.proc = _start_server(checkpoint, own, port, v.flags, v.root)
                 scope.callback(_stop, v.proc)
                 v.url = f"http://127.0.0.1:{port}"
             if not baseline:
@@ -324,17 +429,23 @@ def _extras(v: Variant, health: float, costs: bool, soak: float, headers: dict, 
     if health:
         h = asyncio.run(_health_under_load(v.url, 32, health, headers))  # type: ignore[arg-type]
         out["health_under_load" + key] = h
-        print(f"{v.name}: /health while 32 clients embed and retrieve for {health:.0f} s: p50 "
-              f"{h['health_p50_ms']:.1f} ms, p99 {h['health_p99_ms']:.1f} ms, max {h['health_max_ms']:.1f} ms "
-              f"({h['health_probes']} probes; {h['embed_ok']} embeds, {h['retrieve_ok']} retrievals, "
+        print(f"{v.name}: /health while 32 clients embed and retrieve and 4 send hostile uploads for "
+              f"{health:.0f} s: p50 {h['health_p50_ms']:.1f} ms, p99 {h['health_p99_ms']:.1f} ms, max "
+              f"{h['health_max_ms']:.1f} ms ({h['health_probes']} probes; uploads answered {h['upload_status']}; "
+              f"{h['embed_ok']} embeds, {h['retrieve_ok']} retrievals, "
               f"{h['errors']} errors)")
     if costs:
         rows = _cost_per_request(v.url, v.proc.pid if v.proc else None, headers)  # type: ignore[arg-type]
         out["cost_per_request" + key] = rows
-        print(f"{'request':>24} | {'status':>6} {'seconds':>8} {'RSS rise MB':>11} | message")
+        print(f"{'request':>26} | {'status':>6} {'seconds':>8} {'CPU s':>6} {'RSS rise MB':>11} | message")
         for c in rows:
-            print(f"{c['request']:>24} | {c['status']:>6} {c['seconds']:8.2f} {c['rss_rise_mb']:11.1f} | "
-                  f"{c['message']}")
+            print(f"{c['request']:>26} | {c['status']:>6} {c['seconds']:8.2f} {c['cpu_s']:6.2f} "
+                  f"{c['rss_rise_mb']:11.1f} | {c['message']}")
+        tb = _tiny_behind_big(v.url, headers)  # type: ignore[arg-type]
+        out["tiny_behind_big" + key] = tb
+        print(f"{v.name}: a 1-sample /embed sent 0.1 s after a 32-sample one at the token limit: answered "
+              f"within {tb['tiny_max_s']:.2f} s (worst of {len(tb['rounds'])}); the big one took "
+              f"{tb['big_median_s']:.2f} s")
     if soak:
         rss0 = _rss(v.proc.pid) if v.proc else float("nan")
         r = asyncio.run(_load(v.url, "embed", 64, soak, 10**9, headers))  # type: ignore[arg-type]

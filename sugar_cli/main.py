@@ -89,9 +89,11 @@ def _add_bench_server(bsub) -> None:
     sv.add_argument("--api-key")
     sv.add_argument("--no-compare", action="store_true", help="skip the --no-batching server")
     sv.add_argument("--health", type=float, default=0.0,
-                    help="seconds of /health probing while 32 clients embed and retrieve (p50/p99/max)")
+                    help="seconds of /health probing (p50/p99/max) while 32 clients embed and retrieve and 4 "
+                    "send hostile uploads (60k-deep HTML, 200k '[', a 14,400 pt PDF page, 32 4096^2 images)")
     sv.add_argument("--costs", action="store_true",
-                    help="requests at the limits, one at a time: status, seconds, server RSS rise")
+                    help="requests at the limits (the hostile uploads too), one at a time: status, seconds, "
+                    "the serving process's CPU seconds and RSS rise; a 1-sample /embed behind a 32-sample one")
     sv.add_argument("--baseline", metavar="REV", help="a server of this git revision beside this checkout's "
                     "(both up, the cells alternate), with the new/old ratios")
     sv.add_argument("--json", type=Path)

@@ -69,10 +69,12 @@ def test_html_remote_images_only_through_the_resolver():
     assert [b.kind for b in p.blocks] == ["text", "image"] and p.skipped == []
 
 
-def test_html_bombs_deep_nesting_reads_and_too_many_elements_is_refused():
+def test_html_bombs_deep_nesting_is_refused_or_read_and_too_many_elements_is_refused():
     deep = b"<div>" * 50_000 + b"deep text" + b"</div>" * 50_000
-    p = read(deep, "d.html", ReadOptions(max_elements=100_000))
-    assert ("text", "deep text") in kinds(p)
+    with pytest.raises(ReadError, match="nested deeper than the limit of 1024 elements"):
+        read(deep, "d.html")  # before the parse, whose cost grows with the square of the depth
+    p = read(deep, "d.html", ReadOptions(max_elements=100_000, max_html_depth=60_000))
+    assert ("text", "deep text") in kinds(p)  # the walk itself is iterative: no depth breaks it
     with pytest.raises(ReadError, match="elements exceeds the limit of 1000"):
         read(b"<p>x</p>" * 2000, "w.html", ReadOptions(max_elements=1000))
 
@@ -198,6 +200,42 @@ def test_an_over_budget_paragraph_is_split_at_sentences():
     assert len(parts) > 3 and all(approx_tokens(t) <= 30 for t in parts)
     assert all(t.endswith(".") for t in parts)
     assert " ".join(parts) == text
+
+
+def _split_reference(text: str, max_tokens: int, count) -> list[str]:
+    """The greedy split counted exactly at every word (what the running sum must reproduce)."""
+    import re
+
+    out, cur = [], ""
+    for piece in re.split(r"(?<=[.!?])\s+", text):
+        for w in [piece] if count(piece) <= max_tokens else piece.split(" "):
+            cand = f"{cur} {w}".strip()
+            if cur and count(cand) > max_tokens:
+                out.append(cur)
+                cur = w
+            else:
+                cur = cand
+    return out + [cur] if cur else out
+
+
+def test_over_budget_text_splits_as_the_exact_greedy_reference_in_linear_time(tiny_model):
+    import random
+    import time
+
+    from index.ingest.chunking import TokenizerCount, _split_text
+
+    count = TokenizerCount.of(tiny_model.backbone)
+    rng = random.Random(0)
+    words = ["alpha", "beta", "Gamma", "délta", "banner", "House", "colour,", "sea", "3.5", "über", "漢字"]
+    for budget in (12, 40, 120):
+        text = " ".join(rng.choice(words) + ("." if rng.random() < 0.04 else "") for _ in range(3000))
+        assert _split_text(text, budget, count) == _split_reference(text, budget, count)
+    # one "word" of 200,000 characters (a bracket storm): cut within the budget, nothing lost,
+    # in time that grows linearly (it took 30 s when every cut re-counted the whole remainder)
+    t = time.perf_counter()
+    parts = _split_text("[" * 200_000, 400, count)
+    assert time.perf_counter() - t < 10
+    assert "".join(parts) == "[" * 200_000 and all(count(p) <= 400 for p in parts)
 
 
 def test_pdf_chunks_carry_their_page():

@@ -31,6 +31,27 @@ ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
+class TokenizerCount:
+    """Tokens of plain text counted by a fast tokenizer's backend (`tokenizers.Tokenizer`):
+    the count `Backbone.count_text_tokens` gives, without transformers, and picklable, so the
+    server's ingestion workers chunk exactly as the serving process would."""
+
+    def __init__(self, backend) -> None:
+        import copy
+
+        self.backend = copy.deepcopy(backend)  # padding/truncation state is the object's own
+        self.backend.no_padding()
+        self.backend.no_truncation()
+
+    @classmethod
+    def of(cls, backbone) -> TokenizerCount:
+        with backbone.lock:  # another thread may be mid-call with padding set
+            return cls(backbone.tokenizer.backend_tokenizer)
+
+    def __call__(self, text: str) -> int:
+        return len(self.backend.encode(text, add_special_tokens=False).ids)
+
+
 def approx_tokens(text: str) -> int:
     """A tokenizer-free estimate (about 4 characters per token); the index uses the model's."""
     return max(1, len(text) // 4)
@@ -92,29 +113,51 @@ def chunk_id(source: str, n: int) -> str:
 
 
 def _split_text(text: str, max_tokens: int, count: TokenCounter) -> list[str]:
-    """Split one over-budget text at sentence, then word boundaries."""
+    """Split one over-budget text at sentence, then word boundaries. Linear in the text: a
+    piece's tokens are kept as a running sum (exact where the tokenizer splits at spaces) and
+    counted exactly only near the budget; a word longer than the budget is cut by characters
+    within a bounded window."""
     out: list[str] = []
-    cur = ""
+    cur, cur_n = "", 0
+    near = max_tokens * 0.9
     for piece in SENTENCE.split(text):
-        words = [piece] if count(piece) <= max_tokens else piece.split(" ")
+        words = [piece] if len(piece) <= max_tokens * 16 and count(piece) <= max_tokens else piece.split(" ")
         for w in words:
             cand = f"{cur} {w}".strip()
-            if cur and count(cand) > max_tokens:
+            n = cur_n + count(" " + w) if cur else count(cand)
+            if n > near:
+                n = count(cand)
+            if cur and n > max_tokens:
                 out.append(cur)
-                cur = w
+                cur, cur_n = w, count(w)
             else:
-                cur = cand
+                cur, cur_n = cand, n
     if cur:
         out.append(cur)
-    # a single word longer than the budget: cut by characters
     final: list[str] = []
     for t in out:
-        while count(t) > max_tokens and len(t) > 1:
-            cut = max(1, len(t) * max_tokens // count(t))
-            final.append(t[:cut])
-            t = t[cut:]
-        final.append(t)
+        final += _cut(t, max_tokens, count)
     return [t for t in final if t.strip()]
+
+
+def _cut(t: str, max_tokens: int, count: TokenCounter) -> list[str]:
+    """`t` in pieces of at most `max_tokens` tokens, cut by characters (a single word longer
+    than the budget); each count reads a window of at most 16 characters per token."""
+    pieces: list[str] = []
+    window = max_tokens * 16
+    while t:
+        head = t[:window]
+        n = count(head)
+        if n <= max_tokens:
+            pieces.append(head)
+            t = t[len(head):]
+            continue
+        cut = max(1, len(head) * max_tokens // n)
+        while cut > 1 and count(head[:cut]) > max_tokens:
+            cut = max(1, cut * 9 // 10)
+        pieces.append(head[:cut])
+        t = t[cut:]
+    return pieces
 
 
 def _sections(blocks: list[Block]) -> list[tuple[list[str], int | None, list[Block]]]:

@@ -275,26 +275,45 @@ def reembed(index: DocumentIndex, embed: Embed, version: str, dim: int, batch_si
     return done
 
 
-class Ingestor:
-    """Reads, chunks, plans and writes sources into one index."""
+@dataclass
+class Chunked:
+    """One source read and chunked (`SourceReader.chunks`): what planning needs of it."""
 
-    def __init__(self, index: DocumentIndex, embed: Embed, version: str, config: IngestConfig | None = None) -> None:
-        self.index, self.embed, self.version = index, embed, version
-        self.config = config or IngestConfig()
+    format: str
+    samples: list[Sample]
+    images: int = 0
+    skipped: list[str] = field(default_factory=list)
 
-    # ------------------------------------------------------------ reading
-    def chunks(self, f: SourceFile, digest: str) -> tuple[str, list[Sample], int, list[str]]:
-        """(format, samples, images, skipped images) of one source; ReadError/SampleError if unreadable."""
+
+class SourceReader:
+    """Reads and chunks sources: a pure function of a source's bytes and the config, without
+    the index, so it can run in another process (the server's ingestion workers)."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+
+    def __call__(self, sources: Sequence[SourceFile]) -> list[Chunked | str]:
+        """Each source's chunks, or the reason it cannot be read."""
+        out: list[Chunked | str] = []
+        for f in sources:
+            try:
+                out.append(self.chunks(f, source_hash(f.data, f.caption)))
+            except (ReadError, SampleError) as e:
+                out.append(str(e))
+        return out
+
+    def chunks(self, f: SourceFile, digest: str) -> Chunked:
+        """One source's chunks; ReadError/SampleError if unreadable."""
         fmt = detect(f.data, f.name)
         if fmt == "jsonl":
-            return fmt, self._jsonl(f, digest), 0, []
+            return Chunked(fmt, self._jsonl(f, digest))
         opts = dataclasses.replace(self.config.read, resolve=self._resolver(f))
         caption = f.caption.decode("utf-8-sig", errors="replace") if f.caption else ""
         parsed = read(f.data, f.name, opts, fmt, caption=caption)
         samples = chunk(parsed, f.source, digest, self.config.limits, self.config.count, self.config.metadata)
         if not samples:
             raise ReadError("no text or images found")
-        return fmt, samples, parsed.n_images, parsed.skipped
+        return Chunked(fmt, samples, parsed.n_images, parsed.skipped)
 
     def _resolver(self, f: SourceFile):
         outer = self.config.read.resolve
@@ -359,22 +378,51 @@ class Ingestor:
             out.append(s)
         return out
 
+
+
+# reads sources -> their chunks or reasons (`SourceReader`, or one that runs it elsewhere)
+ReadSources = Callable[[Sequence[SourceFile]], "list[Chunked | str]"]
+
+
+class Ingestor:
+    """Reads, chunks, plans and writes sources into one index. `read` reads the sources that
+    changed (default: `SourceReader` in this process; the server runs it in its workers)."""
+
+    def __init__(self, index: DocumentIndex, embed: Embed, version: str, config: IngestConfig | None = None,
+                 read: ReadSources | None = None) -> None:
+        self.index, self.embed, self.version = index, embed, version
+        self.config = config or IngestConfig()
+        self.read = read or SourceReader(self.config)
+
     # ------------------------------------------------------------ planning
     def plan(self, sources: Iterable[SourceFile], upsert: bool = False) -> list[SourcePlan]:
-        return [self.plan_source(f, upsert) for f in sources]
+        """Plan the sources' sync without writing: unchanged sources are not read; the others
+        are read in one call of `read`, then diffed against the store."""
+        sources = list(sources)
+        plans: list[SourcePlan | None] = [self._unchanged(f) for f in sources]
+        changed = [f for f, p in zip(sources, plans, strict=True) if p is None]
+        chunked = iter(self.read(changed) if changed else [])
+        return [p if p is not None else self._plan_read(f, next(chunked), upsert)
+                for f, p in zip(sources, plans, strict=True)]
 
     def plan_source(self, f: SourceFile, upsert: bool = False) -> SourcePlan:
         """Plan one source's sync without writing. A failed or unchanged source plans no write."""
+        return self.plan([f], upsert)[0]
+
+    def _unchanged(self, f: SourceFile) -> SourcePlan | None:
         digest = source_hash(f.data, f.caption)
         existing = self.index.store.source_documents(f.source)
         if existing and all(m.get("source_hash") == digest for _, _, m in existing):
             return SourcePlan(result=FileResult(
                 f.source, "unchanged", existing[0][2].get("format"), [i for i, _, _ in existing],
                 images=sum(s["type"] == "image" for _, sl, _ in existing for s in sl)))
-        try:
-            fmt, samples, n_images, skipped = self.chunks(f, digest)
-        except (ReadError, SampleError) as e:
-            return SourcePlan(result=FileResult(f.source, "failed", reason=str(e)))
+        return None
+
+    def _plan_read(self, f: SourceFile, read: Chunked | str, upsert: bool) -> SourcePlan:
+        if isinstance(read, str):
+            return SourcePlan(result=FileResult(f.source, "failed", reason=read))
+        fmt, samples, n_images, skipped = read.format, read.samples, read.images, read.skipped
+        existing = self.index.store.source_documents(f.source)
         ids: list[str] = [s.id for s in samples]  # type: ignore[misc]  # chunk() and JSONL set every id
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)

@@ -17,7 +17,7 @@ from typing import Literal
 
 from PIL import Image
 
-from model.sample import DEFAULT_LIMITS, SampleError, SampleLimits, decode_image
+from model.sample import DEFAULT_LIMITS, BudgetExceeded, SampleError, SampleLimits, decode_image
 
 BlockKind = Literal["heading", "text", "image"]
 
@@ -62,6 +62,7 @@ class ReadOptions:
     pdf_page_images: str = "auto"  # "auto" (pages without a text layer) | "always" | "never"
     pdf_render_scale: float = 1.0  # 72 dpi x scale
     max_elements: int = 200_000  # HTML: more elements than this is refused (a "bomb")
+    max_html_depth: int = 1024  # HTML: elements nested deeper are refused before the parse
 
 
 _CHARSET = re.compile(rb"""(?:charset|encoding)\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.I)
@@ -87,6 +88,8 @@ def load_image(raw: bytes, where: str, limits: SampleLimits) -> Image.Image:
     """Bytes -> RGB image under the sample limits (GIF/WebP: first frame)."""
     try:
         return decode_image(raw, where, limits)
+    except BudgetExceeded:
+        raise  # the whole request is over its budget: not one image to skip
     except SampleError as e:
         raise ReadError(e.message) from None
 

@@ -6,11 +6,15 @@ embedded images placed before the first line below their top edge. With
 the top of each page; `"auto"` (the default) renders only pages without a
 text layer (scans, slides exported as images); `"never"` renders none. A page
 is rendered at a scale that keeps it within the pixel limit, and an embedded
-image beyond it is skipped (with the reason) before its pixels are decoded.
+image beyond it is skipped (with the reason) before its pixels are decoded;
+rendered pages and embedded images are charged to the request's pixel budget
+(`model.sample.pixel_budget`).
 Encrypted, corrupt and empty PDFs raise `ReadError` with the reason.
 """
 
 from __future__ import annotations
+
+from model.sample import BudgetExceeded, charge_pixels
 
 from .base import Block, Parsed, ReadError, ReadOptions
 
@@ -71,7 +75,10 @@ def _read_page(page, number: int, opts: ReadOptions, parsed: Parsed, raw) -> Non
             if pw * ph > limit:
                 parsed.skipped.append(f"page {number}: embedded {pw}x{ph} image beyond the limit of {limit} pixels")
                 continue
+            charge_pixels(pw * ph, f"page {number}: embedded {pw}x{ph} image")
             img = obj.get_bitmap(render=True).to_pil()
+        except BudgetExceeded:
+            raise
         except Exception as e:  # noqa: BLE001 - one unreadable image does not lose the page
             parsed.skipped.append(f"page {number}: embedded image ({type(e).__name__}: {e})")
             continue
@@ -84,7 +91,10 @@ def _read_page(page, number: int, opts: ReadOptions, parsed: Parsed, raw) -> Non
         images.append((top, img.convert("RGB")))
     render = opts.pdf_page_images == "always" or (opts.pdf_page_images == "auto" and not lines)
     if render:
-        bitmap = page.render(scale=_page_scale(page, opts))
+        scale = _page_scale(page, opts)
+        w, h = page.get_size()
+        charge_pixels(round(w * scale) * round(h * scale), f"page {number} rendered")
+        bitmap = page.render(scale=scale)
         parsed.blocks.append(Block("image", f"Page {number}", image=bitmap.to_pil().convert("RGB"),
                                    page=number))
         if not lines:
