@@ -125,8 +125,8 @@ async def _health_under_load(url: str, concurrency: int, seconds: float, headers
             while time.perf_counter() < stop_at:
                 name, data = hostile[k % len(hostile)]
                 k += 1
-                try:
-                    r = await client.post("/documents/upload", files=[("files", (name, data))])
+                try:  # a new name each time: a new source, read in full (never "unchanged")
+                    r = await client.post("/documents/upload", files=[("files", (f"h{w}-{k}-{name}", data))])
                     upload_status[r.status_code] = upload_status.get(r.status_code, 0) + 1
                     if r.status_code == 429:
                         await asyncio.sleep(float(r.headers.get("retry-after", "1")))
@@ -230,8 +230,9 @@ def _heavy_requests() -> dict[str, dict]:
 
 
 def _cost_per_request(url: str, pid: int | None, headers: dict) -> list[dict]:
-    """Each heavy request alone: status, seconds, the serving process's CPU seconds (its own
-    threads; ingestion workers are other processes) and its peak RSS rise (sampled every 10 ms)."""
+    """Each heavy request alone: status, seconds, the serving process's CPU seconds (all its
+    threads; ingestion workers are other processes), its event loop's (the main thread's: what
+    every other request waits on) and its peak RSS rise (sampled every 10 ms)."""
     import threading
 
     import httpx
@@ -240,11 +241,13 @@ def _cost_per_request(url: str, pid: int | None, headers: dict) -> list[dict]:
     rows = []
     proc = psutil.Process(pid) if pid else None
     requests = [(name, "/embed", {"json": body}) for name, body in _heavy_requests().items()]
-    requests += [(f"upload {name}", "/documents/upload", {"files": [("files", (name, data))]})
+    nonce = f"{time.time_ns() % 10**9}"  # a new source each run: read in full, never "unchanged"
+    requests += [(f"upload {name}", "/documents/upload", {"files": [("files", (f"cost-{nonce}-{name}", data))]})
                  for name, data in _hostile_uploads().items()]
     for name, path, kw in requests:
         base = proc.memory_info().rss if proc else 0
         cpu0 = sum(proc.cpu_times()[:2]) if proc else 0.0
+        loop0 = _main_thread_cpu(proc) if proc else 0.0
         peak = [base]
         stop = threading.Event()
 
@@ -269,8 +272,14 @@ def _cost_per_request(url: str, pid: int | None, headers: dict) -> list[dict]:
             t.join()
         rows.append({"request": name, "status": status, "seconds": secs,
                      "cpu_s": sum(proc.cpu_times()[:2]) - cpu0 if proc else float("nan"),
+                     "loop_cpu_s": _main_thread_cpu(proc) - loop0 if proc else float("nan"),
                      "rss_rise_mb": (peak[0] - base) / 2**20 if proc else float("nan"), "message": message})
     return rows
+
+
+def _main_thread_cpu(proc) -> float:
+    """CPU seconds of the process's main thread (uvicorn's event loop)."""
+    return next((t.user_time + t.system_time for t in proc.threads() if t.id == proc.pid), float("nan"))
 
 
 def _start_server(checkpoint: Path, index: Path, port: int, extra: list[str],
@@ -311,6 +320,29 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_idle(variants: list[Variant], limit_s: float = 900.0) -> None:
+    """Until every started server (and its children: ingestion workers) uses under 10 % of a
+    core over 2 s, or `limit_s` passed."""
+    import psutil
+
+    procs = []
+    for v in variants:
+        if v.proc is not None:
+            p = psutil.Process(v.proc.pid)
+            procs += [p, *p.children(recursive=True)]
+    deadline = time.time() + limit_s
+    while time.time() < deadline:
+        try:
+            before = [sum(p.cpu_times()[:2]) for p in procs]
+            time.sleep(2)
+            busy = sum(sum(p.cpu_times()[:2]) - b for p, b in zip(procs, before, strict=True)) / 2
+        except psutil.NoSuchProcess:
+            return
+        if busy < 0.1:
+            return
+    print(f"servers still busy after {limit_s:.0f} s: measuring anyway")
 
 
 def _rss(pid: int) -> float:
@@ -402,6 +434,7 @@ def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], co
         if baseline:
             _measure(variants, endpoints, concurrency, seconds, max_requests, headers, out)
             for v in variants:
+                _wait_idle(variants)  # what one server still chews on must not load the other's turn
                 _extras(v, health, costs, soak, headers, out)
             _print_ratios(out, variants)
     if "no-batching" in out["runs"] and 32 in concurrency:
@@ -437,10 +470,11 @@ def _extras(v: Variant, health: float, costs: bool, soak: float, headers: dict, 
     if costs:
         rows = _cost_per_request(v.url, v.proc.pid if v.proc else None, headers)  # type: ignore[arg-type]
         out["cost_per_request" + key] = rows
-        print(f"{'request':>26} | {'status':>6} {'seconds':>8} {'CPU s':>6} {'RSS rise MB':>11} | message")
+        print(f"{'request':>26} | {'status':>6} {'seconds':>8} {'CPU s':>6} {'loop CPU s':>10} "
+              f"{'RSS rise MB':>11} | message")
         for c in rows:
             print(f"{c['request']:>26} | {c['status']:>6} {c['seconds']:8.2f} {c['cpu_s']:6.2f} "
-                  f"{c['rss_rise_mb']:11.1f} | {c['message']}")
+                  f"{c['loop_cpu_s']:10.2f} {c['rss_rise_mb']:11.1f} | {c['message']}")
         tb = _tiny_behind_big(v.url, headers)  # type: ignore[arg-type]
         out["tiny_behind_big" + key] = tb
         print(f"{v.name}: a 1-sample /embed sent 0.1 s after a 32-sample one at the token limit: answered "
