@@ -40,6 +40,25 @@ def test_train_writes_a_loadable_checkpoint_with_logs(smoke_ckpt):
     assert info["steps"] == 6 and info["seed"] == 0 and "code_version" in info
 
 
+def test_a_warm_start_begins_from_the_checkpoint_s_weights(smoke_ckpt, tmp_path):
+    """`init`: the run starts from a checkpoint's weights (not from random init, not from its
+    optimiser state) and trains on: a continuation with another data mix."""
+    saved = SugarModel.from_pretrained(smoke_ckpt)
+    cfg = preset("smoke").with_overrides([f"init={json.dumps(str(smoke_ckpt))}", "steps=2",
+                                          'gen_kinds={"rag": 1.0}'])
+    warm = Trainer(cfg, tmp_path / "warm")
+    start = warm.model.state_dict()
+    for k, v in saved.state_dict().items():
+        assert torch.equal(start[k], v), k
+    head = next(k for k, v in start.items() if k.startswith("heads.") and v.is_floating_point() and v.dim() == 2)
+    cold = Trainer(preset("smoke").with_overrides(["steps=2", "seed=1"]), tmp_path / "cold")
+    assert not torch.equal(cold.model.state_dict()[head], start[head])
+    assert main(["train", "--preset", "smoke", "--set", f"init={json.dumps(str(smoke_ckpt))}",
+                 "--steps", "2", "--out", str(tmp_path / "out")]) == 0
+    after = SugarModel.from_pretrained(tmp_path / "out")
+    assert not torch.equal(after.state_dict()[head], saved.state_dict()[head])  # trained on
+
+
 def test_resume_is_exact(tmp_path):
     cfg = preset("smoke").with_overrides(["steps=6", "checkpoint_every=3"])
     straight = Trainer(cfg, tmp_path / "a")

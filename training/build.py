@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
     sugar_cfg = cfg.sugar
+    if cfg.init:  # a warm start: the checkpoint's backbone, heads and config as saved
+        model = SugarModel.from_pretrained(cfg.init)
+        if cfg.lora_rank > 0:
+            apply_lora(model, cfg)
+        return model
     if cfg.backbone == "tiny":
         from model.tiny import build_tiny
 

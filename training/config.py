@@ -24,6 +24,10 @@ ABLATIONS = ("joint", "gen_only", "disc_only", "no_ga", "no_triple", "last_token
 class TrainConfig:
     # model
     backbone: str = "tiny"  # "tiny" (random init, built locally) or a HF directory / hub id
+    # a Sugar checkpoint whose weights start the run (a warm start: fresh optimiser and schedule,
+    # no vision stage: its projector is already standardised), e.g. a continuation with another
+    # data mix; None: `backbone` from scratch
+    init: str | None = None
     # the tiny backbone's and the Sugar heads' settings; JSON recipes and `--set` give them as
     # (partial) objects, merged onto the defaults (`--set` merges onto the current values)
     tiny: TinyConfig = field(default_factory=TinyConfig)

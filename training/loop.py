@@ -130,6 +130,9 @@ class Trainer:
         """Stage 0 (training/vision.py): the vision side learns its captions' words, then
         (optionally) the projector's output is standardised to the text scale."""
         c = self.cfg
+        if c.init:
+            logger.info("vision stage skipped: warm start from %s (its projector as saved)", c.init)
+            return
         if c.vision_steps <= 0 and c.standardize_projector == "none":
             return
         t0 = time.time()
