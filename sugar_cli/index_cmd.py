@@ -41,6 +41,9 @@ def _add_sync(isub) -> None:
                        "model's context, SUGAR_RETRIEVAL_K chunks per prompt)")
         a.add_argument("--max-chunk-images", type=int, default=4, help="image slices per chunk")
         a.add_argument("--batch-size", type=int, default=32)
+        a.add_argument("--policy", action="store_true",
+                       help="read under the server's input policy (SUGAR_* settings: image limits, "
+                       "SUGAR_MAX_REQUEST_PIXELS per file, linked images fetched only under SUGAR_ALLOW_URLS)")
         a.add_argument("--type", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
                        help="vector index type when the index is created")
         a.set_defaults(func=cmd_add)
@@ -123,9 +126,17 @@ def cmd_add(args: argparse.Namespace) -> int:
         idx = open_for_model(args.index, model, settings=VectorSettings(type=args.type))
     except IndexRefused as e:
         raise SystemExit(f"sugar index: {e}") from None
+    read, pixels = ReadOptions(pdf_page_images=args.pdf_page_images), 0
+    if args.policy:  # the rules the server applies to uploads, each file one "request"
+        from server.policy import InputPolicy
+        from server.settings import Settings
+
+        policy = InputPolicy.from_settings(Settings())
+        read = ReadOptions(limits=policy.limits, resolve=policy.fetch_linked, pdf_page_images=args.pdf_page_images)
+        pixels = policy.max_request_pixels
     config = IngestConfig.for_model(model, max_images=args.max_chunk_images, max_tokens=args.max_chunk_tokens,
-                                    read=ReadOptions(pdf_page_images=args.pdf_page_images),
-                                    metadata=args.metadata or {}, batch_size=args.batch_size)
+                                    read=read, metadata=args.metadata or {}, batch_size=args.batch_size,
+                                    pixels_per_source=pixels)
     ing = Ingestor(idx, lambda s: embed_samples(model, s, args.batch_size), model.embedding_version, config)
     with tqdm(total=len(files), desc="indexing", unit="file") as bar:
         def on_file(r) -> None:

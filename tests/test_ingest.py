@@ -116,6 +116,22 @@ def test_failures_are_reported_per_file_and_the_rest_is_stored(tiny_ckpt, tmp_pa
     assert len(docs(tmp_path / "ix")) == 1
 
 
+def test_index_add_with_policy_applies_the_server_s_pixel_budget_per_file(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    from tests.docs_fixtures import data_uri
+
+    d = tmp_path / "pics"
+    d.mkdir()
+    (d / "two.md").write_text(f"# Two\n\n![a]({data_uri(1)})\n\n![b]({data_uri(2)})\n")  # 2 x 40 x 30
+    (d / "one.md").write_text(f"# One\n\n![a]({data_uri(3)})\n")
+    monkeypatch.setenv("SUGAR_MAX_REQUEST_PIXELS", str(40 * 30 + 1))
+    assert add(tmp_path / "ix", tiny_ckpt, d, extra=["--policy"]) == 1
+    out = capsys.readouterr().out
+    assert summary_of(out).startswith("files 2: 1 added, 0 updated, 0 unchanged, 1 failed")
+    assert f"failed: {d / 'two.md'}: " in out and "budget of 1201 decoded pixels" in out
+    assert add(tmp_path / "ix", tiny_ckpt, d) == 0  # without --policy: the CLI's own defaults
+    assert summary_of(capsys.readouterr().out).startswith("files 2: 1 added, 0 updated, 1 unchanged, 0 failed")
+
+
 def test_jsonl_ids_identical_content_is_not_an_error_other_content_needs_upsert(tiny_ckpt, tmp_path, capsys):
     row = {"id": "doc-0", "slices": [{"type": "text", "text": "same words"}]}
     (tmp_path / "a.jsonl").write_text(json.dumps(row) + "\n")

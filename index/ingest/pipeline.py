@@ -190,6 +190,9 @@ class IngestConfig:
     count: TokenCounter = approx_tokens
     metadata: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32
+    # decoded pixels all the images of one source may cost (`model.sample.pixel_budget`); 0:
+    # no budget of its own (an upload's budget covers all its files: the server opens it)
+    pixels_per_source: int = 0
 
     @classmethod
     def for_model(cls, model, max_slices: int = 64, retrieval_k: int = 3, max_images: int = 4,
@@ -294,10 +297,16 @@ class SourceReader:
 
     def __call__(self, sources: Sequence[SourceFile]) -> list[Chunked | str]:
         """Each source's chunks, or the reason it cannot be read."""
+        from model.sample import pixel_budget
+
         out: list[Chunked | str] = []
         for f in sources:
             try:
-                out.append(self.chunks(f, source_hash(f.data, f.caption)))
+                if self.config.pixels_per_source:
+                    with pixel_budget(self.config.pixels_per_source):
+                        out.append(self.chunks(f, source_hash(f.data, f.caption)))
+                else:
+                    out.append(self.chunks(f, source_hash(f.data, f.caption)))
             except (ReadError, SampleError) as e:
                 out.append(str(e))
         return out
