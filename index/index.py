@@ -48,7 +48,8 @@ import torch
 from model.kernels import KernelSettings, pad_sequences
 from model.sample import Sample
 
-from .store import DocumentStore, StoredDocument
+from .pg import is_database_url
+from .store import DocumentStore, IndexRefused, StoredDocument
 from .vectors import VectorIndex, VectorSettings
 
 logger = logging.getLogger(__name__)
@@ -60,10 +61,6 @@ SEARCH_MODES = ("dense", "hybrid", "lexical")
 # two sides disagree completely (the best words in the document the embedding ranks last) the
 # words win: what a name, an id or a caption's words ask for
 LEXICAL_WEIGHT = 0.6
-
-
-class IndexRefused(ValueError):
-    """A request the index refuses (wrong dimension, other embedding version, bad id)."""
 
 
 @dataclass
@@ -110,16 +107,32 @@ class DocumentIndex:
         repair: bool = False,
         inspect: bool = False,
     ) -> None:
-        """`repair`: accept a store behind its snapshot and rebuild (the recovery command).
+        """`path`: an index directory (SQLite + FAISS), or a `postgresql://` URL (index/pg.py:
+        one collection shared by every process that opens it).
+        `repair`: accept a store behind its snapshot and rebuild (the recovery command).
         `inspect`: open as found, without rebuilding a snapshot that disagrees with the
         store, so `verify` can report it (the server and writers rebuild instead)."""
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.repair, self.inspect = repair, inspect
         self.settings = settings or VectorSettings()
         self.snapshot_every = snapshot_every
         self._writes_since_snapshot = 0
         self._maintenance = threading.Lock()
+        self.shared = is_database_url(path)
+        self.store: DocumentStore
+        self.vectors: VectorIndex
+        if self.shared:
+            from .pg import PgStore, PgVectors
+
+            pg = PgStore(str(path))
+            self.store = pg  # type: ignore[assignment]  # the DocumentStore interface
+            self.where = pg.where  # the URL without its password: messages, stats
+            self.path = Path(".")  # no directory of its own
+            self._init_meta(dim, embedding_version, kernel)
+            self.vectors = PgVectors(pg, lambda: self.embedding_version)  # type: ignore[assignment]
+            return
+        self.path = Path(path)
+        self.where = str(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
         try:
             self.store = DocumentStore(self.path / STORE_FILE)
             self._init_meta(dim, embedding_version, kernel)
@@ -136,22 +149,22 @@ class DocumentIndex:
         stored_dim = s.get_meta("dim")
         if stored_dim is None:
             if dim is None:
-                raise IndexRefused(f"{self.path}: no index here (give a dimension to create one)")
+                raise IndexRefused(f"{self.where}: no index here (give a dimension to create one)")
             k = kernel or KernelSettings()
             s.set_meta({"dim": dim, "embedding_version": version or "", "format_version": FORMAT_VERSION,
                         "index_type": self.settings.type, "kernel": json.dumps(k.__dict__)})
         else:
             if dim is not None and int(stored_dim) != dim:
-                raise IndexRefused(f"{self.path}: index dimension {stored_dim} does not match {dim}")
+                raise IndexRefused(f"{self.where}: index dimension {stored_dim} does not match {dim}")
             stored_version = s.get_meta("embedding_version") or ""
             if version and stored_version and version != stored_version:
                 raise IndexRefused(
-                    f"{self.path}: built with embedding version {stored_version}, not {version}"
+                    f"{self.where}: built with embedding version {stored_version}, not {version}"
                     " (re-embed it: sugar index reembed)")
             if version and not stored_version:
                 s.set_meta({"embedding_version": version})
             if int(s.get_meta("format_version") or 1) > FORMAT_VERSION:
-                raise IndexRefused(f"{self.path}: written by a newer version of this software")
+                raise IndexRefused(f"{self.where}: written by a newer version of this software")
         self.dim = int(s.get_meta("dim"))  # type: ignore[arg-type]
         self.embedding_version = s.get_meta("embedding_version") or ""
         self.kernel = KernelSettings(**json.loads(s.get_meta("kernel") or "{}"))
@@ -259,6 +272,8 @@ class DocumentIndex:
             self.rebuild()
 
     def snapshot(self) -> None:
+        if self.shared:  # the database is the index: nothing to snapshot
+            return
         # lock order everywhere: the store's write lock, then maintenance
         with self.store.write_lock, self._maintenance:
             self.vectors.save(self.path, self.store.last_seq())
@@ -266,6 +281,9 @@ class DocumentIndex:
 
     def rebuild(self, index_type: str | None = None) -> None:
         """Rebuild the vector index from the store (drops tombstones; can change type)."""
+        if self.shared:
+            self.store.conn.execute("REINDEX INDEX docs_summary_hnsw")
+            return
         with self.store.write_lock:
             if index_type:
                 self.settings.type = index_type
@@ -403,7 +421,7 @@ class DocumentIndex:
 
     # ------------------------------------------------------------ maintenance
     def stats(self) -> dict[str, Any]:
-        files = [p for p in self.path.iterdir() if p.is_file()]
+        files = [] if self.shared else [p for p in self.path.iterdir() if p.is_file()]
         return {
             "count": self.store.count(),
             "dim": self.dim,
@@ -412,9 +430,14 @@ class DocumentIndex:
             "tombstones": len(self.vectors.tombstones),
             "embedding_version": self.embedding_version,
             "embedding_versions": self.store.version_counts(),
-            "size_bytes": sum(p.stat().st_size for p in files),
-            "path": str(self.path),
+            "size_bytes": self._size_bytes(files),
+            "path": self.where,
         }
+
+    def _size_bytes(self, files: list[Path]) -> int:
+        if self.shared:
+            return self.store.size_bytes()  # type: ignore[attr-defined]  # the tables' size
+        return sum(p.stat().st_size for p in files)
 
     def verify(self) -> tuple[bool, list[str]]:
         """FAISS and the store agree: same ids, same count, same vectors (sampled)."""
@@ -465,9 +488,13 @@ class DocumentIndex:
         """Switch the index to `version` (and `dim`) before re-embedding, so searches never mix
         versions: the vector index then holds only documents already re-embedded."""
         with self.store.write_lock:
+            if self.shared and dim != self.dim and self.store.count():
+                raise IndexRefused(f"{self.where}: re-embedding into another dimension ({self.dim} -> {dim}) is not "
+                                   "supported on PostgreSQL: export, and import into a new database")
             self.store.set_meta({"embedding_version": version, "dim": dim})
             self.embedding_version, self.dim = version, dim
-            self.vectors = self._rebuild_from_store(None)
+            if not self.shared:
+                self.vectors = self._rebuild_from_store(None)
 
     def replace_vectors(self, docs: Sequence[tuple[Sample, DocumentVectors]], version: str) -> None:
         """New vectors for stored documents (their slices and metadata unchanged), one transaction."""

@@ -111,6 +111,11 @@ def stored_sample(doc_id: str, slices: list[dict[str, Any]], metadata: dict[str,
     return Sample(out, id=doc_id, metadata=metadata)
 
 
+class IndexRefused(ValueError):
+    """A request the index refuses (wrong dimension, other embedding version, bad id, a
+    database it cannot use)."""
+
+
 class StoreUnavailable(RuntimeError):
     """The store's files changed under the process: no write is accepted (the server: 503)."""
 

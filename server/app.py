@@ -79,14 +79,15 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     from .settings import StartupError, check_startup, resolve_device
 
     check_startup(settings)  # a checkpoint and an index are given
-    assert settings.checkpoint is not None and settings.index is not None
+    location = settings.index_url or settings.index
+    assert settings.checkpoint is not None and location is not None
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings)
     model = SugarModel.from_pretrained(settings.checkpoint, device=device, dtype=getattr(torch, settings.dtype))
     logger.info("model on %s (%s): embedding and in-process generation run there", device, settings.dtype)
     try:
-        index = DocumentIndex(settings.index, dim=model.embed_dim, embedding_version=model.embedding_version,
+        index = DocumentIndex(location, dim=model.embed_dim, embedding_version=model.embedding_version,
                               kernel=model.config.kernel, snapshot_every=settings.snapshot_every)
     except IndexRefused as e:
         raise StartupError(str(e)) from None

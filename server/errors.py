@@ -173,7 +173,18 @@ HANDLERS = {
 }
 
 
+async def database_failed(_: Request, exc: Exception):
+    """A shared index's PostgreSQL went away under a request: 503, and the next request
+    reconnects by itself (index/pg.py)."""
+    return error(503, "index_unavailable", f"the index database is unavailable ({type(exc).__name__})")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error a request can meet answered in one shape (`error`), with its status."""
     for exc, handler in HANDLERS.items():
         app.add_exception_handler(exc, handler)  # type: ignore[arg-type]
+    try:
+        import psycopg
+    except ImportError:  # no shared index without it
+        return
+    app.add_exception_handler(psycopg.OperationalError, database_failed)

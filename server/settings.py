@@ -18,6 +18,8 @@ class Settings(BaseSettings):
 
     checkpoint: Path | None = None
     index: Path | None = None
+    # a shared index on PostgreSQL + pgvector (postgresql://…; index/pg.py) instead of `index`
+    index_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -138,5 +140,9 @@ def check_startup(settings: Settings) -> None:
         raise StartupError("no checkpoint given (--checkpoint or SUGAR_CHECKPOINT)")
     if not (settings.checkpoint / "sugar_config.json").is_file():
         raise StartupError(f"{settings.checkpoint}: not a Sugar checkpoint (sugar_config.json missing)")
-    if settings.index is None:
-        raise StartupError("no index given (--index or SUGAR_INDEX)")
+    if settings.index is None and settings.index_url is None:
+        raise StartupError("no index given (--index or SUGAR_INDEX; --index-url or SUGAR_INDEX_URL)")
+    if settings.index is not None and settings.index_url is not None:
+        raise StartupError("both an index directory and an index URL given: choose one")
+    if settings.index_url is not None and not settings.index_url.startswith(("postgresql://", "postgres://")):
+        raise StartupError(f"index URL {settings.index_url.split('@')[-1]!r} is not a postgresql:// URL")

@@ -25,7 +25,7 @@ def _add_sync(isub) -> None:
                        ("import", "add an exported JSONL (same as add)")):
         a = isub.add_parser(name, help=what, description=what + ". Re-running is idempotent: unchanged "
                             "files are skipped, changed ones replace their chunks atomically.")
-        a.add_argument("--index", type=Path, required=True)
+        _location(a)
         a.add_argument("--checkpoint", type=Path, required=True)
         a.add_argument("--data", type=Path, required=True, nargs="+", metavar="PATH",
                        help="files and folders (recursive); formats detected by content")
@@ -49,9 +49,21 @@ def _add_sync(isub) -> None:
         a.set_defaults(func=cmd_add)
 
 
+def _location(parser) -> None:
+    """`--index DIR` (the embedded SQLite + FAISS index) or `--index-url postgresql://…` (a shared
+    index on PostgreSQL + pgvector; default $SUGAR_INDEX_URL): one of them, both land in `index`."""
+    import os
+
+    g = parser.add_mutually_exclusive_group(required="SUGAR_INDEX_URL" not in os.environ)
+    g.add_argument("--index", type=Path, help="index directory")
+    g.add_argument("--index-url", dest="index", default=os.environ.get("SUGAR_INDEX_URL"),
+                   help="a PostgreSQL database with pgvector (postgresql://user@host:port/db; default "
+                   "$SUGAR_INDEX_URL): one index shared by every process and replica that opens it")
+
+
 def _add_search(isub) -> None:
     s = isub.add_parser("search", help="two-stage search (ANN on g, GA-kernel rerank), fused with BM25 by default")
-    s.add_argument("--index", type=Path, required=True)
+    _location(s)
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--query", required=True, help="query text")
     s.add_argument("--image", type=Path, action="append", default=[], help="query image(s), after the text")
@@ -69,31 +81,31 @@ def _add_search(isub) -> None:
 
 def _add_maintenance(isub) -> None:
     st = isub.add_parser("stats", help="count, dim, type, size on disk")
-    st.add_argument("--index", type=Path, required=True)
+    _location(st)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stats)
 
     v = isub.add_parser("verify", help="exit 0 only when FAISS and the store agree")
-    v.add_argument("--index", type=Path, required=True)
+    _location(v)
     v.set_defaults(func=cmd_verify)
 
     d = isub.add_parser("delete", help="delete documents by id")
-    d.add_argument("--index", type=Path, required=True)
+    _location(d)
     d.add_argument("ids", nargs="+")
     d.set_defaults(func=cmd_delete)
 
     r = isub.add_parser("rebuild", help="rebuild the vector index and the text index from the store")
-    r.add_argument("--index", type=Path, required=True)
+    _location(r)
     r.add_argument("--type", choices=["auto", "flat", "hnsw", "ivf"])
     r.set_defaults(func=cmd_rebuild)
 
     e = isub.add_parser("export", help="write every document as JSONL (images base64)")
-    e.add_argument("--index", type=Path, required=True)
+    _location(e)
     e.add_argument("--out", type=Path, required=True)
     e.set_defaults(func=cmd_export)
 
     re = isub.add_parser("reembed", help="re-embed every document with another checkpoint (resumable)")
-    re.add_argument("--index", type=Path, required=True)
+    _location(re)
     re.add_argument("--checkpoint", type=Path, required=True)
     re.add_argument("--batch-size", type=int, default=32)
     re.set_defaults(func=cmd_reembed)

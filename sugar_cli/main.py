@@ -202,6 +202,8 @@ def _add_serve(sub) -> None:
                    "model/default_checkpoint)")
     p.add_argument("--index", type=Path, help="index directory (default: $SUGAR_HOME/index/default-VERSION, "
                    "built from the built-in collection if missing)")
+    p.add_argument("--index-url", help="a shared index on PostgreSQL + pgvector instead (postgresql://…; "
+                   "also $SUGAR_INDEX_URL): every replica that serves it serves one collection")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--api-key", help="require Authorization: Bearer KEY (except /health, /ready)")
@@ -255,11 +257,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.settings import Settings, StartupError, check_startup
 
     overrides = {k: v for k, v in {
-        "checkpoint": args.checkpoint, "index": args.index, "host": args.host, "port": args.port,
+        "checkpoint": args.checkpoint, "index": args.index, "index_url": args.index_url, "host": args.host,
+        "port": args.port,
         "api_key": args.api_key, "engine": args.engine, "vllm_url": args.vllm_url}.items() if v is not None}
     settings = Settings(**overrides)
-    if settings.checkpoint is None and settings.index is None:
+    if settings.checkpoint is None and settings.index is None and settings.index_url is None:
         settings.checkpoint, settings.index = ensure_default(sugar_home())
+    elif settings.checkpoint is None and settings.index_url is not None:  # a shared index, the shipped checkpoint
+        from model.sugar import DEFAULT_CHECKPOINT
+
+        settings.checkpoint = DEFAULT_CHECKPOINT
     try:
         check_startup(settings)
     except StartupError as e:

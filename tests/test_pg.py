@@ -1,0 +1,244 @@
+"""The PostgreSQL + pgvector backend (issue #23) against a real server: the index contract on
+both backends, the same ranking of one collection, BM25 in SQL, two processes sharing one
+collection, and start-up errors that name what to fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index import DocumentIndex, IndexRefused
+from model.sample import Sample
+from tests.pg_fixtures import PostgresServer, PostgresUnavailable
+from tests.test_index import D, bm25_reference, docs, rand_emb, word_docs
+
+
+@pytest.fixture(scope="module")
+def pg():
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as e:
+        pytest.skip(f"PostgreSQL cannot start here: {e}")
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    """An empty index location on each backend."""
+    if request.param == "sqlite":
+        return tmp_path / "ix"
+    return request.getfixturevalue("pg").create_database()
+
+
+def test_the_index_contract_on_both_backends(location):
+    idx = DocumentIndex(location, dim=D, embedding_version="v1")
+    batch = docs(50, with_image=True)
+    assert idx.add(batch, version="v1") == [s.id for s, _ in batch]
+    assert idx.stats()["count"] == 50 and idx.count() == 50
+    got = idx.get("d0-3")
+    assert got.metadata == {"i": 3} and got.to_sample().slices[1].image.size == (40, 30)
+    np.testing.assert_array_equal(got.vectors, batch[3][1].vectors)
+    np.testing.assert_array_equal(got.summary, batch[3][1].summary)
+    with pytest.raises(KeyError):
+        idx.add(docs(1), version="v1")  # d0-0 exists: nothing written
+    assert idx.count() == 50
+    idx.delete(["d0-1", "d0-2"])
+    assert idx.get("d0-1") is None and idx.count() == 48
+    assert idx.list_ids(0, 3) == ["d0-0", "d0-3", "d0-4"]
+    new = docs(1, seed=9)[0]
+    idx.add([(Sample(new[0].slices, id="d0-5", metadata={"i": "updated"}), new[1])], version="v1", upsert=True)
+    assert idx.get("d0-5").metadata == {"i": "updated"} and idx.count() == 48
+    ok, problems = idx.verify()
+    assert ok, problems
+    assert idx.search(new[1], k=3)[0].id == "d0-5"
+    with pytest.raises(KeyError):
+        idx.delete(["nope"])
+    with pytest.raises(IndexRefused, match="vector dimension 8 does not match the index"):
+        idx.add([(Sample.build(["x"], id="x"), rand_emb(np.random.default_rng(0), 1).__class__(
+            np.ones((1, 8), np.float32), np.ones(8, np.float32)))], version="v1")
+    idx.close()
+    again = DocumentIndex(location)  # reopened: everything is there
+    assert again.count() == 48 and again.dim == D and again.embedding_version == "v1"
+    with pytest.raises(IndexRefused, match="built with embedding version v1, not v2"):
+        DocumentIndex(location, dim=D, embedding_version="v2")
+
+
+def _fill(location, seed=3):
+    idx = DocumentIndex(location, dim=D, embedding_version="v1")
+    rng = np.random.default_rng(seed)
+    samples = word_docs(120)
+    for i, s in enumerate(samples):
+        s.metadata["source"] = f"/notes/{'a' if i % 3 else 'b'}/{i}.md"
+    embs = [rand_emb(rng, len(s.slices)) for s in samples]
+    idx.add(list(zip(samples, embs, strict=True)), version="v1")
+    return idx, embs
+
+
+def test_both_backends_rank_one_collection_alike(pg, tmp_path):
+    lite, embs = _fill(tmp_path / "ix")
+    shared, _ = _fill(pg.create_database())
+    queries = [(embs[4], "banner of house zyx"), (embs[17], "What colour is the banner of House Vyd?"),
+               (embs[50], "UNICODE page figure cat")]
+    for q, text in queries:
+        for mode in ("dense", "lexical", "hybrid"):
+            for filters in (None, {"odd": True}, {"source": {"$prefix": "/notes/b/"}}):
+                a = lite.search(q, k=10, k_prime=40, text=text, mode=mode, filters=filters)
+                b = shared.search(q, k=10, k_prime=40, text=text, mode=mode, filters=filters)
+                assert [h.id for h in a] == [h.id for h in b], (mode, filters, text)
+                assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=1e-5, abs=1e-6)
+                assert [h.metadata for h in a] == [h.metadata for h in b]
+    assert lite.store.sources() == shared.store.sources()
+    assert lite.store.source_documents("/notes/b/0.md") == shared.store.source_documents("/notes/b/0.md")
+
+
+def test_bm25_in_sql_is_fts5_s(pg):
+    idx, _ = _fill(pg.create_database())
+    texts = {f: "\n".join(sl["text"] for sl in d.slices if sl["type"] == "text")
+             for f, d in idx.store.get_by_fids(sorted(idx.store.fids()), D).items()}
+    for query in ("What colour is the banner of House Vyd?", "UNICODE page, figure: cat", "zebra"):
+        want = bm25_reference(texts, query)
+        got = dict(idx.store.lexical(query, 1000, "v1"))
+        assert got.keys() == want.keys()
+        for f in want:
+            assert got[f] == pytest.approx(want[f], rel=1e-6, abs=1e-9)
+
+
+def test_two_openers_share_one_collection(pg):
+    url = pg.create_database()
+    a = DocumentIndex(url, dim=D, embedding_version="v1")
+    b = DocumentIndex(url)  # a second replica: no dimension given, it reads the shared one
+    rng = np.random.default_rng(5)
+    e = rand_emb(rng, 1)
+    a.add([(Sample.build(["written through a"], id="x1"), e)], version="v1")
+    assert b.get("x1").to_sample().text() == "written through a"
+    assert b.search(e, k=1)[0].id == "x1"  # at once: no snapshot, no sync
+    assert b.search(e, k=1, text="written", mode="lexical")[0].id == "x1"
+    b.delete(["x1"])
+    assert a.get("x1") is None and a.count() == 0 == b.count()
+    assert a.stats()["embedding_version"] == b.stats()["embedding_version"] == "v1"
+
+
+def test_an_unreachable_database_is_refused_naming_it(pg):
+    from tests.pg_fixtures import _free_port
+
+    url = f"postgresql://postgres:secret@127.0.0.1:{_free_port()}/nowhere"
+    with pytest.raises(IndexRefused, match="cannot connect to PostgreSQL at postgresql://postgres:\\*\\*\\*@127.0.0.1"):
+        DocumentIndex(url, dim=D)
+    missing = pg.url("no_such_database")
+    with pytest.raises(IndexRefused, match='database "no_such_database" does not exist'):
+        DocumentIndex(missing, dim=D)
+
+
+# ------------------------------------------------------------------ the server and the CLI on PostgreSQL
+def test_two_servers_on_one_database_serve_one_collection(pg, tiny_ckpt):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from tests.server_fixtures import seed_index, settings_for
+
+    url = pg.create_database()
+    seed_index(url, tiny_ckpt, n=3)
+    doc = {"slices": [{"type": "text", "text": "The banner of House Qel is green."}], "metadata": {"k": 1}}
+    a = TestClient(create_app(settings_for(tiny_ckpt, None, index_url=url, ready_cache_s=0)))
+    b = TestClient(create_app(settings_for(tiny_ckpt, None, index_url=url, ready_cache_s=0)))
+    with a, b:
+        assert a.put("/documents/house-qel", json=doc).status_code == 200
+        assert b.get("/documents/house-qel").json()["metadata"] == {"k": 1}
+        hits = b.post("/retrieve", json={"query": {"slices": [{"type": "text", "text": "House Qel"}]}, "k": 1,
+                                         "mode": "lexical"}).json()["results"]
+        assert hits[0]["id"] == "house-qel"
+        assert a.get("/index/stats").json()["count"] == b.get("/index/stats").json()["count"] == 4
+        assert b.delete("/documents/house-qel").status_code == 200
+        assert a.get("/documents/house-qel").status_code == 404
+        # PostgreSQL killed mid-traffic: 503 naming the index, /ready red, no 500 and no hang
+        pg.kill()
+        r = a.put("/documents/late", json=doc)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "index_unavailable", r.text
+        assert b.get("/documents/house-0").status_code == 503
+        assert a.get("/ready").status_code == 503
+        assert a.get("/health").status_code == 200
+        pg.start()  # crash recovery replays the WAL; the servers reconnect by themselves
+        assert a.get("/ready").status_code == 200
+        assert a.put("/documents/late", json=doc).status_code == 200
+        assert b.get("/documents/late").status_code == 200 and b.get("/documents/house-2").status_code == 200
+
+
+def test_cli_add_stats_verify_export_import_across_backends(pg, tiny_ckpt, tmp_path, capsys):
+    from sugar_cli.main import main
+    from tests.docs_fixtures import write_notes
+
+    notes = tmp_path / "notes"
+    write_notes(notes)
+    url = pg.create_database()
+    ck = ["--checkpoint", str(tiny_ckpt)]
+    assert main(["index", "add", "--index-url", url, *ck, "--data", str(notes)]) == 0
+    assert main(["index", "verify", "--index-url", url]) == 0
+    capsys.readouterr()
+    assert main(["index", "stats", "--index-url", url, "--json"]) == 0
+    import json
+
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["count"] > 0 and stats["type"] == "hnsw (pgvector)" and stats["path"] == url
+    # PostgreSQL -> JSONL -> the embedded index -> JSONL: every document, vector and metadata value
+    assert main(["index", "export", "--index-url", url, "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert main(["index", "import", "--index", str(tmp_path / "ix"), *ck, "--data", str(tmp_path / "a.jsonl")]) == 0
+    from index import DocumentIndex
+
+    shared, local = DocumentIndex(url), DocumentIndex(tmp_path / "ix")
+    assert sorted(shared.list_ids(0, 1000)) == sorted(local.list_ids(0, 1000))
+    for doc_id in shared.list_ids(0, 1000):
+        x, y = shared.get(doc_id), local.get(doc_id)
+        assert x.slices == y.slices and x.images == y.images
+        assert {k: v for k, v in x.metadata.items() if k not in ("source", "format", "source_hash")} == \
+            {k: v for k, v in y.metadata.items() if k not in ("source", "format", "source_hash")}
+        np.testing.assert_allclose(x.vectors, y.vectors, atol=1e-5)
+
+
+def test_startup_names_what_to_fix(pg, tiny_ckpt):
+    """A wrong URL, an unreachable server, a missing database, another embedding version: one
+    clear message each, before serving."""
+    from server.app import load_service
+    from server.metrics import Metrics
+    from server.settings import StartupError
+    from sugar_cli.main import main
+    from tests.pg_fixtures import _free_port
+    from tests.server_fixtures import settings_for
+
+    with pytest.raises(SystemExit, match="is not a postgresql:// URL"):
+        main(["serve", "--checkpoint", str(tiny_ckpt), "--index-url", "mysql://db/x"])
+    with pytest.raises(StartupError, match="cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:"):
+        load_service(settings_for(tiny_ckpt, None, index_url=f"postgresql://postgres@127.0.0.1:{_free_port()}/x"),
+                     Metrics())
+    with pytest.raises(StartupError, match='database "absent" does not exist'):
+        load_service(settings_for(tiny_ckpt, None, index_url=pg.url("absent")), Metrics())
+    url = pg.create_database()
+    DocumentIndex(url, dim=32, embedding_version="not-this-model").close()
+    with pytest.raises(StartupError, match="built with embedding version not-this-model"):
+        load_service(settings_for(tiny_ckpt, None, index_url=url), Metrics())
+    with pytest.raises(StartupError, match='cannot connect to PostgreSQL at .*role "intruder" does not exist'):
+        load_service(settings_for(tiny_ckpt, None, index_url=pg.url().replace("postgres@", "intruder@")), Metrics())
+
+
+@pytest.mark.parametrize("row,message", [
+    (None, "the pgvector extension is not available in this PostgreSQL"),
+    (("0.7.4", None), "pgvector 0.7.4 is too old"),
+    (("0.8.6", "0.7.0"), "pgvector 0.7.0 is too old"),  # installed older than available: its version counts
+])
+def test_pgvector_missing_or_older_than_0_8_is_refused(row, message):
+    """What `pg_available_extensions` says decides (the bundled server has 0.8.6 only, so the
+    refusals are checked on the answer itself)."""
+    from index.pg import PgStore
+
+    class Answer:
+        def execute(self, *_):
+            return self
+
+        def fetchone(self):
+            return row
+
+    store = PgStore.__new__(PgStore)
+    store.where = "postgresql://db/x"
+    with pytest.raises(IndexRefused, match=message):
+        store._check_pgvector(Answer())
+    store._check_pgvector(type("Ok", (Answer,), {"fetchone": lambda self: ("0.8.6", "0.8.6")})())
