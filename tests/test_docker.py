@@ -23,6 +23,18 @@ def test_compose_wires_api_to_vllm_with_volumes_and_healthchecks():
     assert s["train"]["profiles"] == ["train"] and s["train"]["command"][0] == "train"
 
 
+def test_compose_shared_profile_runs_replicas_on_one_postgres_index():
+    c = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    s = c["services"]
+    pg, api = s["postgres"], s["api-shared"]
+    assert pg["profiles"] == api["profiles"] == ["shared"] and pg["image"].startswith("pgvector/pgvector:")
+    assert api["environment"]["SUGAR_INDEX_URL"].startswith("postgresql://sugar:")
+    assert api["environment"]["SUGAR_INDEX_URL"].endswith("@postgres:5432/sugar")
+    assert "SUGAR_INDEX" not in api["environment"]  # a directory and a URL at once is refused
+    assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "replicas" in api["deploy"] and "pgdata" in c["volumes"]
+
+
 def test_images_run_as_non_root_without_weights():
     for name in ("Dockerfile", "Dockerfile.gpu"):
         text = (ROOT / "docker" / name).read_text()
