@@ -282,7 +282,7 @@ class DocumentIndex:
     def rebuild(self, index_type: str | None = None) -> None:
         """Rebuild the vector index from the store (drops tombstones; can change type)."""
         if self.shared:
-            self.store.conn.execute("REINDEX INDEX docs_summary_hnsw")
+            self.store.reindex(self.dim)  # type: ignore[attr-defined]
             return
         with self.store.write_lock:
             if index_type:
@@ -460,6 +460,8 @@ class DocumentIndex:
         if text_ids != all_ids:
             problems.append(f"text index differs from the store: {len(all_ids - text_ids)} documents missing, "
                             f"{len(text_ids - all_ids)} extra (sugar index rebuild refills it)")
+        if self.shared:
+            problems += self.store.problems()  # type: ignore[attr-defined]
         versions = self.store.version_counts()
         if len(versions) > 1:
             problems.append(f"mixed embedding versions (an unfinished re-embedding?): {versions}")

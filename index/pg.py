@@ -457,6 +457,27 @@ class PgStore:
     def version_counts(self) -> dict[str, int]:
         return dict(self._read("SELECT embedding_version, count(*) FROM docs GROUP BY 1").fetchall())
 
+    def reindex(self, dim: int) -> None:
+        """The HNSW index built again (the recovery command's part)."""
+        with self.write_lock, self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            self.conn.execute("DROP INDEX IF EXISTS docs_summary_hnsw")
+            self._prepare_vectors(dim)
+
+    def problems(self) -> list[str]:
+        """What `verify` checks on the database beyond the shared checks: the HNSW index is
+        there and valid, and every document's postings add up to its token count."""
+        out = []
+        row = self._read("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                         " WHERE c.relname = 'docs_summary_hnsw'").fetchone()
+        if row is None or not row[0]:
+            out.append("the HNSW index on the summary vectors is missing or invalid (sugar index rebuild)")
+        bad = self._read("SELECT count(*) FROM docs d WHERE d.n_tokens IS DISTINCT FROM"
+                         " (SELECT coalesce(sum(tf), 0) FROM postings p WHERE p.fid = d.fid)").fetchone()[0]
+        if bad:
+            out.append(f"text postings disagree with {bad} documents (sugar index rebuild refills them)")
+        return out
+
     def size_bytes(self) -> int:
         return int(self._read(
             "SELECT sum(pg_total_relation_size(t)) FROM unnest(ARRAY['docs', 'blobs', 'postings', 'meta']) t"

@@ -153,6 +153,13 @@ def test_two_servers_on_one_database_serve_one_collection(pg, tiny_ckpt):
                                          "mode": "lexical"}).json()["results"]
         assert hits[0]["id"] == "house-qel"
         assert a.get("/index/stats").json()["count"] == b.get("/index/stats").json()["count"] == 4
+        up = a.post("/documents/upload", files=[("files", ("qel.md", b"# Qel\n\nQel sails at dawn.", "text/markdown"))])
+        assert up.status_code == 200, up.text
+        [chunk] = up.json()["ids"]
+        assert b.get(f"/documents/{chunk}").status_code == 200
+        again = b.post("/documents/upload", files=[("files", ("qel.md", b"# Qel\n\nQel sails at dawn.", "text/markdown"))])
+        assert again.json()["files"][0]["status"] == "unchanged"  # B sees what A stored
+        assert b.delete(f"/documents/{chunk}").status_code == 200
         assert b.delete("/documents/house-qel").status_code == 200
         assert a.get("/documents/house-qel").status_code == 404
         # PostgreSQL killed mid-traffic: 503 naming the index, /ready red, no 500 and no hang
@@ -178,6 +185,17 @@ def test_cli_add_stats_verify_export_import_across_backends(pg, tiny_ckpt, tmp_p
     ck = ["--checkpoint", str(tiny_ckpt)]
     assert main(["index", "add", "--index-url", url, *ck, "--data", str(notes)]) == 0
     assert main(["index", "verify", "--index-url", url]) == 0
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as c:  # damage: the ANN index and one document's postings
+        c.execute("DROP INDEX docs_summary_hnsw")
+        c.execute("DELETE FROM postings WHERE fid = (SELECT min(fid) FROM docs WHERE n_tokens > 0)")
+    capsys.readouterr()
+    assert main(["index", "verify", "--index-url", url]) == 1
+    out = capsys.readouterr().err
+    assert "HNSW index on the summary vectors is missing" in out and "postings disagree with 1 documents" in out
+    assert main(["index", "rebuild", "--index-url", url]) == 0
+    assert main(["index", "verify", "--index-url", url]) == 0
     capsys.readouterr()
     assert main(["index", "stats", "--index-url", url, "--json"]) == 0
     import json
@@ -189,14 +207,23 @@ def test_cli_add_stats_verify_export_import_across_backends(pg, tiny_ckpt, tmp_p
     assert main(["index", "import", "--index", str(tmp_path / "ix"), *ck, "--data", str(tmp_path / "a.jsonl")]) == 0
     from index import DocumentIndex
 
-    shared, local = DocumentIndex(url), DocumentIndex(tmp_path / "ix")
-    assert sorted(shared.list_ids(0, 1000)) == sorted(local.list_ids(0, 1000))
+    # and back: the embedded index -> JSONL -> a new PostgreSQL database
+    assert main(["index", "export", "--index", str(tmp_path / "ix"), "--out", str(tmp_path / "b.jsonl")]) == 0
+    back = pg.create_database()
+    assert main(["index", "import", "--index-url", back, *ck, "--data", str(tmp_path / "b.jsonl")]) == 0
+    assert main(["index", "verify", "--index-url", back]) == 0
+    shared, local, again = DocumentIndex(url), DocumentIndex(tmp_path / "ix"), DocumentIndex(back)
+    assert sorted(shared.list_ids(0, 1000)) == sorted(local.list_ids(0, 1000)) == sorted(again.list_ids(0, 1000))
+
+    def kept(meta):  # `import` records the JSONL file as the source
+        return {k: v for k, v in meta.items() if k not in ("source", "format", "source_hash")}
+
     for doc_id in shared.list_ids(0, 1000):
-        x, y = shared.get(doc_id), local.get(doc_id)
-        assert x.slices == y.slices and x.images == y.images
-        assert {k: v for k, v in x.metadata.items() if k not in ("source", "format", "source_hash")} == \
-            {k: v for k, v in y.metadata.items() if k not in ("source", "format", "source_hash")}
+        x, y, z = shared.get(doc_id), local.get(doc_id), again.get(doc_id)
+        assert x.slices == y.slices == z.slices and x.images == y.images == z.images
+        assert kept(x.metadata) == kept(y.metadata) == kept(z.metadata)
         np.testing.assert_allclose(x.vectors, y.vectors, atol=1e-5)
+        np.testing.assert_allclose(x.vectors, z.vectors, atol=1e-5)
 
 
 def test_startup_names_what_to_fix(pg, tiny_ckpt):
