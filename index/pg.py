@@ -50,10 +50,13 @@ from .store import (
     IndexRefused,
     StoredDocument,
     StoreUnavailable,
-    blob_hash,
+    ThreadConnections,
+    apply_write,
     filter_matches,
     is_prefix_filter,
+    load_images,
     query_terms,
+    slice_rows,
     stored_sample,
 )
 
@@ -129,7 +132,7 @@ class _Rows(list):
         return list(self)
 
 
-class PgStore:
+class PgStore(ThreadConnections):
     """The `DocumentStore` interface on PostgreSQL; one connection per thread."""
 
     def __init__(self, url: str) -> None:
@@ -171,12 +174,6 @@ class PgStore:
             c = psycopg.connect(self.url, autocommit=True, connect_timeout=10, prepare_threshold=None)
             self._local.conn = c
         return c
-
-    def close(self) -> None:
-        c = getattr(self._local, "conn", None)
-        if c is not None:
-            c.close()
-            self._local.conn = None
 
     def _read(self, sql: str, args: Any = None) -> _Rows:
         """Run a read and fetch its rows; a connection that broke since its last use (the server
@@ -236,32 +233,19 @@ class PgStore:
         """One transaction, as `DocumentStore.write`."""
         import psycopg
 
-        added: list[tuple[int, np.ndarray]] = []
-        deleted: list[int] = []
         with self.write_lock:
             self.check_files()  # a connection broken by a restart is replaced before the transaction
             c = self.conn
             try:
                 with c.transaction():
                     c.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-                    for doc_id in delete_ids:
-                        fid = self._delete(c, doc_id)
-                        if fid is None:
-                            raise KeyError(doc_id)
-                        deleted.append(fid)
-                    for doc in docs:
-                        old = self._delete(c, doc[0]) if replace else None
-                        if old is not None:
-                            deleted.append(old)
-                        added.append(self._insert(c, *doc, version))
-                    for doc_id, meta in (metadata_updates or {}).items():
-                        cur = c.execute("UPDATE docs SET metadata = %s::jsonb WHERE id = %s",
-                                        (json.dumps(meta, sort_keys=True), doc_id))
-                        if cur.rowcount != 1:
-                            raise KeyError(doc_id)
+                    return apply_write(
+                        docs, replace, delete_ids, metadata_updates, lambda i: self._delete(c, i),
+                        lambda d: self._insert(c, d[0], d[1], d[2], d[3], version),
+                        lambda i, meta: c.execute("UPDATE docs SET metadata = %s::jsonb WHERE id = %s",
+                                                  (json.dumps(meta, sort_keys=True), i)).rowcount == 1)
             except psycopg.OperationalError as e:
                 raise StoreUnavailable(f"PostgreSQL at {self.where}: {type(e).__name__}; nothing was written") from None
-        return added, deleted
 
     def _insert(self, c, doc_id: str, sample: Sample, vectors: np.ndarray, summary: np.ndarray,
                 version: str, created: float | None = None, slices: list | None = None,
@@ -296,16 +280,8 @@ class PgStore:
         return int(row[0]) if row else None
 
     def _slice_rows(self, c, sample: Sample) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for s in sample.slices:
-            if s.type == "text":
-                rows.append({"type": "text", "text": s.text})
-            else:
-                data = s.png()
-                h = blob_hash(data)
-                c.execute("INSERT INTO blobs (hash, data) VALUES (%s, %s) ON CONFLICT (hash) DO NOTHING", (h, data))
-                rows.append({"type": "image", "hash": h})
-        return rows
+        return slice_rows(sample, lambda h, data: c.execute(
+            "INSERT INTO blobs (hash, data) VALUES (%s, %s) ON CONFLICT (hash) DO NOTHING", (h, data)))
 
     def update_vectors(self, rows: Sequence[tuple[str, np.ndarray, np.ndarray]], version: str
                        ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
@@ -339,9 +315,7 @@ class PgStore:
         return doc
 
     def load_images(self, doc: StoredDocument) -> None:
-        for s in doc.slices:
-            if s["type"] == "image" and s["hash"] not in doc.images:
-                doc.images[s["hash"]] = self.blob(s["hash"])
+        load_images(doc, self.blob)
 
     def get(self, doc_id: str, dim: int, with_images: bool = True) -> StoredDocument | None:
         row = self._read(f"SELECT {self._COLS} FROM docs WHERE id = %s", (doc_id,)).fetchone()

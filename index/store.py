@@ -124,7 +124,65 @@ def blob_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class DocumentStore:
+def slice_rows(sample: Sample, put_blob: Callable[[str, bytes], object]) -> list[dict[str, Any]]:
+    """A sample's slices as stored: texts inline, images by the hash of their PNG bytes
+    (`put_blob(hash, bytes)` stores each, content-addressed). Both backends' rows."""
+    rows: list[dict[str, Any]] = []
+    for s in sample.slices:
+        if s.type == "text":
+            rows.append({"type": "text", "text": s.text})
+        else:
+            data = s.png()
+            h = blob_hash(data)
+            put_blob(h, data)
+            rows.append({"type": "image", "hash": h})
+    return rows
+
+
+def apply_write(docs, replace: bool, delete_ids: Sequence[str], metadata_updates: dict[str, dict[str, Any]] | None,
+                delete: Callable[[str], int | None], insert: Callable[[Any], tuple[int, np.ndarray]],
+                set_metadata: Callable[[str, dict[str, Any]], bool]) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+    """The body of one write transaction, for both backends: delete `delete_ids` (KeyError for an
+    unknown one), insert `docs` (an existing id deleted first with `replace`), then replace the
+    metadata of `metadata_updates` (KeyError for an unknown id). Returns (added, deleted)."""
+    added: list[tuple[int, np.ndarray]] = []
+    deleted: list[int] = []
+    for doc_id in delete_ids:
+        fid = delete(doc_id)
+        if fid is None:
+            raise KeyError(doc_id)
+        deleted.append(fid)
+    for doc in docs:
+        old = delete(doc[0]) if replace else None
+        if old is not None:
+            deleted.append(old)
+        added.append(insert(doc))
+    for doc_id, meta in (metadata_updates or {}).items():
+        if not set_metadata(doc_id, meta):
+            raise KeyError(doc_id)
+    return added, deleted
+
+
+def load_images(doc: StoredDocument, blob: Callable[[str], bytes]) -> None:
+    """Fill `doc.images` (blobs are content-addressed and outlive their documents)."""
+    for s in doc.slices:
+        if s["type"] == "image" and s["hash"] not in doc.images:
+            doc.images[s["hash"]] = blob(s["hash"])
+
+
+class ThreadConnections:
+    """One database connection per thread (`self._local.conn`), closed by `close`."""
+
+    _local: threading.local
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+
+class DocumentStore(ThreadConnections):
     """Thread-safe: writes serialise on a lock; each thread reads on its own connection."""
 
     def __init__(self, path: str | Path) -> None:
@@ -187,12 +245,6 @@ class DocumentStore:
             self._local.conn = c
         return c
 
-    def close(self) -> None:
-        c = getattr(self._local, "conn", None)
-        if c is not None:
-            c.close()
-            self._local.conn = None
-
     # ---------------------------------------------------------------- meta
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -223,33 +275,14 @@ class DocumentStore:
         existing id raises KeyError and nothing is written. Returns the added
         (fid, summary) and the deleted fids, for the vector index.
         """
-        added: list[tuple[int, np.ndarray]] = []
-        deleted: list[int] = []
         with self.write_lock:
             self.check_files()
-            c = self.conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                for doc_id in delete_ids:
-                    fid = self._delete(c, doc_id)
-                    if fid is None:
-                        raise KeyError(doc_id)
-                    deleted.append(fid)
-                for doc in docs:
-                    old = self._delete(c, doc[0]) if replace else None
-                    if old is not None:
-                        deleted.append(old)
-                    added.append(self._insert(c, *doc, version))
-                for doc_id, meta in (metadata_updates or {}).items():
-                    cur = c.execute("UPDATE docs SET metadata = ? WHERE id = ?",
-                                    (json.dumps(meta, sort_keys=True), doc_id))
-                    if cur.rowcount != 1:
-                        raise KeyError(doc_id)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-        return added, deleted
+            with _immediate(self.conn) as c:
+                return apply_write(
+                    docs, replace, delete_ids, metadata_updates, lambda i: self._delete(c, i),
+                    lambda d: self._insert(c, d[0], d[1], d[2], d[3], version),
+                    lambda i, meta: c.execute("UPDATE docs SET metadata = ? WHERE id = ?",
+                                              (json.dumps(meta, sort_keys=True), i)).rowcount == 1)
 
     def _insert(self, c: sqlite3.Connection, doc_id: str, sample: Sample, vectors: np.ndarray,
                 summary: np.ndarray, version: str) -> tuple[int, np.ndarray]:
@@ -277,16 +310,8 @@ class DocumentStore:
         return int(row[0])
 
     def _slice_rows(self, c: sqlite3.Connection, sample: Sample) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for s in sample.slices:
-            if s.type == "text":
-                rows.append({"type": "text", "text": s.text})
-            else:
-                data = s.png()
-                h = blob_hash(data)
-                c.execute("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (h, data))
-                rows.append({"type": "image", "hash": h})
-        return rows
+        return slice_rows(sample, lambda h, data: c.execute("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)",
+                                                            (h, data)))
 
     def update_vectors(self, rows: Sequence[tuple[str, np.ndarray, np.ndarray]], version: str
                        ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
@@ -333,10 +358,7 @@ class DocumentStore:
         return doc
 
     def load_images(self, doc: StoredDocument) -> None:
-        """Fill `doc.images` (blobs are content-addressed and outlive their documents)."""
-        for s in doc.slices:
-            if s["type"] == "image" and s["hash"] not in doc.images:
-                doc.images[s["hash"]] = self.blob(s["hash"])
+        load_images(doc, self.blob)
 
     _COLS = "fid, id, metadata, slices, n_slices, vectors, summary, embedding_version"
 

@@ -58,3 +58,18 @@ def live_server(app, port: int):
     finally:
         server.should_exit = True
         t.join(timeout=30)
+
+
+def wait_until_up(url: str, proc, path: str = "/ready", seconds: float = 120) -> None:
+    """Until `url + path` answers 200; fails when the process exits or time runs out."""
+    import httpx
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, f"server at {url} did not start"
+        time.sleep(0.2)

@@ -528,7 +528,7 @@ def test_server_sigkilled_while_clients_race_put_and_delete_keeps_the_index_whol
     import httpx
 
     from sugar_cli.main import main
-    from tests.server_fixtures import free_port
+    from tests.server_fixtures import free_port, wait_until_up
 
     root = Path(__file__).resolve().parents[1]
     ix = tmp_path / "ix"
@@ -539,15 +539,8 @@ def test_server_sigkilled_while_clients_race_put_and_delete_keeps_the_index_whol
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
+        wait_until_up(url, proc, "/health")
         deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "server did not start"
-            time.sleep(0.2)
         acks = [0]
         stop = threading.Event()
 

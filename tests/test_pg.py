@@ -292,7 +292,7 @@ def test_two_sugar_serve_replicas_race_and_one_is_killed(pg, tiny_ckpt):
     import httpx
 
     from sugar_cli.main import main
-    from tests.server_fixtures import free_port, seed_index
+    from tests.server_fixtures import free_port, seed_index, wait_until_up
 
     url = pg.create_database()
     seed_index(url, tiny_ckpt, n=1)
@@ -306,16 +306,9 @@ def test_two_sugar_serve_replicas_race_and_one_is_killed(pg, tiny_ckpt):
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         bases.append(f"http://127.0.0.1:{port}")
     try:
-        deadline = time.time() + 120
         for p, base in zip(procs, bases, strict=True):
-            while True:
-                try:
-                    if httpx.get(base + "/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert p.poll() is None and time.time() < deadline, "replica did not start"
-                time.sleep(0.2)
+            wait_until_up(base, p)
+        deadline = time.time() + 120
         acked: list[str] = []
         acks = [0]
         stop = threading.Event()
