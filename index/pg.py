@@ -37,7 +37,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -343,17 +343,6 @@ class PgStore(ThreadConnections):
         return [r[0] for r in self._read("SELECT id FROM docs ORDER BY fid LIMIT %s OFFSET %s",
                                                  (limit, offset))]
 
-    def summaries(self, version: str, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        last = -1
-        while True:
-            rows = self._read("SELECT fid, summary_raw FROM docs WHERE fid > %s AND embedding_version = %s"
-                                     " ORDER BY fid LIMIT %s", (last, version, batch)).fetchall()
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield (np.array([r[0] for r in rows], np.int64),
-                   np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
-
     def summaries_of(self, fids: Sequence[int], version: str | None = None) -> dict[int, np.ndarray]:
         rows = self._read("SELECT fid, summary_raw, embedding_version FROM docs WHERE fid = ANY(%s)",
                                  (list(map(int, fids)),))
@@ -396,9 +385,6 @@ class PgStore(ThreadConnections):
                 if len(out) == limit:
                     break
         return out
-
-    def last_seq(self) -> int:
-        return 0  # no snapshot to replay: the database is the index
 
     def matching_fids(self, filters: dict[str, Any]) -> list[int]:
         """fids whose metadata matches `filters` (JSONB prefilter, then `filter_matches`)."""
