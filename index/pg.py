@@ -421,6 +421,7 @@ class PgStore(ThreadConnections):
         """The HNSW index built again (the recovery command's part)."""
         with self.write_lock, self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            self.conn.execute("SET LOCAL maintenance_work_mem = '1GB'")  # the graph in memory: no spill
             self.conn.execute("DROP INDEX IF EXISTS docs_summary_hnsw")
             self._prepare_vectors(dim)
 

@@ -155,3 +155,88 @@ def run(sizes: list[int], dim: int, kind: str, nq: int, e2e_max: int = 100_000) 
         print(f"end-to-end DocumentIndex.search at {n}: "
               + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     return records
+
+
+def _clustered(rng, n: int, d: int, clusters: int = 100) -> np.ndarray:
+    """Unit vectors around `clusters` centres (what summary vectors of a real collection look like)."""
+    centres = _unit(rng, clusters, d)
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * _unit(rng, n, d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def backends(n: int, d: int, nq: int, url: str | None, rng) -> dict:
+    """The embedded index (SQLite + FAISS HNSW) and the PostgreSQL one (pgvector HNSW) on the same
+    clustered collection, side by side in one run: ingest rate; end-to-end `search` (ANN + store
+    fetch + GA rerank over K' = 50) p50/p99, queries alternating between the backends; stage-1
+    recall@10 against exact search; the results a 1 % metadata filter returns."""
+    from contextlib import ExitStack
+
+    from index import DocumentIndex, DocumentVectors
+    from model.sample import Sample, Slice
+
+    summaries = _clustered(rng, n, d)
+    with ExitStack() as stack:
+        if url is None:
+            from .postgres import PostgresServer
+
+            server = PostgresServer()
+            stack.callback(server.close)
+            url = server.create_database()
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        sides = {"embedded": DocumentIndex(tmp, dim=d, embedding_version="bench", settings=VectorSettings(type="hnsw"),
+                                           snapshot_every=10**9),
+                 "postgres": DocumentIndex(url, dim=d, embedding_version="bench")}
+        out: dict = {"n": n, "dim": d}
+        for name, idx in sides.items():
+            t = time.perf_counter()
+            for a in range(0, n, 2000):
+                rows = []
+                for i in range(a, min(n, a + 2000)):
+                    v = summaries[i] + 0.2 * _unit(rng, M_SLICES, d)
+                    v /= np.linalg.norm(v, axis=1, keepdims=True)
+                    rows.append((Sample([Slice.of_text(f"doc {i} " + " ".join(rng.choice(VOCAB, 12)))] * M_SLICES,
+                                        id=f"d{i}", metadata={"bucket": i % 100}),
+                                 DocumentVectors(v.astype(np.float32), summaries[i])))
+                idx.add(rows, version="bench")
+            out[f"{name}_ingest_docs_per_s"] = n / (time.perf_counter() - t)
+        picks = rng.integers(0, n, nq)
+        queries = []
+        for i in picks:
+            g = summaries[i] + 0.3 * _unit(rng, 1, d)[0]
+            g /= np.linalg.norm(g)
+            v = g + 0.2 * _unit(rng, M_SLICES, d)
+            queries.append(DocumentVectors((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32),
+                                           g.astype(np.float32)))
+        ts: dict[str, list[float]] = {name: [] for name in sides}
+        recall: dict[str, list[float]] = {name: [] for name in sides}
+        for q in queries:
+            exact = set(np.argsort(-(summaries @ q.summary))[:10].tolist())
+            for name, idx in sides.items():  # alternating: the machine's noise lands on both
+                t = time.perf_counter()
+                idx.search(q, k=10, k_prime=50)
+                ts[name].append(time.perf_counter() - t)
+                _, fids = idx.vectors.search(q.summary[None], 10)
+                ids = {int(h.id[1:]) for h in idx.store.get_by_fids([int(f) for f in fids[0] if f >= 0], d).values()}
+                recall[name].append(len(ids & exact) / 10)
+        for name, idx in sides.items():
+            out[f"{name}_search_p50_ms"] = _pct(ts[name], 50)
+            out[f"{name}_search_p99_ms"] = _pct(ts[name], 99)
+            out[f"{name}_recall@10"] = float(np.mean(recall[name]))
+            out[f"{name}_filtered_1pct_k10"] = float(np.mean(
+                [len(idx.search(q, k=10, filters={"bucket": 7})) for q in queries[:20]]))
+            idx.store.close()
+        out["postgres/embedded_p50"] = out["postgres_search_p50_ms"] / out["embedded_search_p50_ms"]
+    return out
+
+
+def run_backends(n: int, d: int, nq: int, url: str | None) -> dict:
+    torch.set_num_threads(2)
+    r = backends(n, d, nq, url, np.random.default_rng(0))
+    print(f"backends side by side: {n} documents, D={d}, {nq} queries alternating, k=10, K'=50")
+    print(f"{'backend':>9} | {'ingest docs/s':>13} | {'search p50 ms':>13} {'p99 ms':>8} | {'recall@10':>9} | "
+          f"{'1 % filter: hits of 10':>22}")
+    for name in ("embedded", "postgres"):
+        print(f"{name:>9} | {r[f'{name}_ingest_docs_per_s']:13.0f} | {r[f'{name}_search_p50_ms']:13.2f} "
+              f"{r[f'{name}_search_p99_ms']:8.2f} | {r[f'{name}_recall@10']:9.3f} | {r[f'{name}_filtered_1pct_k10']:22.1f}")
+    print(f"postgres / embedded search p50: {r['postgres/embedded_p50']:.2f}x")
+    return r

