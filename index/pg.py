@@ -61,6 +61,11 @@ from .store import (
 )
 
 MIN_PGVECTOR = (0, 8)
+
+
+def ef_search(k: int) -> int:
+    """HNSW's candidate list for a top-k query: twice k, at least 100, at most 1,000."""
+    return max(100, min(1000, 2 * k))
 WRITE_LOCK = 0x5347_5241  # pg_advisory_xact_lock key of every writer ("SGRA")
 _TOKEN = re.compile(r"[^\W_]+")
 SCHEMA = [
@@ -467,7 +472,8 @@ class PgVectors:
         self.store.check_files()  # a connection broken by a restart is replaced first
         c = self.store.conn
         with c.transaction():
-            c.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, min(1000, k))),))
+            # the candidate list: recall@10 0.934 at 100k clustered vectors with 40, ≥ 0.95 wanted
+            c.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search(k)),))
             c.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             rows = c.execute(
                 "SELECT fid, ip FROM (SELECT fid, -(summary <#> %s::vector) AS ip FROM docs"
