@@ -8,6 +8,7 @@ at start-up and reached through the app state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -119,6 +120,7 @@ class SugarService:
                                         settings.embed_queue_size, enabled=batching, on_batch=on_batch,
                                         cost=self.token_estimate, max_cost=settings.embed_batch_tokens)
         self.generations = GenerationLimiter(settings.gen_queue_size)
+        self._token_count: TokenizerCount | None = None  # the workers' token count (picklable)
         self.ingest_pool = (IngestPool(settings.ingest_workers, settings.ingest_queue, settings.ingest_timeout_s)
                             if settings.ingest_workers else None)
         self._ready_at = 0.0
@@ -334,8 +336,9 @@ class SugarService:
         if self.ingest_pool is not None:
             pool = self.ingest_pool
             # the worker gets a reader of plain data: the tokenizer's backend, not the model
-            reader = SourceReader(IngestConfig(ing.config.limits, ing.config.read, TokenizerCount.of(self.model.backbone),
-                                               ing.config.metadata, ing.config.batch_size))
+            if self._token_count is None:
+                self._token_count = TokenizerCount.of(self.model.backbone)
+            reader = SourceReader(dataclasses.replace(ing.config, count=self._token_count))
 
             def read_in_worker(changed: Sequence[SourceFile]) -> list[Chunked | str]:
                 job = pool.run(read_sources, reader, changed, self.policy.max_request_pixels)
