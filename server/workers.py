@@ -68,6 +68,12 @@ class _Slot:
         self.executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         self.pid = await asyncio.get_running_loop().run_in_executor(self.executor, _warm)
 
+    def close(self) -> None:
+        """A graceful stop (the worker is idle, or its job is cancelled)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor, self.pid = None, None
+
     def kill(self) -> None:
         if self.pid is not None:
             try:
@@ -94,8 +100,12 @@ class IngestPool:
             self._free.put_nowait(s)
 
     async def stop(self) -> None:
+        busy = self.active > 0  # a job still running is not waited for
         for s in self._slots:
-            s.kill()
+            if busy:
+                s.kill()
+            else:
+                await asyncio.to_thread(s.close)
 
     @property
     def pids(self) -> list[int]:

@@ -267,3 +267,42 @@ def test_a_sample_over_the_cost_budget_is_embedded_alone():
     out, batches, _ = run_batcher([["z" * 100, "a"]], max_cost=40)
     assert out == [["Z" * 100, "A"]]
     assert batches == [["z" * 100], ["a"]]
+
+
+def test_sigterm_stops_serve_cleanly_with_its_ingestion_worker(tiny_ckpt, ix, tmp_path):
+    """SIGTERM after an upload (a worker up): a graceful stop (uvicorn exits by the signal it was
+    sent, after the shutdown), no traceback, no leaked semaphores from the ingestion worker."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from tests.server_fixtures import wait_until_up
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(ix, tmp_path / "ix")
+    port = free_port()
+    sugar = Path(sys.executable).parent / "sugar"  # the console script users run (make run)
+    if not sugar.exists():
+        pytest.skip("no `sugar` console script beside this Python (pip install -e .)")
+    proc = subprocess.Popen([str(sugar), "serve", "--checkpoint", str(tiny_ckpt),
+                             "--index", str(tmp_path / "ix"), "--port", str(port)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(url, proc)
+        r = httpx.post(url + "/documents/upload", files=[("files", ("a.md", b"# A\n\nworker up", "text/markdown"))],
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, -signal.SIGTERM), err[-2000:]
+    assert "Application shutdown complete" in err
+    assert "Traceback" not in err and "leaked semaphore" not in err, err[-2000:]
