@@ -72,7 +72,13 @@ class PostgresServer:
     """initdb + pg_ctl start; `url(db)`; `create_database()`; `stop()`, `kill()` and `start()`."""
 
     def __init__(self) -> None:
-        self.user: pwd.struct_passwd | None = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+        self.user: pwd.struct_passwd | None = None
+        if os.geteuid() == 0:  # PostgreSQL refuses root: run it as nobody
+            try:
+                self.user = pwd.getpwnam("nobody")
+            except KeyError:
+                raise PostgresUnavailable("running as root and there is no user 'nobody' to run PostgreSQL as"
+                                          ) from None
         self.bin = _bin(self.user)
         self.dir = Path(tempfile.mkdtemp(prefix="sugar-pg-"))
         self.data = self.dir / "data"
