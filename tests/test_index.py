@@ -41,30 +41,37 @@ def docs(n, seed=0, with_image=False, meta=None):
     return out
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
-def test_add_get_delete_upsert_and_verify(tmp_path, kind):
-    idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1", settings=VectorSettings(type=kind))
+def check_contract(idx: DocumentIndex) -> None:
+    """The index contract every backend keeps (here and tests/test_pg.py): add, get (vectors as
+    written), a refused duplicate writes nothing, delete, list, upsert, verify, search."""
     batch = docs(50, with_image=True)
     assert idx.add(batch, version="v1") == [s.id for s, _ in batch]
-    assert idx.stats()["count"] == 50 and idx.stats()["type"] == kind
+    assert idx.stats()["count"] == 50 and idx.count() == 50
     got = idx.get("d0-3")
     assert got.metadata == {"i": 3} and got.to_sample().slices[1].image.size == (40, 30)
-    np.testing.assert_allclose(got.vectors, batch[3][1].vectors)
+    np.testing.assert_array_equal(got.vectors, batch[3][1].vectors)
+    np.testing.assert_array_equal(got.summary, batch[3][1].summary)
     with pytest.raises(KeyError):
         idx.add(docs(1), version="v1")  # d0-0 exists: nothing written
     assert idx.count() == 50
     idx.delete(["d0-1", "d0-2"])
     assert idx.get("d0-1") is None and idx.count() == 48
+    assert idx.list_ids(0, 3) == ["d0-0", "d0-3", "d0-4"]
     new = docs(1, seed=9)[0]
-    upd = Sample(new[0].slices, id="d0-5", metadata={"i": "updated"})
-    idx.add([(upd, new[1])], version="v1", upsert=True)
+    idx.add([(Sample(new[0].slices, id="d0-5", metadata={"i": "updated"}), new[1])], version="v1", upsert=True)
     assert idx.get("d0-5").metadata == {"i": "updated"} and idx.count() == 48
     ok, problems = idx.verify()
     assert ok, problems
-    hits = idx.search(new[1], k=3)
-    assert hits[0].id == "d0-5"
+    assert idx.search(new[1], k=3)[0].id == "d0-5"
     with pytest.raises(KeyError):
         idx.delete(["nope"])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_add_get_delete_upsert_and_verify(tmp_path, kind):
+    idx = DocumentIndex(tmp_path / "ix", dim=D, embedding_version="v1", settings=VectorSettings(type=kind))
+    check_contract(idx)
+    assert idx.stats()["type"] == kind
     idx.close()
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index import DocumentIndex, IndexRefused
+from index import DocumentIndex, DocumentVectors, IndexRefused
 from model.sample import Sample
 from tests.pg_fixtures import PostgresServer, PostgresUnavailable
-from tests.test_index import D, bm25_reference, docs, rand_emb, word_docs
+from tests.test_index import D, bm25_reference, check_contract, rand_emb, word_docs
 
 
 @pytest.fixture(scope="module")
@@ -37,30 +37,10 @@ def location(request, tmp_path):
 
 def test_the_index_contract_on_both_backends(location):
     idx = DocumentIndex(location, dim=D, embedding_version="v1")
-    batch = docs(50, with_image=True)
-    assert idx.add(batch, version="v1") == [s.id for s, _ in batch]
-    assert idx.stats()["count"] == 50 and idx.count() == 50
-    got = idx.get("d0-3")
-    assert got.metadata == {"i": 3} and got.to_sample().slices[1].image.size == (40, 30)
-    np.testing.assert_array_equal(got.vectors, batch[3][1].vectors)
-    np.testing.assert_array_equal(got.summary, batch[3][1].summary)
-    with pytest.raises(KeyError):
-        idx.add(docs(1), version="v1")  # d0-0 exists: nothing written
-    assert idx.count() == 50
-    idx.delete(["d0-1", "d0-2"])
-    assert idx.get("d0-1") is None and idx.count() == 48
-    assert idx.list_ids(0, 3) == ["d0-0", "d0-3", "d0-4"]
-    new = docs(1, seed=9)[0]
-    idx.add([(Sample(new[0].slices, id="d0-5", metadata={"i": "updated"}), new[1])], version="v1", upsert=True)
-    assert idx.get("d0-5").metadata == {"i": "updated"} and idx.count() == 48
-    ok, problems = idx.verify()
-    assert ok, problems
-    assert idx.search(new[1], k=3)[0].id == "d0-5"
-    with pytest.raises(KeyError):
-        idx.delete(["nope"])
+    check_contract(idx)
     with pytest.raises(IndexRefused, match="vector dimension 8 does not match the index"):
-        idx.add([(Sample.build(["x"], id="x"), rand_emb(np.random.default_rng(0), 1).__class__(
-            np.ones((1, 8), np.float32), np.ones(8, np.float32)))], version="v1")
+        idx.add([(Sample.build(["x"], id="x"), DocumentVectors(np.ones((1, 8), np.float32), np.ones(8, np.float32)))],
+                version="v1")
     idx.close()
     again = DocumentIndex(location)  # reopened: everything is there
     assert again.count() == 48 and again.dim == D and again.embedding_version == "v1"
