@@ -38,6 +38,9 @@ def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
     return cls(**kwargs)
 
 
+CONTEXT_ORDERS = ("ranked", "best_last")
+
+
 @dataclass
 class PromptFormat:
     """The prompt formats shared by training, the server and vLLM.
@@ -51,10 +54,21 @@ class PromptFormat:
     assistant_prefix: str = " ASSISTANT:"
     slice_separator: str = "\n"
     image_placeholder: str = "<image>"
-    # RAG context: documents numbered from 1, then the question
+    # RAG context: documents numbered by rank from 1, then the question
     context_header: str = "Context:"
     document_prefix: str = "[{i}] "
     question_header: str = "Question: "
+    # where the ranking's documents go: "ranked" ([1] first) or "best_last" ([k] first, the
+    # best-ranked [1] nearest the question). Generation only: not in the embedding version.
+    context_order: str = "ranked"
+
+    def __post_init__(self) -> None:
+        if self.context_order not in CONTEXT_ORDERS:
+            raise ValueError(f"prompts.context_order must be one of {CONTEXT_ORDERS}, not {self.context_order!r}")
+
+    def embedding_fields(self) -> dict[str, str]:
+        """The fields that shape embedding prompts (the embedding version hashes these)."""
+        return {k: v for k, v in self.__dict__.items() if k != "context_order"}
 
 
 @dataclass

@@ -9,6 +9,7 @@ into the vision tokens.
 
     generation:  USER: <slice 1>\\n<slice 2> ASSISTANT:
     RAG:         USER: Context:\\n[1]\\n<doc 1 slices>\\n[2]\\n...\\nQuestion: \\n<query slices> ASSISTANT:
+                 (context_order "best_last": ...[2]\\n<doc 2 slices>\\n[1]\\n<doc 1 slices>\\nQuestion: ...)
     embedding:   USER: <slice 1>\\n<slice 2>          (no suffix: the model is causal)
 """
 
@@ -75,12 +76,17 @@ def embedding_prompt(sample: Sample, fmt: PromptFormat) -> Prompt:
 
 
 def rag_parts(documents: Sequence[Sample], query: Sample, fmt: PromptFormat) -> list[Part]:
-    """The user-message parts of a RAG prompt (documents as context, then the query)."""
+    """The user-message parts of a RAG prompt (documents as context, then the query).
+
+    `documents` come best first and are numbered by rank; `fmt.context_order` "best_last"
+    writes them in reverse ([k] first, [1] just before the question), so a prompt with its
+    lowest-ranked documents left out is the full one with one span removed either way."""
     parts: list[Part] = []
     if documents:
         parts.append(fmt.context_header)
-        for i, doc in enumerate(documents):
-            parts.append(fmt.document_prefix.format(i=i + 1).rstrip())
+        ranked = list(enumerate(documents, 1))
+        for i, doc in reversed(ranked) if fmt.context_order == "best_last" else ranked:
+            parts.append(fmt.document_prefix.format(i=i).rstrip())
             parts.extend(slice_parts(doc.slices))
         parts.append(fmt.question_header.rstrip())
     parts.extend(slice_parts(query.slices))

@@ -139,7 +139,7 @@ class SugarModel(nn.Module):
         c = self.config
         h.update(
             json.dumps(
-                [c.embed_dim, c.pooling, c.hidden_layer, c.head_norm, c.prompts.__dict__],
+                [c.embed_dim, c.pooling, c.hidden_layer, c.head_norm, c.prompts.embedding_fields()],
                 sort_keys=True,
             ).encode()
         )

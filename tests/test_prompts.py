@@ -25,6 +25,37 @@ def test_generation_and_rag_prompt_text():
     assert generation_prompt(q, FMT).text == "USER: What colour is the banner? ASSISTANT:"
 
 
+def test_best_last_context_order_puts_the_top_ranked_document_nearest_the_question():
+    """`context_order: best_last` numbers documents by rank and writes them in reverse; the
+    embedding prompts, and so the embedding version, do not depend on it."""
+    import dataclasses
+
+    q = Sample.build(["Which banner?"])
+    docs = [Sample.build(["first ranked", make_image(1)]), Sample.build(["second"]), Sample.build(["third"])]
+    last = dataclasses.replace(FMT, context_order="best_last")
+    p = generation_prompt(q, last, docs)
+    assert p.text == ("USER: Context:\n[3]\nthird\n[2]\nsecond\n[1]\nfirst ranked\n<image>\nQuestion:\n"
+                      "Which banner? ASSISTANT:")
+    assert generation_prompt(q, FMT, docs).text.index("[1]") < generation_prompt(q, FMT, docs).text.index("[3]")
+    assert last.embedding_fields() == FMT.embedding_fields()
+    assert embedding_prompt(docs[0], last).text == embedding_prompt(docs[0], FMT).text
+    with pytest.raises(ValueError, match="context_order must be one of"):
+        PromptFormat(context_order="random")
+
+
+def test_context_order_is_saved_and_loaded_with_the_checkpoint(tiny_model, tmp_path):
+    from model.sugar import SugarModel
+
+    tiny_model.config.prompts.context_order = "best_last"
+    try:
+        tiny_model.save_pretrained(tmp_path / "ckpt")
+    finally:
+        tiny_model.config.prompts.context_order = "ranked"
+    loaded = SugarModel.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.prompts.context_order == "best_last"
+    assert loaded.compute_embedding_version() == tiny_model.compute_embedding_version()
+
+
 def test_embedding_prompt_spans_cover_slices():
     s = Sample.build(["first", make_image(3), "second"])
     p = embedding_prompt(s, FMT)

@@ -304,17 +304,21 @@ def test_generate_tokenises_the_query_once_and_each_document_once(client, app_an
     assert sum(query_text in t for t in texts) == 2
 
 
-def test_cut_ids_equal_the_shorter_prompt_tokenised(app_and_client):
+@pytest.mark.parametrize("order", ["ranked", "best_last"])
+def test_cut_ids_equal_the_shorter_prompt_tokenised(app_and_client, order):
     """The fast path against the slow reference: the ids cut from the longest prompt's one
     tokenisation equal the shorter prompt's own tokenisation (images included), and the cut
-    takes the right images."""
+    takes the right images — in both context orders (best_last: the lowest-ranked documents
+    are the first of the context)."""
+    import dataclasses
+
     from model.prompts import chat_prompt, rag_parts
     from model.sample import Sample
     from server.service import cut_prompt
     from tests.conftest import make_image
 
     model = app_and_client[0].state.service.model
-    bb, fmt = model.backbone, model.config.prompts
+    bb, fmt = model.backbone, dataclasses.replace(model.config.prompts, context_order=order)
     docs = [Sample.build([f"Document text number {i}.", make_image(i)]) for i in range(4)]
     query = Sample.build(["What is shown?", make_image(9)])
     render = lambda n: chat_prompt([("user", rag_parts(docs[:n], query, fmt))], fmt, eos=bb.eos_token)  # noqa: E731

@@ -59,6 +59,20 @@ def test_a_warm_start_begins_from_the_checkpoint_s_weights(smoke_ckpt, tmp_path)
     assert not torch.equal(after.state_dict()[head], saved.state_dict()[head])  # trained on
 
 
+def test_context_order_is_trained_and_saved(smoke_ckpt, tmp_path):
+    """`context_order` on a warm start: the saved checkpoint's prompts carry it (the server
+    renders its RAG prompts with it); unknown orders and gold shares are refused."""
+    assert SugarModel.from_pretrained(smoke_ckpt).config.prompts.context_order == "ranked"
+    assert main(["train", "--preset", "smoke", "--set", f"init={json.dumps(str(smoke_ckpt))}", "--set",
+                 "context_order=best_last", "--set", "rag_gold_first=0.9", "--steps", "2",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert SugarModel.from_pretrained(tmp_path / "out").config.prompts.context_order == "best_last"
+    with pytest.raises(ValueError, match="context_order must be one of"):
+        preset("smoke").with_overrides(["context_order=random"])
+    with pytest.raises(ValueError, match="rag_gold_first must be a probability"):
+        preset("smoke").with_overrides(["rag_gold_first=2"])
+
+
 def test_resume_is_exact(tmp_path):
     cfg = preset("smoke").with_overrides(["steps=6", "checkpoint_every=3"])
     straight = Trainer(cfg, tmp_path / "a")

@@ -76,6 +76,36 @@ def test_rag_sample_places_gold_at_requested_position():
         assert ex.answer in COLORS or ex.answer in SHAPES
 
 
+def test_rag_gold_first_puts_the_gold_document_at_rank_one_that_often():
+    """`rag_gold_first` (TrainConfig): the served distribution, where retrieval ranks the asked
+    house first; 0 keeps every rank equally likely."""
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+
+    def first_share(p: float) -> float:
+        pools.gold_first = p
+        rng, hits = random.Random(0), 0
+        for _ in range(400):
+            ex = pools.rag_example(rng, k=4)
+            hits += ex.documents[0].metadata["house"] == ex.query.slices[0].text.split("House ")[1].rstrip("?")
+        return hits / 400
+
+    assert first_share(1.0) == 1.0
+    assert 0.85 <= first_share(0.9) <= 0.98  # 0.9 + 0.1 / 4
+    assert 0.18 <= first_share(0.0) <= 0.32  # 1 / 4
+
+
+def test_binding_examples_tell_the_banners_in_words():
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    ex = pools.gen_example(random.Random(3), {"bind": 1.0})
+    name = ex.query.slices[0].text.split("House ")[1].rstrip("?")
+    house = next(h for h in pools.houses if h.name == name)
+    assert ex.kind == "bind" and 2 <= len(ex.documents) <= 5
+    assert all(d.modalities == ["text"] for d in ex.documents)
+    told = [d.slices[0].text for d in ex.documents if f"House {name}:" in d.slices[0].text]
+    assert told == [f"The banner of House {name}: a {house.banner.color} {house.banner.shape}."]
+    assert ex.answer in (house.banner.color, house.banner.shape)
+
+
 def test_knowledge_docs_bind_names_to_banners():
     kb = knowledge_base(WorldSplit("train", 0), 5)
     doc = kb[0].document()

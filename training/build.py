@@ -24,9 +24,14 @@ def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
     sugar_cfg = cfg.sugar
     if cfg.init:  # a warm start: the checkpoint's backbone, heads and config as saved
         model = SugarModel.from_pretrained(cfg.init)
+        if cfg.context_order:
+            model.config.prompts.context_order = cfg.context_order
         if cfg.lora_rank > 0:
             apply_lora(model, cfg)
         return model
+    if cfg.context_order:
+        sugar_cfg = dataclasses.replace(sugar_cfg, prompts=dataclasses.replace(
+            sugar_cfg.prompts, context_order=cfg.context_order))
     if cfg.backbone == "tiny":
         from model.tiny import build_tiny
 

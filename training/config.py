@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import SMOKE_TINY, SugarConfig, TinyConfig
+from model.config import CONTEXT_ORDERS, SMOKE_TINY, SugarConfig, TinyConfig
 
 from .world import SEEN_NAME_OFFSET
 
@@ -81,6 +81,12 @@ class TrainConfig:
     image_scale: float = 1.0
     read_steps: int = 0
     vision_lr_scale: float = 1.0
+    # RAG examples: the probability that the gold document is ranked first (where the server's
+    # retrieval puts the asked document), else at any rank; and the prompts' document order
+    # (model.config.PromptFormat.context_order, saved with the checkpoint; None: the model's
+    # own — `sugar.prompts` for a new model, as saved for a warm start)
+    rag_gold_first: float = 0.0
+    context_order: str | None = None
     gen_kinds: dict[str, float] = field(
         default_factory=lambda: {"caption": 0.15, "vqa": 0.55, "rag": 0.2, "fashion": 0.1})
     pair_kinds: dict[str, float] = field(
@@ -117,6 +123,10 @@ class TrainConfig:
         if self.standardize_projector not in ("none", "global", "feature"):
             raise ValueError(f"standardize_projector must be none, global or feature, "
                              f"got {self.standardize_projector!r}")
+        if not 0.0 <= self.rag_gold_first <= 1.0:
+            raise ValueError("rag_gold_first must be a probability (0..1)")
+        if self.context_order is not None and self.context_order not in CONTEXT_ORDERS:
+            raise ValueError(f"context_order must be one of {CONTEXT_ORDERS}, got {self.context_order!r}")
         if self.vision_lr_scale < 0:
             raise ValueError("vision_lr_scale must be >= 0")
         if self.ablation not in ABLATIONS:

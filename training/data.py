@@ -174,6 +174,9 @@ class SyntheticPools:
         # examples of one kind drawn as another (Fashion-MNIST absent): counted, reported in
         # training.json (`data_report`) and logged by the trainer
         self.substitutions: Counter[str] = Counter()
+        # the probability that a RAG example's gold document is ranked first (where the server's
+        # retrieval puts it), else anywhere (TrainConfig.rag_gold_first)
+        self.gold_first = 0.0
         self.fashion: tuple[np.ndarray, np.ndarray] | None = None
         if n_fashion and fashion_available():
             imgs, labels = load_fashion("train" if split == "train" else "test")
@@ -262,6 +265,8 @@ class SyntheticPools:
             return GenExample(Sample([Slice.of_image(self.image(sc)), Slice.of_text(q)]), a, f"vqa-{qtype}")
         if kind == "rag":
             return self.rag_example(rng, k=rng.choice([1, 2, 3, 4, 5]))
+        if kind == "bind":
+            return self.binding_example(rng, k=rng.choice([2, 3, 4, 5]))
         if kind == "fashion":
             imgs, labels = self.fashion  # type: ignore[misc]
             i = rng.randrange(len(labels))
@@ -273,11 +278,22 @@ class SyntheticPools:
     def rag_example(self, rng: random.Random, k: int, position: int | None = None) -> GenExample:
         house = rng.choice(self.houses)
         distractors = rng.sample([h for h in self.houses if h is not house], k - 1)
-        pos = rng.randrange(k) if position is None else position
+        pos = (0 if rng.random() < self.gold_first else rng.randrange(k)) if position is None else position
         ctx = [h.document() for h in distractors]
         ctx.insert(pos, house.document())
         _, q, a = house.question(rng)
         return GenExample(text(q), a, "rag", documents=ctx)
+
+    def binding_example(self, rng: random.Random, k: int) -> GenExample:
+        """The RAG task with the banners told in words: k houses' documents as text (\"The
+        banner of House X: a red triangle.\"), a question about one of them. Short and
+        image-free, it trains the part of RAG reading that images make slow: finding the asked
+        house's document among several by its name and answering from what follows it."""
+        houses = rng.sample(self.houses, k)
+        house = rng.choice(houses)
+        ctx = [text(f"The banner of House {h.name}: a {h.banner.color} {h.banner.shape}.") for h in houses]
+        _, q, a = house.question(rng)
+        return GenExample(text(q), a, "bind", documents=ctx)
 
     # ----------------------------------------------------------- pairs
     def pair_example(self, rng: random.Random, kinds: dict[str, float], hard_negatives: float) -> PairExample:
