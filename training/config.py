@@ -203,7 +203,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (issue #20, docs/METHOD.md §11): image tokens centred and scaled, 1,000 generative steps
     # with the vision side frozen (200 of captions first), then 3,000 joint steps, the vision
     # side still frozen; many house names; stored in float16. The shipped files are this run
-    # resumed to 8,000 steps (`--steps 8000 --set threads=1 --resume`, METHOD §11.4)
+    # resumed to 8,000 steps (`--steps 8000 --set threads=1 --resume`, METHOD §11.4), then
+    # continued with `shipped_rag` (below)
     "shipped": {"tiny": {"patch_size": 16}, "steps": 4000, "threads": 2, "warmup": 50, "n_houses": 1500,
                 "checkpoint_every": 100, "save_dtype": "float16",
                 "standardize_projector": "global", "image_scale": 2.0, "read_steps": 1000, "align_steps": 200,
@@ -227,6 +228,16 @@ PRESETS: dict[str, dict[str, Any]] = {
               "tiny": dict(SMOKE_TINY),
               "image_size": 32, "teachers": {"text": None, "image": None, "cross": None}},
 }
+
+
+# the RAG continuation of the shipped checkpoint (docs/METHOD.md §11.6): a warm start (`--set
+# init=DIR`: the 8,000-step `shipped` run) trained on the served distribution — the gold document
+# ranked first 90 % of the time, RAG prompts with the best-ranked document nearest the question
+# (`context_order: best_last`), RAG 55 % of the generative batch; the joint losses and the frozen
+# vision side as before (the shipped files: 2,000 steps, 2,049 s here)
+PRESETS["shipped_rag"] = {**PRESETS["shipped"], "steps": 2000, "read_steps": 0, "align_steps": 0, "lr": 1e-3,
+                          "context_order": "best_last", "rag_gold_first": 0.9,
+                          "gen_kinds": {"caption": 0.05, "vqa": 0.3, "rag": 0.55, "fashion": 0.1}}
 
 
 def preset(name: str) -> TrainConfig:

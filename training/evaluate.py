@@ -12,7 +12,8 @@
   model's own top-k retrieval, and with the gold document; and with the server's
   hybrid retrieval (`rag.hybrid`: the same embeddings in a DocumentIndex, fused with
   BM25 over the documents' text, as `/retrieve` ranks by default);
-- position curve: accuracy vs position of the gold document among k = 5.
+- position curve: accuracy vs the gold document's rank among k = 5 (its place in the
+  prompt follows the checkpoint's `prompts.context_order`: rank 1 is last for `best_last`).
 
 Every part runs on two splits: `heldout` (the test split: held-out
 (shape, colour) combinations, unseen house names; its results stay under the
@@ -309,7 +310,7 @@ class Evaluator:
         self._baseline("rag.retrieval_r@1", 1 / len(docs))
         self._baseline("rag.hybrid.retrieval_r@1", 1 / len(docs))
         self._baseline("position_curve", chance, majority)
-        # position curve: gold at each position among k documents
+        # position curve: gold at each rank among k documents (placed by fmt.context_order)
         curve = []
         k = c.position_k
         for pos in range(k):
@@ -454,7 +455,7 @@ def summary_table(results: dict) -> str:
               f"{cell(fb, k + '.majority')} |" for k in SUMMARY_KEYS if k in f or k in fs]
     for name, d in (("heldout", results), ("seen", results.get("seen", {}))):
         if "position_curve" in d:
-            lines.append(f"| position_curve (k=5), {name} | "
+            lines.append(f"| position_curve (k=5, by rank), {name} | "
                          + ", ".join(f"{v:.2f}" for v in d["position_curve"]) + " | | | |")
     return "\n".join(lines)
 
@@ -533,7 +534,7 @@ def _position_curve(splits, path: Path) -> None:
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, marker="o", label=split)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("position of the relevant document")
+    ax.set_xlabel("rank of the relevant document")
     ax.set_ylabel("accuracy")
     ax.set_title("RAG position sensitivity (k=5)")
     ax.legend()
