@@ -1,0 +1,52 @@
+"""scripts/rag_probe.py and scripts/served_banners.py: the RAG answers' inner loop and the served check of #20."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_eval_set_places_the_asked_house_by_rank():
+    probe = load("rag_probe")
+    items = probe.eval_set(3, seed=0)
+    assert [layout for layout, _ in items[: len(probe.LAYOUTS)]] == list(probe.LAYOUTS)
+    for layout, ex in items:
+        name = ex.query.slices[0].text.split("House ")[1].rstrip("?")
+        houses = [d.metadata.get("house") or d.slices[0].text.split("House ")[1].split(":")[0] for d in ex.documents]
+        assert len(houses) == {"k1": 1, "k5": 5}.get(layout, 3) and houses.count(name) == 1
+        if layout.endswith("rank1") or layout == "k1":
+            assert houses[0] == name
+        if layout.endswith("rank3"):
+            assert houses[2] == name
+        if layout.startswith("text"):
+            assert all(d.modalities == ["text"] for d in ex.documents)
+
+
+def test_probe_continues_a_checkpoint_and_reports_every_layout(tiny_ckpt, capsys):
+    rows = load("rag_probe").main([
+        "--init", str(tiny_ckpt), "--steps", "2", "--every", "2", "--eval-houses", "2", "--batch", "4",
+        "--houses", "12", "--threads", "1", "--gold-first", "1", "--context-order", "best_last",
+        "--kinds", json.dumps({"rag": 0.5, "bind": 0.5})])
+    assert [r["step"] for r in rows] == [0, 2]
+    for row in rows:
+        assert all(0.0 <= row[k] <= 1.0 for k in ("k1", "k3-rank1", "k3-rank3", "k3", "k5", "text-k3"))
+    assert "'k3-rank1'" in capsys.readouterr().out
+
+
+def test_served_banners_asks_the_server_the_readme_question(tiny_ckpt):
+    result = load("served_banners").main(["--checkpoint", str(tiny_ckpt), "--houses", "2",
+                                          "--context-order", "best_last"])
+    assert result["of"] == 2 and 0 <= result["right"] <= 2
+    assert result["readme"]["house"] == "Vyd" and result["readme"]["colour"] == "blue"
+    assert result["context_order"] == "best_last"
+    assert sum(int(v.split("/")[1]) for v in result["by_rank_of_the_asked_house"].values()) == 2
