@@ -4,11 +4,13 @@ The inner loop for the RAG answers, as `scripts/vqa_probe.py` is for VQA: start 
 checkpoint (the shipped one by default), train its LM on generative examples only (the
 vision side frozen, as in the staged recipe), and measure the banner-colour answer
 (teacher-forced first answer token) over the **built-in collection's** houses, in the
-prompt the server builds (`model.prompts.generation_prompt`), with the asked house's
-document alone, first of three, and at a random place among three and five.
+prompt the server builds (`model.prompts.rag_parts`), with the asked house's document
+alone, ranked first, third or anywhere among three, anywhere among five, and with the
+banners told in words.
 
     python scripts/rag_probe.py --steps 0                  # the checkpoint as it is
-    python scripts/rag_probe.py --steps 400 --rag 0.5      # a generative continuation
+    python scripts/rag_probe.py --steps 300 --lr 1e-3 --gold-first 0.9 --context-order best_last \
+        --kinds '{"rag": 0.7, "vqa": 0.3}'                 # lever H of docs/METHOD.md §11.6
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.prompts import generation_prompt  # noqa: E402
 from model.sample import Sample, Slice  # noqa: E402
 from model.sugar import SugarModel  # noqa: E402
 from training.collate import encode_gen  # noqa: E402
@@ -71,8 +72,8 @@ def eval_set(n: int, seed: int) -> list[tuple[str, GenExample]]:
             chosen = rng.sample(others, k - 1)
             pos = 0 if layout.endswith("rank1") or k == 1 else k - 1 if layout.endswith("rank3") else rng.randrange(k)
             chosen.insert(pos, h)
-            ctx = [Sample([Slice.of_text(f"The banner of House {o.name}: a {o.banner.color} {o.banner.shape}.")])
-                   if layout.startswith("text") else o.document() for o in chosen]
+            ctx = [Sample([Slice.of_text(o.in_words())]) if layout.startswith("text") else o.document()
+                   for o in chosen]
             out.append((layout, GenExample(q, a, "rag", documents=ctx)))
     return out
 
@@ -99,11 +100,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     model = SugarModel.from_pretrained(a.init)
-    fmt = model.config.prompts
     if a.context_order:
-        fmt.context_order = a.context_order
-    # the prompt the server builds is the one trained on
-    assert generation_prompt(Sample([Slice.of_text("q")]), fmt).text.endswith(fmt.assistant_prefix)
+        model.config.prompts.context_order = a.context_order
     items = eval_set(a.eval_houses, a.seed + 99)
     rows = [{"step": 0, **accuracy(model, items)}]
     print(rows[-1], flush=True)

@@ -291,7 +291,7 @@ class SyntheticPools:
         house's document among several by its name and answering from what follows it."""
         houses = rng.sample(self.houses, k)
         house = rng.choice(houses)
-        ctx = [text(f"The banner of House {h.name}: a {h.banner.color} {h.banner.shape}.") for h in houses]
+        ctx = [text(h.in_words()) for h in houses]
         _, q, a = house.question(rng)
         return GenExample(text(q), a, "bind", documents=ctx)
 

@@ -282,6 +282,10 @@ class Knowledge:
                        Slice.of_image(self.banner.render())], id=f"house-{self.name.lower()}",
                       metadata={"kind": "knowledge", "house": self.name})
 
+    def in_words(self) -> str:
+        """The document's banner told in words (the `bind` examples)."""
+        return f"The banner of House {self.name}: a {self.banner.color} {self.banner.shape}."
+
     def questions(self) -> list[str]:
         return [f"What colour is the banner of House {self.name}?",
                 f"What shape is on the banner of House {self.name}?"]
