@@ -97,7 +97,9 @@ def test_filter_values_beyond_int64_are_a_422(client):
     for path, body in (("/retrieve", {"query": text_sample("x"), "filters": {"n": 2**63}}),
                        ("/generate", {"query": text_sample("x"), "retrieval": {"filters": {"n": -(2**63) - 1}}}),
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
-                                                 "retrieval": {"filters": {"n": 2**64}}})):
+                                                 "retrieval": {"filters": {"n": 2**64}}}),
+                       ("/retrieve", {"query": text_sample("x"), "filters": {"n": 1e19}}),
+                       ("/retrieve", {"query": text_sample("x"), "filters": {"n": -9.5e18}})):
         assert_422(client.post(path, json=body), "filters", "int64")
     ok = client.post("/retrieve", json={"query": text_sample("x"), "filters": {"n": 9 * 10**18}})
     assert ok.status_code == 200 and ok.json()["results"] == []
@@ -118,7 +120,8 @@ def test_filter_operators_are_refused_and_described_by_the_schema(client):
     spec = client.get("/openapi.json").json()
     value = spec["components"]["schemas"]["RetrieveRequest"]["properties"]["filters"]
     schema = value.get("anyOf", [value])[0]
-    for bad in ({"$x": 1}, {"$prefix": 3}, {"$prefix": "a", "b": 1}, 2**63, -(2**63) - 1):
+    # a double beyond the bound is a whole number, an "integer" to JSON Schema: refused by both
+    for bad in ({"$x": 1}, {"$prefix": 3}, {"$prefix": "a", "b": 1}, 2**63, -(2**63) - 1, 1e19, -9.5e18):
         assert not jsonschema_rs.Draft202012Validator(schema).is_valid({"k": bad}), bad
     for good in ({"$prefix": "a"}, {"nested": {"plain": 1}}, 9 * 10**18, 1.5, "s", True, None, [1, {"$x": 2}]):
         assert jsonschema_rs.Draft202012Validator(schema).is_valid({"k": good}), good

@@ -76,12 +76,13 @@ def check_json(value: Any) -> Any:
 
 
 def _check_filters(value: dict[str, Any]) -> dict[str, Any]:
-    """Filters: as metadata, and scalar integers within SQLite's int64 (they are compared
-    in SQL; nested values are compared in Python)."""
+    """Filters: as metadata, and scalar numbers within SQLite's int64 (they are compared
+    in SQL; nested values are compared in Python). Floats too: beyond the bound every double
+    is a whole number, which JSON Schema calls an integer (schemathesis sent {"k": 1e19})."""
     check_json(value)
     for k, v in value.items():
-        if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
-            raise ValueError(f"integer {v} of filter {k!r} is out of the int64 range")
+        if isinstance(v, int | float) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
+            raise ValueError(f"number {v} of filter {k!r} is out of the int64 range")
         if isinstance(v, dict) and any(isinstance(op, str) and op.startswith("$") for op in v):
             if set(v) != {"$prefix"} or not isinstance(v["$prefix"], str):
                 raise ValueError(f"filter {k!r}: the only operator is {{\"$prefix\": string}} "
