@@ -54,6 +54,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-houses", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-vision", action="store_true",
+                   help="train the vision tower and projector too (default: frozen, as in the staged recipe)")
     p.add_argument("--save", default="", help="save the continued model here (SugarModel.save_pretrained)")
     return p.parse_args(argv)
 
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pools.gold_first = a.gold_first
     rng = random.Random(a.seed + 1)
     llava = model.llava
-    set_vision_trainable(llava, False)
+    set_vision_trainable(llava, a.train_vision)
     params = [p for p in llava.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, a.steps, 20, 0.05))

@@ -125,7 +125,7 @@ def _add_bench_train(bsub) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a Sugar checkpoint (joint generative + discriminative)")
     p.add_argument("--preset", default="tiny", help="shipped (the recipe of the checkpoint in the package; then "
-                   "shipped_rag with --set init=DIR continues it), tiny (300 steps, the default), claims, "
+                   "shipped_rag, then shipped_houses, each with --set init=DIR, continue it), tiny (300 steps, the default), claims, "
                    "claims_staged or smoke (training/config.py)")
     p.add_argument("--config", type=Path, help="a JSON recipe (training/recipes/); overrides the preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -50,3 +50,23 @@ def test_served_banners_asks_the_server_the_readme_question(tiny_ckpt):
     assert result["readme"]["house"] == "Vyd" and result["readme"]["colour"] == "blue"
     assert result["context_order"] == "best_last"
     assert sum(int(v.split("/")[1]) for v in result["by_rank_of_the_asked_house"].values()) == 2
+
+
+def test_probe_trains_the_vision_side_only_when_asked(tiny_ckpt, tmp_path):
+    from model.sugar import SugarModel
+    from training.vision import vision_parameters
+
+    before = [p.detach().clone() for p in vision_parameters(SugarModel.from_pretrained(tiny_ckpt).llava)]
+    common = ["--init", str(tiny_ckpt), "--steps", "2", "--every", "2", "--eval-houses", "1", "--batch", "4",
+              "--houses", "12", "--threads", "1", "--lr", "1e-2", "--kinds", json.dumps({"blob": 0.5, "rag": 0.5})]
+    for flag, moved in (([], False), (["--train-vision"], True)):
+        out = tmp_path / str(moved)
+        load("rag_probe").main(common + flag + ["--save", str(out)])
+        after = list(vision_parameters(SugarModel.from_pretrained(out).llava))
+        assert any(not torch_equal(a, b) for a, b in zip(before, after)) is moved
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a.float(), b.float())

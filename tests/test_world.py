@@ -106,6 +106,29 @@ def test_binding_examples_tell_the_banners_in_words():
     assert ex.answer in (house.banner.color, house.banner.shape)
 
 
+def test_blob_examples_ask_every_colour_on_an_outline_that_is_no_shape():
+    import numpy as np
+
+    from training.world import Scene
+
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    rng = random.Random(5)
+    examples = [pools.gen_example(rng, {"blob": 1.0}) for _ in range(120)]
+    assert {ex.answer for ex in examples} == set(COLORS)
+    for ex in examples[:30]:
+        image, question = ex.query.slices
+        assert ex.kind == "blob" and question.text == "What colour is the shape?"
+        pixels = {tuple(p) for p in np.asarray(image.image).reshape(-1, 3)}
+        # the fill is the answer's colour and no other of the six
+        assert COLORS[ex.answer] in pixels and not (pixels & {c for n, c in COLORS.items() if n != ex.answer})
+    # the outline is none of the shapes: its mask differs from each shape's drawn in the same place
+    blob = Scene("blob", "red", size="large", position="left", seed=3).render(64)
+    for shape in SHAPES:
+        drawn = Scene(shape, "red", size="large", position="left", seed=3).render(64)
+        red = [np.all(np.asarray(im) == COLORS["red"], axis=-1) for im in (blob, drawn)]
+        assert (red[0] ^ red[1]).sum() > 40, shape
+
+
 def test_knowledge_docs_bind_names_to_banners():
     kb = knowledge_base(WorldSplit("train", 0), 5)
     doc = kb[0].document()

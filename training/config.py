@@ -240,6 +240,12 @@ PRESETS["shipped_rag"] = {**PRESETS["shipped"], "steps": 2000, "read_steps": 0, 
                           "gen_kinds": {"caption": 0.05, "vqa": 0.3, "rag": 0.55, "fashion": 0.1}}
 
 
+# its second continuation (docs/METHOD.md §11.7): the same served distribution with 10,000 training
+# houses instead of 1,500, so that house names are too many to learn and a banner's colour is read
+# from its image (`--set init=DIR`: the `shipped_rag` run resumed to 3,000 steps)
+PRESETS["shipped_houses"] = {**PRESETS["shipped_rag"], "steps": 1000, "n_houses": 10000}
+
+
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r} (known: {sorted(PRESETS)})")

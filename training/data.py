@@ -29,6 +29,11 @@ from model.sample import Sample, Slice
 
 from .world import (
     ATTRIBUTES,
+    BLOB,
+    COLORS,
+    POSITIONS,
+    SIZES,
+    TEXTURES,
     Knowledge,
     Scene,
     WorldSplit,
@@ -263,6 +268,8 @@ class SyntheticPools:
             sc = rng.choice(self.scenes)
             qtype, q, a = vqa_for(sc, rng)
             return GenExample(Sample([Slice.of_image(self.image(sc)), Slice.of_text(q)]), a, f"vqa-{qtype}")
+        if kind == "blob":
+            return self.blob_example(rng)
         if kind == "rag":
             return self.rag_example(rng, k=rng.choice([1, 2, 3, 4, 5]))
         if kind == "bind":
@@ -274,6 +281,16 @@ class SyntheticPools:
                                       Slice.of_text("What item is this?")]),
                               FASHION_CLASSES[labels[i]], "fashion")
         raise ValueError(f"unknown generative kind {kind!r}")
+
+    def blob_example(self, rng: random.Random) -> GenExample:
+        """The colour question on an irregular blob (world.BLOB) of any of the six colours, in
+        the scenes' sizes, textures and positions: every colour on an outline that predicts
+        none, against the shortcut of reading a colour from the shape (in training no blue
+        triangle exists, and the colour answer for one drifted to a triangle's colour)."""
+        sc = Scene(BLOB, rng.choice(list(COLORS)), size=rng.choice(list(SIZES)), texture=rng.choice(TEXTURES),
+                   position=rng.choice(list(POSITIONS)), seed=rng.randrange(1 << 30))
+        return GenExample(Sample([Slice.of_image(sc.render(self.image_size)), Slice.of_text("What colour is the shape?")]),
+                          sc.color, "blob")
 
     def rag_example(self, rng: random.Random, k: int, position: int | None = None) -> GenExample:
         house = rng.choice(self.houses)

@@ -45,6 +45,11 @@ _SYL_V = ("a", "e", "i", "o", "u", "ae", "y")
 _SYL_C = ("ll", "n", "r", "s", "th", "k", "m", "x", "d", "rn", "sk", "l")
 
 
+# an irregular outline that is none of SHAPES (no held-out combination): the "blob" generative
+# kind asks its colour, so that reading a colour does not lean on the shape it is on
+BLOB = "blob"
+
+
 def held_out_combo(shape: str, color: str) -> bool:
     """(shape, colour) pairs reserved for the test split (5 of 24)."""
     return (SHAPES.index(shape) * 7 + list(COLORS).index(color) * 3) % 5 == 0
@@ -143,6 +148,14 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(shape)
 
 
+def _blob(cx: float, cy: float, r: float, rng: random.Random) -> list[tuple[float, float]]:
+    """An irregular outline, none of SHAPES: 9-14 vertices at uneven angles and radii."""
+    n = rng.randrange(9, 15)
+    angles = sorted(rng.uniform(0, 2 * math.pi) for _ in range(n))
+    return [(cx + r * rng.uniform(0.55, 1.05) * math.cos(a), cy + r * rng.uniform(0.55, 1.05) * math.sin(a))
+            for a in angles]
+
+
 def _draw(img, shape, color, size, texture, cx, cy, rng, scale=1.0) -> None:
     W = img.width
     r = SIZES[size] * W * 0.5 * scale * (1 + (rng.random() - 0.5) * 0.1)
@@ -152,6 +165,8 @@ def _draw(img, shape, color, size, texture, cx, cy, rng, scale=1.0) -> None:
     d = ImageDraw.Draw(mask)
     if shape == "circle":
         d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    elif shape == BLOB:
+        d.polygon(_blob(cx, cy, r, rng), fill=255)
     elif shape == "square":
         s = r * 0.88
         d.rectangle((cx - s, cy - s, cx + s, cy + s), fill=255)
