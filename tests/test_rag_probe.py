@@ -63,7 +63,7 @@ def test_probe_trains_the_vision_side_only_when_asked(tiny_ckpt, tmp_path):
         out = tmp_path / str(moved)
         load("rag_probe").main(common + flag + ["--save", str(out)])
         after = list(vision_parameters(SugarModel.from_pretrained(out).llava))
-        assert any(not torch_equal(a, b) for a, b in zip(before, after)) is moved
+        assert any(not torch_equal(a, b) for a, b in zip(before, after, strict=True)) is moved
 
 
 def torch_equal(a, b) -> bool:
