@@ -50,6 +50,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the probability that a RAG example's gold document is ranked first, else anywhere")
     p.add_argument("--context-order", choices=["ranked", "best_last"],
                    help="the prompts' context order (model.config.PromptFormat; default: the checkpoint's)")
+    p.add_argument("--question", choices=["colour", "shape"], default="colour",
+                   help="the banner question measured")
     p.add_argument("--houses", type=int, default=1500, help="training houses (train split)")
     p.add_argument("--eval-houses", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
@@ -60,14 +62,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def eval_set(n: int, seed: int) -> list[tuple[str, GenExample]]:
-    """(layout, example) for the built-in houses' colour questions."""
+def eval_set(n: int, seed: int, question: str = "colour") -> list[tuple[str, GenExample]]:
+    """(layout, example) for the built-in houses' colour (or shape) questions."""
     every = builtin_houses()
     houses = every[:n]
     rng = random.Random(seed)
     out = []
     for h in houses:
-        q, a = Sample([Slice.of_text(h.questions()[0])]), h.banner.color
+        which = ("colour", "shape").index(question)
+        q, a = Sample([Slice.of_text(h.questions()[which])]), (h.banner.color, h.banner.shape)[which]
         others = [o for o in every if o is not h]
         for layout in LAYOUTS:
             k = 3 if layout.startswith("text") else int(layout[1])
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = SugarModel.from_pretrained(a.init)
     if a.context_order:
         model.config.prompts.context_order = a.context_order
-    items = eval_set(a.eval_houses, a.seed + 99)
+    items = eval_set(a.eval_houses, a.seed + 99, a.question)
     rows = [{"step": 0, **accuracy(model, items)}]
     print(rows[-1], flush=True)
     if not a.steps:

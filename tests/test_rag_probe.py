@@ -32,6 +32,16 @@ def test_eval_set_places_the_asked_house_by_rank():
             assert all(d.modalities == ["text"] for d in ex.documents)
 
 
+def test_eval_set_asks_the_shape_question_when_told():
+    from training.data import builtin_houses
+
+    probe = load("rag_probe")
+    shapes = {h.name: h.banner.shape for h in builtin_houses()}
+    for _, ex in probe.eval_set(2, seed=0, question="shape"):
+        name = ex.query.slices[0].text.split("House ")[1].rstrip("?")
+        assert ex.query.slices[0].text.startswith("What shape") and ex.answer == shapes[name]
+
+
 def test_probe_continues_a_checkpoint_and_reports_every_layout(tiny_ckpt, capsys):
     rows = load("rag_probe").main([
         "--init", str(tiny_ckpt), "--steps", "2", "--every", "2", "--eval-houses", "2", "--batch", "4",

@@ -129,6 +129,22 @@ def test_blob_examples_ask_every_colour_on_an_outline_that_is_no_shape():
         assert (red[0] ^ red[1]).sum() > 40, shape
 
 
+def test_offcolour_examples_ask_the_shape_of_a_shape_in_no_asked_colour():
+    import numpy as np
+
+    from training.world import OFF_COLORS
+
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    rng = random.Random(6)
+    examples = [pools.gen_example(rng, {"offcolour": 1.0}) for _ in range(60)]
+    assert {ex.answer for ex in examples} == set(SHAPES)
+    for ex in examples[:20]:
+        image, question = ex.query.slices
+        assert ex.kind == "offcolour" and question.text == "What shape is shown?"
+        pixels = {tuple(p) for p in np.asarray(image.image).reshape(-1, 3)}
+        assert pixels & set(OFF_COLORS.values()) and not pixels & set(COLORS.values())
+
+
 def test_knowledge_docs_bind_names_to_banners():
     kb = knowledge_base(WorldSplit("train", 0), 5)
     doc = kb[0].document()

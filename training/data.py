@@ -31,7 +31,9 @@ from .world import (
     ATTRIBUTES,
     BLOB,
     COLORS,
+    OFF_COLORS,
     POSITIONS,
+    SHAPES,
     SIZES,
     TEXTURES,
     Knowledge,
@@ -270,6 +272,12 @@ class SyntheticPools:
             return GenExample(Sample([Slice.of_image(self.image(sc)), Slice.of_text(q)]), a, f"vqa-{qtype}")
         if kind == "blob":
             return self.blob_example(rng)
+        if kind == "offcolour":
+            sc = Scene(rng.choice(SHAPES), rng.choice(list(OFF_COLORS)), size=rng.choice(list(SIZES)),
+                       texture=rng.choice(TEXTURES), position=rng.choice(list(POSITIONS)),
+                       seed=rng.randrange(1 << 30))
+            return GenExample(Sample([Slice.of_image(sc.render(self.image_size)), Slice.of_text("What shape is shown?")]),
+                              sc.shape, "offcolour")
         if kind == "rag":
             return self.rag_example(rng, k=rng.choice([1, 2, 3, 4, 5]))
         if kind == "bind":

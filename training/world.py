@@ -45,6 +45,11 @@ _SYL_V = ("a", "e", "i", "o", "u", "ae", "y")
 _SYL_C = ("ll", "n", "r", "s", "th", "k", "m", "x", "d", "rn", "sk", "l")
 
 
+# colours that are none of COLORS (no held-out combination, never asked): the "offcolour"
+# generative kind asks the shape of a shape drawn in one, so that reading a shape does not lean
+# on its colour
+OFF_COLORS = {"grey": (125, 125, 125), "brown": (125, 80, 35), "pink": (235, 130, 185), "teal": (20, 140, 140)}
+
 # an irregular outline that is none of SHAPES (no held-out combination): the "blob" generative
 # kind asks its colour, so that reading a colour does not lean on the shape it is on
 BLOB = "blob"
@@ -172,7 +177,7 @@ def _draw(img, shape, color, size, texture, cx, cy, rng, scale=1.0) -> None:
         d.rectangle((cx - s, cy - s, cx + s, cy + s), fill=255)
     else:
         d.polygon(_polygon(shape, cx, cy, r * 1.1), fill=255)
-    fill = Image.new("RGB", img.size, COLORS[color])
+    fill = Image.new("RGB", img.size, COLORS[color] if color in COLORS else OFF_COLORS[color])
     if texture == "striped":
         stripes = Image.new("L", img.size, 0)
         sd = ImageDraw.Draw(stripes)
