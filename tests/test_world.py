@@ -106,19 +106,30 @@ def test_binding_examples_tell_the_banners_in_words():
     assert ex.answer in (house.banner.color, house.banner.shape)
 
 
+def _decoupled(kind: str, n: int) -> list[tuple[object, str, set[tuple[int, ...]]]]:
+    """(example, question, the image's colours) for n examples of a decoupled kind."""
+    import numpy as np
+
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    rng = random.Random(5)
+    out = []
+    for _ in range(n):
+        ex = pools.gen_example(rng, {kind: 1.0})
+        image, question = ex.query.slices
+        assert ex.kind == kind
+        out.append((ex, question.text, {tuple(p) for p in np.asarray(image.image).reshape(-1, 3)}))
+    return out
+
+
 def test_blob_examples_ask_every_colour_on_an_outline_that_is_no_shape():
     import numpy as np
 
     from training.world import Scene
 
-    pools = SyntheticPools("train", 0, 10, 2, 12)
-    rng = random.Random(5)
-    examples = [pools.gen_example(rng, {"blob": 1.0}) for _ in range(120)]
-    assert {ex.answer for ex in examples} == set(COLORS)
-    for ex in examples[:30]:
-        image, question = ex.query.slices
-        assert ex.kind == "blob" and question.text == "What colour is the shape?"
-        pixels = {tuple(p) for p in np.asarray(image.image).reshape(-1, 3)}
+    examples = _decoupled("blob", 120)
+    assert {ex.answer for ex, _, _ in examples} == set(COLORS)
+    for ex, question, pixels in examples[:30]:
+        assert question == "What colour is the shape?"
         # the fill is the answer's colour and no other of the six
         assert COLORS[ex.answer] in pixels and not (pixels & {c for n, c in COLORS.items() if n != ex.answer})
     # the outline is none of the shapes: its mask differs from each shape's drawn in the same place
@@ -130,18 +141,12 @@ def test_blob_examples_ask_every_colour_on_an_outline_that_is_no_shape():
 
 
 def test_offcolour_examples_ask_the_shape_of_a_shape_in_no_asked_colour():
-    import numpy as np
-
     from training.world import OFF_COLORS
 
-    pools = SyntheticPools("train", 0, 10, 2, 12)
-    rng = random.Random(6)
-    examples = [pools.gen_example(rng, {"offcolour": 1.0}) for _ in range(60)]
-    assert {ex.answer for ex in examples} == set(SHAPES)
-    for ex in examples[:20]:
-        image, question = ex.query.slices
-        assert ex.kind == "offcolour" and question.text == "What shape is shown?"
-        pixels = {tuple(p) for p in np.asarray(image.image).reshape(-1, 3)}
+    examples = _decoupled("offcolour", 60)
+    assert {ex.answer for ex, _, _ in examples} == set(SHAPES)
+    for _, question, pixels in examples[:20]:
+        assert question == "What shape is shown?"
         assert pixels & set(OFF_COLORS.values()) and not pixels & set(COLORS.values())
 
 

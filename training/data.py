@@ -271,13 +271,9 @@ class SyntheticPools:
             qtype, q, a = vqa_for(sc, rng)
             return GenExample(Sample([Slice.of_image(self.image(sc)), Slice.of_text(q)]), a, f"vqa-{qtype}")
         if kind == "blob":
-            return self.blob_example(rng)
+            return self.decoupled_example(rng, (BLOB,), tuple(COLORS), "color", kind)
         if kind == "offcolour":
-            sc = Scene(rng.choice(SHAPES), rng.choice(list(OFF_COLORS)), size=rng.choice(list(SIZES)),
-                       texture=rng.choice(TEXTURES), position=rng.choice(list(POSITIONS)),
-                       seed=rng.randrange(1 << 30))
-            return GenExample(Sample([Slice.of_image(sc.render(self.image_size)), Slice.of_text("What shape is shown?")]),
-                              sc.shape, "offcolour")
+            return self.decoupled_example(rng, SHAPES, tuple(OFF_COLORS), "shape", kind)
         if kind == "rag":
             return self.rag_example(rng, k=rng.choice([1, 2, 3, 4, 5]))
         if kind == "bind":
@@ -290,15 +286,19 @@ class SyntheticPools:
                               FASHION_CLASSES[labels[i]], "fashion")
         raise ValueError(f"unknown generative kind {kind!r}")
 
-    def blob_example(self, rng: random.Random) -> GenExample:
-        """The colour question on an irregular blob (world.BLOB) of any of the six colours, in
-        the scenes' sizes, textures and positions: every colour on an outline that predicts
-        none, against the shortcut of reading a colour from the shape (in training no blue
-        triangle exists, and the colour answer for one drifted to a triangle's colour)."""
-        sc = Scene(BLOB, rng.choice(list(COLORS)), size=rng.choice(list(SIZES)), texture=rng.choice(TEXTURES),
-                   position=rng.choice(list(POSITIONS)), seed=rng.randrange(1 << 30))
-        return GenExample(Sample([Slice.of_image(sc.render(self.image_size)), Slice.of_text("What colour is the shape?")]),
-                          sc.color, "blob")
+    def decoupled_example(self, rng: random.Random, shapes: tuple[str, ...], colors: tuple[str, ...],
+                          asked: str, kind: str) -> GenExample:
+        """One object whose asked attribute predicts nothing about the other, in the scenes'
+        sizes, textures and positions, against the shortcut of reading one from the other (no
+        training image holds a blue triangle, and the answers for one drifted to a triangle's
+        colour and a blue thing's shape). `blob`: the colour question on an outline that is none
+        of the shapes (world.BLOB); `offcolour`: the shape question on a shape in a colour that
+        is none of the six (world.OFF_COLORS)."""
+        sc = Scene(rng.choice(shapes), rng.choice(colors), size=rng.choice(list(SIZES)),
+                   texture=rng.choice(TEXTURES), position=rng.choice(list(POSITIONS)), seed=rng.randrange(1 << 30))
+        question = {"color": "What colour is the shape?", "shape": "What shape is shown?"}[asked]
+        return GenExample(Sample([Slice.of_image(sc.render(self.image_size)), Slice.of_text(question)]),
+                          getattr(sc, asked), kind)
 
     def rag_example(self, rng: random.Random, k: int, position: int | None = None) -> GenExample:
         house = rng.choice(self.houses)
