@@ -68,8 +68,8 @@ def eval_set(n: int, seed: int, question: str = "colour") -> list[tuple[str, Gen
     houses = every[:n]
     rng = random.Random(seed)
     out = []
+    which = ("colour", "shape").index(question)
     for h in houses:
-        which = ("colour", "shape").index(question)
         q, a = Sample([Slice.of_text(h.questions()[which])]), (h.banner.color, h.banner.shape)[which]
         others = [o for o in every if o is not h]
         for layout in LAYOUTS:

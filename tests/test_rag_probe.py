@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -73,10 +75,4 @@ def test_probe_trains_the_vision_side_only_when_asked(tiny_ckpt, tmp_path):
         out = tmp_path / str(moved)
         load("rag_probe").main(common + flag + ["--save", str(out)])
         after = list(vision_parameters(SugarModel.from_pretrained(out).llava))
-        assert any(not torch_equal(a, b) for a, b in zip(before, after, strict=True)) is moved
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return torch.equal(a.float(), b.float())
+        assert any(not torch.equal(a.float(), b.float()) for a, b in zip(before, after, strict=True)) is moved

@@ -30,9 +30,11 @@ from model.sample import Sample, Slice
 from .world import (
     ATTRIBUTES,
     BLOB,
+    COLOR_QUESTION,
     COLORS,
     OFF_COLORS,
     POSITIONS,
+    SHAPE_QUESTION,
     SHAPES,
     SIZES,
     TEXTURES,
@@ -296,7 +298,7 @@ class SyntheticPools:
         is none of the six (world.OFF_COLORS)."""
         sc = Scene(rng.choice(shapes), rng.choice(colors), size=rng.choice(list(SIZES)),
                    texture=rng.choice(TEXTURES), position=rng.choice(list(POSITIONS)), seed=rng.randrange(1 << 30))
-        question = {"color": "What colour is the shape?", "shape": "What shape is shown?"}[asked]
+        question = {"color": COLOR_QUESTION, "shape": SHAPE_QUESTION}[asked]
         return GenExample(Sample([Slice.of_image(sc.render(self.image_size)), Slice.of_text(question)]),
                           getattr(sc, asked), kind)
 

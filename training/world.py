@@ -245,6 +245,10 @@ class WorldSplit:
         return replace(scene, **{field: value}, seed=rng.randrange(1 << 30))
 
 
+# the one-object VQA questions (also asked by the decoupled generative kinds, training/data.py)
+COLOR_QUESTION, SHAPE_QUESTION = "What colour is the shape?", "What shape is shown?"
+
+
 def vqa_for(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
     """(question type, question, answer) for a scene."""
     if scene.relation:
@@ -256,9 +260,9 @@ def vqa_for(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
     t = rng.choice(types)
     one = scene.count == 1
     if t == "color":
-        return t, "What colour is the shape?" if one else "What colour are the shapes?", scene.color
+        return t, COLOR_QUESTION if one else "What colour are the shapes?", scene.color
     if t == "shape":
-        return t, "What shape is shown?", scene.shape
+        return t, SHAPE_QUESTION, scene.shape
     if t == "size":
         return t, "Is the shape small or large?" if one else "Are the shapes small or large?", scene.size
     if t == "texture":
