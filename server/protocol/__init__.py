@@ -204,4 +204,22 @@ def apply_limits(schema: dict, settings) -> dict:
     for node in arrays(prop("RetrievalOptions", "k")):
         if node.get("type") == "integer":
             node["maximum"] = settings.max_k
+    _upload_limits(schema, settings)
     return schema
+
+
+def _upload_limits(schema: dict, settings) -> None:
+    """The multipart upload's limits: the number of files and each file's bytes (JSON Schema
+    cannot bound the sum of the parts; the request as a whole stays under max_body_bytes, which
+    the description states)."""
+    op = schema.get("paths", {}).get("/documents/upload", {}).get("post")
+    if op is None:
+        return
+    ref = op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    body = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    files = body["properties"]["files"]
+    files["maxItems"] = settings.max_upload_files
+    files["items"]["maxLength"] = settings.max_upload_file_bytes
+    op["description"] = (op.get("description", "") + f"\n\nLimits: at most {settings.max_upload_files} files, "
+                         f"each at most {settings.max_upload_file_bytes} bytes, the whole request at most "
+                         f"{settings.max_body_bytes} bytes (413 beyond it).").lstrip()
