@@ -1,29 +1,36 @@
 """Backbone seam: a multimodal LLM from Hugging Face behind one small interface.
 
-Callers (slice embeddings, training, the generation engine) use `Backbone`
-only: `encode` turns rendered prompts into a batch whose every token knows the
-slice it belongs to, `hidden_states` runs one forward pass, `save` writes a
-directory that both transformers and vLLM load. A family (LLaVA today;
-LLaVA-NeXT or Qwen2-VL tomorrow) is one subclass registered under its
-`config.model_type`; nothing else changes.
+Callers (slice embeddings, training, the generation engines, the server) use
+`Backbone` only: `encode` turns rendered prompts into a batch whose every token
+knows the slice it belongs to, `hidden_states` runs one forward pass, `save`
+writes a directory that both transformers and vLLM load, and the part
+accessors (`vision_modules`, `projector`, `decoder`, `lora_targets`)
+name what training freezes, standardises or adapts.
+
+A family (model/families/: LLaVA, Qwen2-VL, Idefics3/SmolVLM) is one subclass
+registered under the `model_type`s of its `config.json`. It says how images
+become model inputs and how many tokens each one takes (`process_images`:
+the pixel inputs and each image's expansion text, which may depend on the
+image's size), which extra inputs the LM needs (`extra_inputs`, e.g. Qwen2-VL's
+M-RoPE token types), where its parts live, and how to build a tiny random
+instance of itself. Nothing outside model/families/ names a family's
+attributes; a family that passes tests/test_families.py is supported.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .projector import fold_projector, text_embedding_rms
 from .prompts import Prompt
 
 logger = logging.getLogger(__name__)
@@ -33,10 +40,12 @@ logger = logging.getLogger(__name__)
 class EncodedBatch:
     """Model inputs plus the slice each token belongs to.
 
-    input_ids, attention_mask: [B, T]; pixel_values: [N_img, 3, H, W] or None;
+    input_ids, attention_mask: [B, T]; pixel_values: the family's pixel tensor for
+    every image of the batch in order (LLaVA [N_img, 3, H, W]) or None;
     token_slice: [B, T] long, index of the slice a token belongs to, -1 for
     prompt scaffolding and padding; slice_mask: [B, m] bool (real slices);
-    slice_is_image: [B, m] bool.
+    slice_is_image: [B, m] bool; extra: the family's other model inputs
+    (Qwen2-VL: image_grid_thw, mm_token_type_ids; Idefics3: pixel_attention_mask).
     """
 
     input_ids: torch.Tensor
@@ -45,6 +54,7 @@ class EncodedBatch:
     token_slice: torch.Tensor
     slice_mask: torch.Tensor
     slice_is_image: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> EncodedBatch:
         def mv(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -53,63 +63,162 @@ class EncodedBatch:
         return EncodedBatch(
             mv(self.input_ids), mv(self.attention_mask), mv(self.pixel_values),  # type: ignore[arg-type]
             mv(self.token_slice), mv(self.slice_mask), mv(self.slice_is_image),  # type: ignore[arg-type]
+            {k: v.to(device) for k, v in self.extra.items()},
         )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
         if self.pixel_values is not None:
             out["pixel_values"] = self.pixel_values
+        out.update(self.extra)
         return out
 
 
+@dataclass
+class ImageInputs:
+    """What a family makes of a list of images: the model's pixel inputs (`pixel_values`
+    first, then any others) and, per image, the text its placeholder expands into."""
+
+    tensors: dict[str, torch.Tensor]
+    expansions: list[str]
+
+
 class Backbone(ABC):
-    """A loaded multimodal LLM: model, tokenizer, image processor."""
+    """A loaded multimodal LLM: model, tokenizer, image processor, and the family's rules."""
 
-    family: ClassVar[str]
-    image_token: str  # the placeholder one image takes in a prompt's text
-    model: Any
-    tokenizer: Any
-    processor: Any
-    lock: threading.RLock  # held around every tokenizer/processor call (thread safety)
+    family: ClassVar[str]  # the registry name (`--set family=...`)
+    model_types: ClassVar[tuple[str, ...]]  # config.json model_type values it loads
+    # LoRA's target modules inside `decoder()` (attention projections)
+    lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # tokens a tiny tokenizer of this family must carry (model/tiny.py)
+    special_tokens: ClassVar[tuple[str, ...]] = ()
+    # the placeholder one image takes in a prompt's text (PromptFormat.image_placeholder), and
+    # the token the image features replace (the placeholder expands into runs of it)
+    placeholder: ClassVar[str] = "<image>"
+    image_pad: ClassVar[str] = "<image>"
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token = self.placeholder
+        # a fast tokenizer keeps its padding/truncation state on the Rust object: two
+        # threads tokenising at once can pad with each other's settings ("expected
+        # sequence of length 13 ... got 18"); every tokenizer/processor call holds this
+        self.lock = threading.RLock()
+        self._expansions: dict[Any, str] = {}
+
+    # ------------------------------------------------------------ family hooks
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> Backbone: ...
+
+    @abstractmethod
+    def process_images(self, images: Sequence[Any]) -> ImageInputs:
+        """The model inputs of `images` (in order) and each one's expansion text."""
+
+    def image_key(self, image: Any) -> Any:
+        """What an image's expansion depends on (its size for every family here)."""
+        return image.size
+
+    def extra_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inputs the LM needs beside the ids and pixels (computed from the ids)."""
+        return {}
+
+    @abstractmethod
+    def image_features(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """What the LM is shown of each image (the projector's output): [tokens_i, d] each
+        (`inputs`: `process_images`' tensors, on any device)."""
+
+    @abstractmethod
+    def vision_modules(self) -> list[nn.Module]:
+        """The vision encoder and the projector (what the vision stage trains, stage 1 freezes)."""
+
+    @abstractmethod
+    def projector(self) -> nn.Module:
+        """The module whose output is the image tokens the LM reads."""
+
+    def projector_output(self) -> nn.Linear:
+        """The projector's last linear layer (a fixed standardisation is folded into it)."""
+        raise NotImplementedError(f"the {self.family} family has no foldable projector output layer")
+
+    @abstractmethod
+    def decoder(self) -> nn.Module:
+        """The decoder that LoRA adapts (without its LM head)."""
+
+    @abstractmethod
+    def max_image_tokens(self) -> int:
+        """The most tokens any one image can take (budgets before the image is seen)."""
+
+    def save_layout(self, path: Path) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Rewrite the saved files into the layout vLLM loads (after save_pretrained)."""
+
+    def fold(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Write training-only modules into the plain architecture (before saving)."""
+
+    # ------------------------------------------------------------ generic
+    @property
+    def text_config(self) -> Any:
+        return self.model.config.get_text_config()
 
     @property
-    @abstractmethod
-    def hidden_size(self) -> int: ...
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
 
     @property
-    @abstractmethod
-    def max_positions(self) -> int: ...
+    def max_positions(self) -> int:
+        return self.text_config.max_position_embeddings
 
-    @abstractmethod
+    @property
+    def input_image_size(self) -> int:
+        """The side of the vision encoder's input (0: no fixed size, e.g. Qwen2-VL's any-size
+        patches): images rendered for evaluation are at least this large."""
+        return int(getattr(self.model.config.vision_config, "image_size", 0) or 0)
+
+    @property
+    def eos_token(self) -> str:
+        return self.tokenizer.eos_token
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_token_id(self) -> int:
+        """The id of the token that the image features replace."""
+        return int(self.model.config.image_token_id)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters())
+
+    def expansion(self, image: Any) -> str:
+        """The text one image's placeholder expands into (cached by `image_key`)."""
+        key = self.image_key(image)
+        if key not in self._expansions:
+            with self.lock:
+                self._expansions[key] = self.process_images([image]).expansions[0]
+        return self._expansions[key]
+
     def image_token_count(self, image: Any = None) -> int:
-        """How many tokens one image placeholder expands into."""
-
-    @abstractmethod
-    def encode(self, prompts: Sequence[Prompt], padding_side: str = "right") -> EncodedBatch: ...
-
-    def prompt_length(self, prompt: Prompt) -> int:
-        """Tokens `prompt` takes after image expansion (no padding)."""
-        text = self._expand(prompt)[0]
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    @abstractmethod
-    def _expand(self, prompt: Prompt) -> tuple[str, list[tuple[int, int]]]: ...
-
-    @abstractmethod
-    def tokenize(self, prompt: Prompt) -> tuple[list[int], list[int]]:
-        """Token ids (images expanded) and each token's start in `prompt.text`."""
-
-    @abstractmethod
-    def batch_from_ids(self, ids: Sequence[int], images: Sequence[Any]) -> EncodedBatch:
-        """A one-prompt generation batch from token ids and their images."""
+        """Tokens one image takes after expansion; without an image, the most any can take."""
+        if image is None:
+            return self.max_image_tokens()
+        with self.lock:
+            return len(self.tokenizer(self.expansion(image), add_special_tokens=False)["input_ids"])
 
     def image_tokens(self, images: Sequence[Any]) -> torch.Tensor:
-        """[images, tokens, d]: what the LM is shown of each image (the projector's output)."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its image tokens")
+        """[images, tokens, d]: the projector's output for each image (images of one token count)."""
+        with self.lock:
+            inputs = self.process_images(list(images)).tensors
+        feats = self.image_features(inputs)
+        if len({f.shape[0] for f in feats}) > 1:
+            raise ValueError("image_tokens needs images of one token count (resize them alike)")
+        return torch.stack(feats)
 
     def text_embedding_rms(self) -> torch.Tensor:
         """The per-element RMS of the LM's input embedding table (the scale of a text token)."""
-        return text_embedding_rms(self.model)
+        return self.model.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt()
 
     def hidden_states(self, batch: EncodedBatch, layer: int = -1) -> torch.Tensor:
         """[B, T, d] hidden states of `layer` (an index into HF's hidden_states)."""
@@ -118,6 +227,147 @@ class Backbone(ABC):
             return out.last_hidden_state
         return out.hidden_states[layer]
 
+    def set_chat_template(self, template: str) -> None:
+        """The chat template saved with the backbone (vLLM renders prompts with it)."""
+        self.tokenizer.chat_template = template
+
+    # ------------------------------------------------------------ prompts -> tokens
+    def _expand(self, prompt: Prompt, expansions: Sequence[str] | None = None) -> tuple[str, list[tuple[int, int]]]:
+        """Expand each placeholder into its image's tokens, shifting the slice spans."""
+        ph = self.image_token
+        if prompt.text.count(ph) != len(prompt.images):
+            raise ValueError(
+                f"prompt has {prompt.text.count(ph)} image placeholders for {len(prompt.images)} images"
+            )
+        if expansions is None:
+            expansions = [self.expansion(im) for im in prompt.images]
+        pieces = prompt.text.split(ph)
+        text = pieces[0]
+        pos, grow = [], []  # each placeholder's place in the original text, and its growth
+        cursor = len(pieces[0])
+        for piece, exp in zip(pieces[1:], expansions, strict=True):
+            pos.append(cursor)
+            grow.append(len(exp) - len(ph))
+            text += exp + piece
+            cursor += len(ph) + len(piece)
+        spans = []
+        for a, b in prompt.spans:
+            spans.append((a + sum(g for p, g in zip(pos, grow, strict=True) if p < a),
+                          b + sum(g for p, g in zip(pos, grow, strict=True) if p < b)))
+        return text, spans
+
+    def prompt_length(self, prompt: Prompt) -> int:
+        """Tokens `prompt` takes after image expansion (no padding)."""
+        with self.lock:
+            text = self._expand(prompt)[0]
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of plain text (no images, no special tokens): chunk budgets (index.ingest.chunking)."""
+        with self.lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def tokenize(self, prompt: Prompt) -> tuple[list[int], list[int]]:
+        """The prompt's token ids (images expanded) and where each token starts in `prompt.text`
+        (the tokens of an image start at its placeholder): one tokenisation, from which the
+        ids of any prompt that leaves out spans of this one are cut (`batch_from_ids`)."""
+        with self.lock:
+            expansions = [self.expansion(im) for im in prompt.images]
+            text, _ = self._expand(prompt, expansions)
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ph = self.image_token
+        # (start, end) of each expansion in the expanded text, and its placeholder's place
+        blocks: list[tuple[int, int]] = []
+        places: list[int] = []
+        shift = 0
+        for exp in expansions:
+            place = prompt.text.index(ph, places[-1] + len(ph) if places else 0)
+            places.append(place)
+            blocks.append((place + shift, place + shift + len(exp)))
+            shift += len(exp) - len(ph)
+        starts, j = [], 0
+        for a, _ in enc["offset_mapping"]:
+            while j < len(blocks) and blocks[j][1] <= a:  # expansions wholly before this token
+                j += 1
+            if j < len(blocks) and a >= blocks[j][0]:
+                starts.append(places[j])
+            else:
+                before = sum(b - s - len(ph) for s, b in blocks[:j])
+                starts.append(a - before)
+        return list(enc["input_ids"]), starts
+
+    def _batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Sequence[Any],
+               inputs: ImageInputs | None = None, token_slice: torch.Tensor | None = None,
+               slice_mask: torch.Tensor | None = None, slice_is_image: torch.Tensor | None = None) -> EncodedBatch:
+        tensors = dict(inputs.tensors) if inputs is not None else {}
+        pixel_values = tensors.pop("pixel_values", None)
+        B = input_ids.shape[0]
+        empty = torch.zeros(B, 1, dtype=torch.bool)
+        return EncodedBatch(
+            input_ids, attention_mask, pixel_values,
+            token_slice if token_slice is not None else torch.full_like(input_ids, -1),
+            slice_mask if slice_mask is not None else empty,
+            slice_is_image if slice_is_image is not None else empty.clone(),
+            {**tensors, **self.extra_inputs(input_ids)},
+        )
+
+    def batch_from_ids(self, ids: Sequence[int], images: Sequence[Any]) -> EncodedBatch:
+        """A one-prompt batch for generation from token ids already cut (`tokenize`) and the
+        images whose tokens they hold (their pixels processed here)."""
+        inputs = None
+        if images:
+            with self.lock:
+                inputs = self.process_images(list(images))
+        input_ids = torch.tensor([list(ids)], dtype=torch.long)
+        return self._batch(input_ids, torch.ones_like(input_ids), images, inputs)
+
+    def encode(self, prompts: Sequence[Prompt], padding_side: str = "right") -> EncodedBatch:
+        with self.lock:
+            return self._encode(prompts, padding_side)
+
+    def _encode(self, prompts: Sequence[Prompt], padding_side: str) -> EncodedBatch:
+        images = [im for p in prompts for im in p.images]
+        inputs = self.process_images(images) if images else None
+        expansions = inputs.expansions if inputs is not None else []
+        texts, spans, used = [], [], 0
+        for p in prompts:
+            t, s = self._expand(p, expansions[used : used + len(p.images)])
+            used += len(p.images)
+            texts.append(t)
+            spans.append(s)
+        tok = self.tokenizer(
+            texts,
+            padding=True,
+            padding_side=padding_side,
+            return_offsets_mapping=True,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+        m = max((len(p.spans) for p in prompts), default=0)
+        B, T = tok["input_ids"].shape
+        token_slice = torch.full((B, T), -1, dtype=torch.long)
+        slice_mask = torch.zeros(B, max(m, 1), dtype=torch.bool)
+        slice_is_image = torch.zeros(B, max(m, 1), dtype=torch.bool)
+        for b, p in enumerate(prompts):
+            sp = torch.tensor(spans[b], dtype=torch.long).reshape(-1, 2)
+            token_slice[b] = assign_tokens_to_slices(
+                tok["offset_mapping"][b], sp, tok["attention_mask"][b].bool()
+            )
+            slice_mask[b, : len(p.spans)] = True
+            slice_is_image[b, : len(p.modalities)] = torch.tensor(
+                [mod == "image" for mod in p.modalities], dtype=torch.bool
+            )
+        counts = torch.zeros(B, max(m, 1), dtype=torch.long).scatter_add_(
+            1, token_slice.clamp_min(0), (token_slice >= 0).long()
+        )
+        empty = slice_mask & (counts == 0)
+        if empty.any():
+            b, k = (int(v) for v in empty.nonzero()[0])
+            raise ValueError(f"slice {k} of prompt {b} has no tokens")
+        return self._batch(tok["input_ids"], tok["attention_mask"], images, inputs, token_slice, slice_mask,
+                           slice_is_image)
+
+    # ------------------------------------------------------------ decoding, saving
     @torch.no_grad()
     def generate(
         self, prompts: Sequence[Prompt], max_new_tokens: int = 16, temperature: float = 0.0,
@@ -140,40 +390,64 @@ class Backbone(ABC):
         new = out[:, batch.input_ids.shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
-    @abstractmethod
-    def save(self, path: str | Path) -> None: ...
+    def save(self, path: str | Path) -> None:
+        """A plain Hugging Face directory of the family (training-only modules folded first,
+        in place: eval outputs unchanged): weights, tokenizer, image processor, chat template,
+        in the layout vLLM loads."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.fold()
+        self.model.save_pretrained(str(path))
+        self.save_processing(path)
+        self.save_layout(path)
 
-    def fold(self) -> None:  # noqa: B027 - optional hook, no-op by default
-        """Write training-only modules into the plain architecture (before saving)."""
-
-    @property
-    def eos_token(self) -> str:
-        return self.tokenizer.eos_token
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def save_processing(self, path: Path) -> None:
+        """Tokenizer and image processor (a family with a processor object saves that)."""
+        self.tokenizer.save_pretrained(str(path))
+        self.image_processor.save_pretrained(str(path))
+        if self.tokenizer.chat_template:
+            (path / "chat_template.jinja").write_text(self.tokenizer.chat_template)
 
 
 _REGISTRY: dict[str, type[Backbone]] = {}
 
 
-def register(model_type: str):
-    def deco(cls: type[Backbone]) -> type[Backbone]:
+def register(cls: type[Backbone]) -> type[Backbone]:
+    """Class decorator: a family, loaded for each of its `model_types`."""
+    for model_type in cls.model_types:
         _REGISTRY[model_type] = cls
-        return cls
-
-    return deco
+    return cls
 
 
-def load_backbone(
-    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> Backbone:
-    """Load any registered family from a Hugging Face model directory."""
-    path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: missing (not a Hugging Face model directory)")
+def families() -> dict[str, type[Backbone]]:
+    """Every registered family by its name (importing model.families registers them)."""
+    from . import families as _  # noqa: F401 - registers the families
+
+    return {cls.family: cls for cls in _REGISTRY.values()}
+
+
+def _config_file(path: str | Path) -> Path:
+    """config.json of a local Hugging Face directory, or of a hub id ("org/name": fetched into
+    the Hugging Face cache, where the machine may reach the hub)."""
+    local = Path(path) / "config.json"
+    if local.is_file() or Path(path).exists() or str(path).count("/") != 1 or str(path).startswith((".", "/")):
+        if not local.is_file():
+            raise FileNotFoundError(f"{local}: missing (not a Hugging Face model directory)")
+        return local
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(str(path), "config.json"))
+    except Exception as e:  # offline, unknown repo, gated: say which and why
+        raise FileNotFoundError(f"{path}: not a local directory, and its config.json could not be fetched "
+                                f"from the hub ({type(e).__name__}); download the model and pass its directory") from None
+
+
+def family_of(path: str | Path) -> type[Backbone]:
+    """The family that loads the Hugging Face directory (or hub id) `path`, by its config.json."""
+    from . import families as _  # noqa: F401 - registers the families
+
+    cfg_file = _config_file(path)
     try:
         model_type = json.loads(cfg_file.read_text()).get("model_type")
     except json.JSONDecodeError as e:
@@ -183,7 +457,14 @@ def load_backbone(
         raise ValueError(
             f"{cfg_file}: model_type {model_type!r} is not supported (supported: {sorted(_REGISTRY)})"
         )
-    return cls.from_pretrained(path, dtype=dtype, device=device)  # type: ignore[attr-defined]
+    return cls
+
+
+def load_backbone(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Backbone:
+    """Load any registered family from a Hugging Face model directory."""
+    return family_of(path).from_pretrained(path, dtype=dtype, device=device)
 
 
 def assign_tokens_to_slices(
@@ -206,217 +487,10 @@ def assign_tokens_to_slices(
     return torch.where(inside, k, torch.full_like(k, -1))
 
 
-@register("llava")
-class LlavaBackbone(Backbone):
-    """LlavaForConditionalGeneration + LlavaProcessor (fixed tokens per image)."""
+def __getattr__(name: str) -> Any:
+    """`LlavaBackbone` and `to_vllm_layout` moved to model/families/llava.py (old imports work)."""
+    if name in ("LlavaBackbone", "to_vllm_layout"):
+        from .families import llava
 
-    family = "llava"
-
-    def __init__(self, model: Any, processor: Any) -> None:
-        self.model = model
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.image_token = processor.image_token
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        self._tokens_per_image = self._count_image_tokens()
-        # a fast tokenizer keeps its padding/truncation state on the Rust object: two
-        # threads tokenising at once can pad with each other's settings ("expected
-        # sequence of length 13 ... got 18"); every tokenizer/processor call holds this
-        self.lock = threading.RLock()
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-    ) -> LlavaBackbone:
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
-        model.to(device).eval()
-        processor = AutoProcessor.from_pretrained(str(path))
-        return cls(model, processor)
-
-    def _count_image_tokens(self) -> int:
-        p = self.processor
-        ip = p.image_processor
-        size = getattr(ip, "crop_size", None) or ip.size
-        h = size.get("height") or size.get("shortest_edge")
-        w = size.get("width") or size.get("shortest_edge")
-        n = (h // p.patch_size) * (w // p.patch_size) + p.num_additional_image_tokens
-        if p.vision_feature_select_strategy == "default":
-            n -= 1
-        return n
-
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.text_config.hidden_size
-
-    @property
-    def max_positions(self) -> int:
-        return self.model.config.text_config.max_position_embeddings
-
-    def image_token_count(self, image: Any = None) -> int:
-        return self._tokens_per_image
-
-    def image_tokens(self, images: Sequence[Any]) -> torch.Tensor:
-        pv = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        feats = self.model.get_image_features(pixel_values=pv.to(self.device, self.model.dtype))
-        return torch.stack(list(feats.pooler_output))
-
-    def _expand(self, prompt: Prompt) -> tuple[str, list[tuple[int, int]]]:
-        """Expand each placeholder into the image tokens, shifting the slice spans."""
-        ph = self.image_token
-        if prompt.text.count(ph) != len(prompt.images):
-            raise ValueError(
-                f"prompt has {prompt.text.count(ph)} image placeholders for {len(prompt.images)} images"
-            )
-        expanded = ph * self._tokens_per_image
-        grow = len(expanded) - len(ph)
-        pieces = prompt.text.split(ph)
-        text = expanded.join(pieces)
-        # character position of each placeholder in the original text
-        pos, cursor = [], 0
-        for piece in pieces[:-1]:
-            cursor += len(piece)
-            pos.append(cursor)
-            cursor += len(ph)
-        spans = []
-        for a, b in prompt.spans:
-            shift_a = sum(grow for p in pos if p < a)
-            shift_b = sum(grow for p in pos if p < b)
-            spans.append((a + shift_a, b + shift_b))
-        return text, spans
-
-    def encode(self, prompts: Sequence[Prompt], padding_side: str = "right") -> EncodedBatch:
-        with self.lock:
-            return self._encode(prompts, padding_side)
-
-    def prompt_length(self, prompt: Prompt) -> int:
-        with self.lock:
-            return super().prompt_length(prompt)
-
-    def tokenize(self, prompt: Prompt) -> tuple[list[int], list[int]]:
-        """The prompt's token ids (images expanded) and where each token starts in `prompt.text`
-        (the tokens of an image start at its placeholder): one tokenisation, from which the
-        ids of any prompt that leaves out spans of this one are cut (`batch_from_ids`)."""
-        with self.lock:
-            text, _ = self._expand(prompt)
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ph, grow = self.image_token, len(self.image_token) * (self._tokens_per_image - 1)
-        places = [m.start() for m in re.finditer(re.escape(ph), prompt.text)]
-        starts, j = [], 0
-        for a, _ in enc["offset_mapping"]:
-            # placeholders whose whole expansion lies before this token
-            while j < len(places) and places[j] + j * grow + len(ph) + grow <= a:
-                j += 1
-            inside = j < len(places) and a >= places[j] + j * grow
-            starts.append(places[j] if inside else a - j * grow)
-        return list(enc["input_ids"]), starts
-
-    def batch_from_ids(self, ids: Sequence[int], images: Sequence[Any]) -> EncodedBatch:
-        """A one-prompt batch for generation from token ids already cut (`tokenize`) and the
-        images whose tokens they hold (their pixels processed here)."""
-        pixel_values = None
-        if images:
-            pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        input_ids = torch.tensor([list(ids)], dtype=torch.long)
-        return EncodedBatch(input_ids, torch.ones_like(input_ids), pixel_values,
-                            torch.full_like(input_ids, -1), torch.zeros(1, 1, dtype=torch.bool),
-                            torch.zeros(1, 1, dtype=torch.bool))
-
-    def count_text_tokens(self, text: str) -> int:
-        """Tokens of plain text (no images, no special tokens): chunk budgets (index.ingest.chunking)."""
-        with self.lock:
-            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _encode(self, prompts: Sequence[Prompt], padding_side: str) -> EncodedBatch:
-        texts, spans = zip(*(self._expand(p) for p in prompts), strict=True)
-        tok = self.tokenizer(
-            list(texts),
-            padding=True,
-            padding_side=padding_side,
-            return_offsets_mapping=True,
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-        images = [im for p in prompts for im in p.images]
-        pixel_values = None
-        if images:
-            pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        m = max((len(p.spans) for p in prompts), default=0)
-        B, T = tok["input_ids"].shape
-        token_slice = torch.full((B, T), -1, dtype=torch.long)
-        slice_mask = torch.zeros(B, max(m, 1), dtype=torch.bool)
-        slice_is_image = torch.zeros(B, max(m, 1), dtype=torch.bool)
-        for b, p in enumerate(prompts):
-            sp = torch.tensor(spans[b], dtype=torch.long).reshape(-1, 2)
-            token_slice[b] = assign_tokens_to_slices(
-                tok["offset_mapping"][b], sp, tok["attention_mask"][b].bool()
-            )
-            slice_mask[b, : len(p.spans)] = True
-            slice_is_image[b, : len(p.modalities)] = torch.tensor(
-                [mod == "image" for mod in p.modalities], dtype=torch.bool
-            )
-        counts = torch.zeros(B, max(m, 1), dtype=torch.long).scatter_add_(
-            1, token_slice.clamp_min(0), (token_slice >= 0).long()
-        )
-        empty = slice_mask & (counts == 0)
-        if empty.any():
-            b, k = (int(v) for v in empty.nonzero()[0])
-            raise ValueError(f"slice {k} of prompt {b} has no tokens")
-        return EncodedBatch(
-            input_ids=tok["input_ids"],
-            attention_mask=tok["attention_mask"],
-            pixel_values=pixel_values,
-            token_slice=token_slice,
-            slice_mask=slice_mask,
-            slice_is_image=slice_is_image,
-        )
-
-    def fold(self) -> None:
-        fold_projector(self.model)
-
-    def save(self, path: str | Path) -> None:
-        """A plain LLaVA directory; a training-time NormalizedProjector is folded
-        into the projector's linear layers first (in place: eval outputs unchanged)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.fold()
-        self.model.save_pretrained(str(path))
-        self.processor.save_pretrained(str(path))
-        to_vllm_layout(path)
-
-
-VISION_PREFIX = "vision_tower."
-VLLM_VISION_PREFIX = "vision_tower.vision_model."
-
-
-def to_vllm_layout(path: str | Path) -> None:
-    """Rename `vision_tower.*` weight keys to `vision_tower.vision_model.*`.
-
-    transformers 5 writes the former; vLLM's LLaVA loader expects the latter
-    (the layout of the original llava-hf checkpoints), and transformers maps
-    that layout back on load, so one directory serves both.
-    """
-    path = Path(path)
-    index_file = path / "model.safetensors.index.json"
-    if index_file.is_file():
-        index = json.loads(index_file.read_text())
-        files = sorted(set(index["weight_map"].values()))
-        index["weight_map"] = {_rename(k): v for k, v in index["weight_map"].items()}
-    else:
-        files = ["model.safetensors"]
-        index = None
-    for name in files:
-        f = path / name
-        tensors = load_file(str(f))
-        renamed = {_rename(k): v.contiguous() for k, v in tensors.items()}
-        if renamed.keys() != tensors.keys():
-            save_file(renamed, str(f), metadata={"format": "pt"})
-    if index is not None:
-        index_file.write_text(json.dumps(index, indent=2))
-
-
-def _rename(key: str) -> str:
-    if key.startswith(VISION_PREFIX) and not key.startswith(VLLM_VISION_PREFIX):
-        return VLLM_VISION_PREFIX + key[len(VISION_PREFIX) :]
-    return key
+        return getattr(llava, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

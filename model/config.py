@@ -136,8 +136,11 @@ class SugarConfig:
 
 @dataclass
 class TinyConfig:
-    """A random-init tiny LLaVA: a small CLIP-style vision tower + a small Llama."""
+    """A random-init tiny backbone: a small vision tower + a small LM, of any registered family
+    (model/families/: "llava" — CLIP + Llama —, "qwen2_vl", "idefics3"), mapped onto the
+    family's own config classes."""
 
+    family: str = "llava"
     image_size: int = 64
     patch_size: int = 8
     vision_hidden: int = 128

@@ -1,4 +1,5 @@
-"""A LLaVA projector whose input and output are standardised, folded away at save time.
+"""A LLaVA projector whose input and output are standardised, folded away at save time
+(installed and folded by model/families/llava.py).
 
 Why (issue #10, measured on the tiny preset): trained from random init, the
 vision tower's residual stream grows a direction shared by every token (norm
@@ -116,28 +117,3 @@ class NormalizedProjector(nn.Module):
 def text_embedding_rms(model: Any) -> torch.Tensor:
     """The per-element RMS of a HF model's input embedding table, detached."""
     return model.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt()
-
-
-def install_normalized_projector(llava: nn.Module) -> NormalizedProjector:
-    """Swap a LlavaForConditionalGeneration's projector for a NormalizedProjector."""
-    inner = llava.model
-    proj = NormalizedProjector(inner.multi_modal_projector, float(text_embedding_rms(inner.language_model)))
-    inner.multi_modal_projector = proj
-    return proj
-
-
-def fold_projector(llava: nn.Module) -> bool:
-    """Replace a NormalizedProjector by the equivalent plain LLaVA projector, in place.
-
-    Returns True when something was folded. Eval-mode outputs are unchanged.
-    """
-    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-
-    inner = llava.model
-    proj = inner.multi_modal_projector
-    if not isinstance(proj, NormalizedProjector):
-        return False
-    plain = LlavaMultiModalProjector(llava.config).to(proj.linear_1.weight.device,
-                                                       proj.linear_1.weight.dtype)
-    inner.multi_modal_projector = proj.folded(plain)
-    return True

@@ -79,7 +79,7 @@ class SugarModel(nn.Module):
     def __init__(self, backbone: Backbone, config: SugarConfig) -> None:
         super().__init__()
         self.backbone = backbone
-        self.llava = backbone.model  # registered as a submodule (parameters, .train(), .to())
+        self.vlm = backbone.model  # the HF model, registered as a submodule (parameters, .train(), .to())
         self.config = config
         self.heads = SliceHeads(backbone.hidden_size, config.embed_dim, config.head_norm)
 
@@ -97,14 +97,19 @@ class SugarModel(nn.Module):
         only to its own longest prompt (e.g. short queries apart from long documents):
         one forward pass per batch, one pass of the heads over every slice (so a batch
         normalisation before the heads sees them all)."""
+        batches = [b.to(self.backbone.device) for b in batches]
+        hidden = [self.backbone.hidden_states(b, self.config.hidden_layer) for b in batches]
+        return self.embed_hidden_states(hidden, batches)
+
+    def embed_hidden_states(self, hidden: Sequence[torch.Tensor], batches: Sequence[EncodedBatch]) -> SliceEmbeddings:
+        """Slice pooling and the heads on hidden states computed elsewhere ([B, T, d] per batch:
+        this process's forward pass, or a vLLM pooling runner's per-token states)."""
         pooled, masks, images = [], [], []
-        for batch in batches:
-            batch = batch.to(self.backbone.device)
-            hidden = self.backbone.hidden_states(batch, self.config.hidden_layer)
+        for h, batch in zip(hidden, batches, strict=True):
             m = batch.slice_mask.shape[1]
-            pooled.append(pool_slices(hidden, batch.token_slice, m, self.config.pooling).float())
-            masks.append(batch.slice_mask)
-            images.append(batch.slice_is_image)
+            pooled.append(pool_slices(h, batch.token_slice.to(h.device), m, self.config.pooling).float())
+            masks.append(batch.slice_mask.to(h.device))
+            images.append(batch.slice_is_image.to(h.device))
         m = max(p.shape[1] for p in pooled)
         pooled_all, mask, is_image = (torch.cat([_pad_slices(t, m) for t in ts]) for ts in (pooled, masks, images))
         slices = self.heads(pooled_all, mask, is_image)
@@ -143,7 +148,7 @@ class SugarModel(nn.Module):
                 sort_keys=True,
             ).encode()
         )
-        for module in (self.llava, self.heads):
+        for module in (self.vlm, self.heads):
             for name, t in sorted(module.state_dict().items()):
                 h.update(name.encode())
                 h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -160,18 +165,18 @@ class SugarModel(nn.Module):
         self.backbone.fold()  # the version hashes the weights as saved
         if dtype is not None:
             with torch.no_grad():
-                for p in self.llava.parameters():
+                for p in self.vlm.parameters():
                     p.copy_(p.to(dtype).to(p.dtype))
         self.config.embedding_version = self.compute_embedding_version()
         if dtype is None:
             self.backbone.save(path / BACKBONE_DIR)
         else:
-            orig = next(self.llava.parameters()).dtype
-            self.llava.to(dtype)
+            orig = next(self.vlm.parameters()).dtype
+            self.vlm.to(dtype)
             try:
                 self.backbone.save(path / BACKBONE_DIR)
             finally:
-                self.llava.to(orig)
+                self.vlm.to(orig)
         heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
         save_file(heads, str(path / HEADS_FILE), metadata={"format": "pt"})
         self.config.save(path / CONFIG_FILE)
@@ -203,6 +208,13 @@ class SugarModel(nn.Module):
         model.heads.to(device)
         model.eval()
         return model
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # training states saved before the families (model/families/) named the HF model `llava`
+        old = prefix + "llava."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + "vlm." + key[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def embedding_version(self) -> str:
@@ -291,13 +303,28 @@ def concat_embeddings(parts: Sequence[SliceEmbeddings]) -> SliceEmbeddings:
 
 
 def build_tiny_model(config: SugarConfig | None = None, tiny: Any = None, corpus=()) -> SugarModel:
-    """A random-init tiny SugarModel (tests, smoke runs, the start of `sugar train`)."""
+    """A random-init tiny SugarModel of `tiny.family` (tests, smoke runs, the start of `sugar
+    train`); the prompt format's image placeholder becomes the family's."""
+    from .config import TinyConfig
     from .tiny import build_tiny
 
-    config = config or SugarConfig()
+    config = with_family_prompts(config or SugarConfig(), (tiny or TinyConfig()).family)
     backbone = build_tiny(tiny, corpus=corpus, fmt=config.prompts)
     with torch.random.fork_rng():
         torch.manual_seed(getattr(tiny, "seed", 0))
         model = SugarModel(backbone, config)
     model.eval()
     return model
+
+
+def with_family_prompts(config: SugarConfig, family: str) -> SugarConfig:
+    """`config` with the image placeholder of `family` (model/families/)."""
+    from .backbone import families
+
+    known = families()
+    if family not in known:
+        raise ValueError(f"unknown model family {family!r} (registered: {sorted(known)})")
+    placeholder = known[family].placeholder
+    if config.prompts.image_placeholder == placeholder:
+        return config
+    return config.replace(prompts=dataclasses.replace(config.prompts, image_placeholder=placeholder))

@@ -1,9 +1,10 @@
-"""`build_tiny`: a random-init tiny LLaVA with a locally trained tokenizer.
+"""`build_tiny`: a random-init tiny backbone of any family with a locally trained tokenizer.
 
-The result is a standard Hugging Face LLaVA (CLIP vision tower + Llama), a
-byte-level BPE tokenizer (any text encodes, no unknown tokens), a PIL image
-processor and the chat template of `model.prompts`, so the same directory
-loads in transformers and in vLLM.
+The result is a standard Hugging Face model of the family (LLaVA: CLIP vision
+tower + Llama; Qwen2-VL; Idefics3), a byte-level BPE tokenizer (any text
+encodes, no unknown tokens) carrying the family's special tokens, the family's
+PIL image processor and the chat template of `model.prompts`, so the same
+directory loads in transformers and in vLLM.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .backbone import LlavaBackbone
+from .backbone import Backbone
 from .config import PromptFormat, TinyConfig
 from .prompts import chat_template
 
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<image>"]
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 
 # A small built-in corpus: the prompt scaffolding plus everyday words, so that
 # common text compresses well. Byte-level BPE still encodes anything.
@@ -37,8 +38,11 @@ BASE_CORPUS = [
 ]
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int, fmt: PromptFormat, eos: str = "</s>"):
-    """Byte-level BPE trained here with `tokenizers`, wrapped for transformers."""
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, fmt: PromptFormat, eos: str = "</s>",
+                    extra: Iterable[str] = ("<image>",), image_token: str = "<image>"):
+    """Byte-level BPE trained here with `tokenizers`, wrapped for transformers; `extra`: the
+    family's special tokens (image placeholders and markers), after the pad/bos/eos ids;
+    `image_token`: the one the image features replace (the tokenizer's `image_token`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -47,7 +51,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, fmt: PromptFormat, e
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=[*SPECIAL_TOKENS, *extra],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -57,7 +61,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, fmt: PromptFormat, e
         pad_token="<pad>",
         bos_token="<s>",
         eos_token=eos,
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": image_token},
         model_max_length=1 << 30,
     )
     fast.chat_template = chat_template(fmt, eos)
@@ -91,82 +95,26 @@ def build_tiny(
     out_dir: str | Path | None = None,
     corpus: Iterable[str] = (),
     fmt: PromptFormat | None = None,
-) -> LlavaBackbone:
-    """Random-init tiny LLaVA; saved to `out_dir` (vLLM-compatible) when given."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+) -> Backbone:
+    """A random-init tiny backbone of `config.family` (model/families/), with a tokenizer
+    trained here on `corpus` that carries the family's special tokens; saved to `out_dir`
+    (vLLM-compatible) when given. `fmt.image_placeholder` must be the family's."""
+    from .backbone import families
 
     config = config or TinyConfig()
     fmt = fmt or PromptFormat()
-    tokenizer = train_tokenizer([*BASE_CORPUS, *corpus], config.vocab_size, fmt)
-    vocab = len(tokenizer)
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=config.vision_hidden,
-        intermediate_size=config.vision_hidden * 4,
-        num_hidden_layers=config.vision_layers,
-        num_attention_heads=config.vision_heads,
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        projection_dim=config.vision_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=config.text_hidden,
-        intermediate_size=config.text_hidden * 4,
-        num_hidden_layers=config.text_layers,
-        num_attention_heads=config.text_heads,
-        num_key_value_heads=config.text_kv_heads,
-        max_position_embeddings=config.max_positions,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    llava_cfg = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=image_token_id,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-        projector_hidden_act="gelu",
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        model = LlavaForConditionalGeneration(llava_cfg)
-    if config.patch_init == "dct":
-        dct_patch_init_(model.model.vision_tower.embeddings.patch_embedding.weight)
-    if config.projector_norm:
-        from .projector import install_normalized_projector
-
-        install_normalized_projector(model)
+    cls = families()[config.family]
+    if fmt.image_placeholder != cls.placeholder:
+        raise ValueError(f"the {cls.family} family's image placeholder is {cls.placeholder!r}, "
+                         f"the prompt format's {fmt.image_placeholder!r}")
+    tokenizer = train_tokenizer([*BASE_CORPUS, *corpus], config.vocab_size, fmt, extra=cls.special_tokens,
+                                image_token=cls.image_pad)
+    backbone = cls.build_tiny(config, tokenizer)
+    model = backbone.model
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    mean = {} if config.image_mean is None else {"image_mean": [config.image_mean] * 3}
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": config.image_size},
-        crop_size={"height": config.image_size, "width": config.image_size},
-        **mean,
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=config.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        image_token="<image>",
-        chat_template=tokenizer.chat_template,
-    )
-    backbone = LlavaBackbone(model, processor)
     if out_dir is not None:
         backbone.save(out_dir)
     return backbone

@@ -84,19 +84,19 @@ def eval_set(n: int, seed: int, question: str = "colour") -> list[tuple[str, Gen
 
 
 def accuracy(model: SugarModel, items: list[tuple[str, GenExample]]) -> dict[str, float]:
-    llava = model.llava
-    was = llava.training
-    llava.eval()
+    vlm = model.vlm
+    was = vlm.training
+    vlm.eval()
     hits: dict[str, list[bool]] = {}
     with torch.no_grad():
         for i in range(0, len(items), 32):
             chunk = items[i : i + 32]
             batch, labels = encode_gen(model, [ex for _, ex in chunk])
-            logits = llava(**batch.model_inputs()).logits
+            logits = vlm(**batch.model_inputs()).logits
             for j, (layout, _) in enumerate(chunk):
                 pos = int((labels[j] != -100).nonzero()[0])
                 hits.setdefault(layout, []).append(int(logits[j, pos - 1].argmax()) == int(labels[j, pos]))
-    llava.train(was)
+    vlm.train(was)
     return {k: round(sum(v) / len(v), 3) for k, v in hits.items()}
 
 
@@ -116,18 +116,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pools = SyntheticPools("train", a.seed, 1500, 0, a.houses)
     pools.gold_first = a.gold_first
     rng = random.Random(a.seed + 1)
-    llava = model.llava
-    set_vision_trainable(llava, a.train_vision)
-    params = [p for p in llava.parameters() if p.requires_grad]
+    vlm = model.vlm
+    set_vision_trainable(model.backbone, a.train_vision)
+    params = [p for p in vlm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, a.steps, 20, 0.05))
     gen_loss = GenerativeLoss()
-    llava.train()
+    vlm.train()
     t0 = time.time()
     for step in range(a.steps):
         examples = [pools.gen_example(rng, kinds) for _ in range(a.batch)]
         batch, labels = encode_gen(model, examples)
-        loss = gen_loss(llava(**batch.model_inputs()).logits, labels)["gen_loss"]
+        loss = gen_loss(vlm(**batch.model_inputs()).logits, labels)["gen_loss"]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -90,7 +90,7 @@ class Probe:
         corpus = ["What colour is the shape? How many shapes are there? Is the shape small or large? "
                   "Where is the shape? Describe the image."]
         self.model = SugarModel(build_tiny(tc, corpus=corpus), SugarConfig())
-        self.llava = self.model.llava
+        self.vlm = self.model.vlm
         self.vision_rows: list[dict] = []
         self.oracle_answer: list[str] = []
         if a.oracle:
@@ -99,9 +99,9 @@ class Probe:
     def _install_oracle(self, mode: str) -> None:
         """Replace the projector's output by a code per answer word (teacher-forced batches
         only: `self.oracle_answer` holds the answers of the images being encoded)."""
-        proj = self.llava.model.multi_modal_projector
+        proj = self.model.backbone.projector()
         tau = float(self.model.backbone.text_embedding_rms())
-        d = proj.linear_2.out_features
+        d = self.model.backbone.projector_output().out_features
         g = torch.Generator().manual_seed(self.a.seed + 7)
         codes: dict[str, torch.Tensor] = {}
         background = torch.randn(d, generator=g) * tau
@@ -171,18 +171,18 @@ class Probe:
             return GenExample(Sample([Slice.of_image(img), Slice.of_text(q)]), answer, kind)
 
     def accuracy(self, examples: list[GenExample]) -> dict[str, float]:
-        self.llava.eval()
+        self.vlm.eval()
         hits: dict[str, list[bool]] = {}
         with torch.no_grad():
             for i in range(0, len(examples), 40):
                 chunk = examples[i : i + 40]
                 self.oracle_answer = [ex.answer for ex in chunk]
                 batch, labels = encode_gen(self.model, chunk)
-                logits = self.llava(**batch.model_inputs()).logits
+                logits = self.vlm(**batch.model_inputs()).logits
                 for j, ex in enumerate(chunk):
                     pos = int((labels[j] != -100).nonzero()[0])
                     hits.setdefault(ex.kind, []).append(int(logits[j, pos - 1].argmax()) == int(labels[j, pos]))
-        self.llava.train()
+        self.vlm.train()
         return {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}
 
     def run(self) -> list[dict]:
@@ -195,24 +195,24 @@ class Probe:
         if a.freeze_vision:
             from training.vision import set_vision_trainable
 
-            set_vision_trainable(self.llava, False)
-        opt = torch.optim.AdamW([p for p in self.llava.parameters() if p.requires_grad], lr=a.lr,
+            set_vision_trainable(self.model.backbone, False)
+        opt = torch.optim.AdamW([p for p in self.vlm.parameters() if p.requires_grad], lr=a.lr,
                                 weight_decay=0.01)
         defaults = TrainConfig()  # the training loop's schedule: warm-up, cosine to min_lr_ratio
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
             s, a.steps, defaults.warmup, defaults.min_lr_ratio))
         gen_loss = GenerativeLoss()
-        self.llava.train()
+        self.vlm.train()
         rows, t0 = [], time.time()
         for step in range(a.steps):
             examples = [self.example(rng, step < a.align_steps) for _ in range(a.batch)]
             self.oracle_answer = [ex.answer for ex in examples]
             batch, labels = encode_gen(self.model, examples)
-            logits = self.llava(**batch.model_inputs()).logits
+            logits = self.vlm(**batch.model_inputs()).logits
             loss = gen_loss(logits, labels)["gen_loss"]
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in self.llava.parameters() if p.requires_grad], 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in self.vlm.parameters() if p.requires_grad], 1.0)
             opt.step()
             sched.step()
             if (step + 1) % a.every == 0 or step + 1 == a.steps:

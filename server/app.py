@@ -43,8 +43,8 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
         app.state.service = service
         await service.start()
         metrics.index_documents.set(service.index.count())
-        logger.info("serving %s on %s:%d (engine %s)", settings.checkpoint, settings.host, settings.port,
-                    service.engine.name)
+        logger.info("serving %s on %s:%d (engine %s, embeddings %s)", settings.checkpoint, settings.host,
+                    settings.port, service.engine.name, service.embedder.name)
         yield
         await service.stop()
 
@@ -75,6 +75,7 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     from index import DocumentIndex, IndexRefused
     from model.sugar import SugarModel
 
+    from .embedder import make_embedder
     from .engine import make_engine
     from .settings import StartupError, check_startup, resolve_device
 
@@ -92,7 +93,12 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     except IndexRefused as e:
         raise StartupError(str(e)) from None
     engine = make_engine(settings, model)
-    return SugarService(settings, model, index, engine, batching=batching, on_batch=metrics.batch_size.observe)
+    try:
+        embedder = make_embedder(settings, model)
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    return SugarService(settings, model, index, engine, batching=batching, on_batch=metrics.batch_size.observe,
+                        embedder=embedder)
 
 
 __all__ = ["create_app", "load_service"]

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from index import DocumentIndex, DocumentVectors, Hit
-from index.embedding import embed_samples
 from index.ingest import (
     UPLOAD_PREFIX,
     Chunked,
@@ -39,6 +38,7 @@ from model.sample import Sample, SampleError
 from model.sugar import SugarModel
 
 from .batching import EmbeddingBatcher, GenerationLimiter
+from .embedder import Embedder, InProcessEmbedder
 from .engine import Engine, EngineError, GenerationResult, Prepared
 from .policy import InputPolicy
 from .protocol import RetrievalOptions
@@ -112,8 +112,9 @@ class RagPlan:
 
 class SugarService:
     def __init__(self, settings: Settings, model: SugarModel, index: DocumentIndex, engine: Engine,
-                 batching: bool = True, on_batch=None) -> None:
+                 batching: bool = True, on_batch=None, embedder: Embedder | None = None) -> None:
         self.settings, self.model, self.index, self.engine = settings, model, index, engine
+        self.embedder = embedder or InProcessEmbedder(model, settings.embed_max_batch)
         self.policy = InputPolicy.from_settings(settings)  # every way bytes enter (server/policy.py)
         self.limits = self.policy.limits
         self.batcher = EmbeddingBatcher(self._embed_sync, settings.embed_max_batch, settings.embed_max_wait_ms,
@@ -137,6 +138,7 @@ class SugarService:
         if self.ingest_pool:
             await self.ingest_pool.stop()
         await self.engine.close()
+        self.embedder.close()
         self.index.close()
 
     def warm_up(self) -> None:
@@ -207,7 +209,7 @@ class SugarService:
 
     # ------------------------------------------------------------ embedding
     def _embed_sync(self, samples: list[Sample]) -> list[DocumentVectors]:
-        return embed_samples(self.model, samples, batch_size=self.settings.embed_max_batch)
+        return self.embedder.embed(samples)
 
     async def embed(self, samples: list[Sample]) -> list[DocumentVectors]:
         return await self.batcher.submit(samples)
@@ -387,11 +389,12 @@ class SugarService:
                 if e.summary.shape != (self.index.dim,):
                     raise EngineError("canary embedding has the wrong dimension")
                 await asyncio.wait_for(self.engine.check(), self.settings.vllm_timeout_s)
+                await asyncio.to_thread(self.embedder.check)
                 self.index.store.check_files()
                 self._ready_error = None
             except Exception as e:  # any failure turns /ready red, with the reason
                 self._ready_error = f"{type(e).__name__}: {e}"
-        lm = self.model.llava
+        lm = self.model.vlm
         return {"model": self.model.embedding_version, "index_documents": self.index.count(),
-                "engine": self.engine.name, "device": str(self.model.backbone.device),
+                "engine": self.engine.name, "embed_engine": self.embedder.name, "device": str(self.model.backbone.device),
                 "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "error": self._ready_error}

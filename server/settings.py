@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     vllm_model: str | None = None  # the served model name (default: what /v1/models lists first)
     vllm_max_model_len: int | None = None  # the context budget when engine = vllm
     vllm_timeout_s: float = 60.0
+    # where /embed, queries and ingestion are embedded: "hf" (in this process) or "vllm" (a vLLM
+    # pooling runner on CKPT/backbone at vllm_embed_url: per-token hidden states, slice pooling
+    # and the heads applied here; server/embedder.py)
+    embed_engine: str = Field(default="hf", pattern="^(hf|vllm)$")
+    vllm_embed_url: str = "http://127.0.0.1:8002"
+    vllm_embed_model: str | None = None  # the pooling server's model name (default: its first)
     threads: int = 0  # torch intra-op threads (0: torch's default)
     # where embedding and in-process generation run: "auto" (CUDA when present), "cpu",
     # "cuda" or "cuda:N"; the backbone's dtype: float32, bfloat16 or float16 (GPU)

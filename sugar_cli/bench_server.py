@@ -389,7 +389,13 @@ class Variant:
     url: str | None = None
 
 
-def _variants(extra: list[str], engines: list[str], compare_batching: bool, baseline: str | None) -> list[Variant]:
+def _variants(extra: list[str], engines: list[str], compare_batching: bool, baseline: str | None,
+              embed_engines: list[str] | None = None) -> list[Variant]:
+    if embed_engines and len(embed_engines) > 1:  # embedding engines side by side, both up, cells alternating
+        flags = [*extra, "--engine", engines[0]] if engines else extra
+        return [Variant(f"embed-{e}", [*flags, "--embed-engine", e], endpoints=["embed"]) for e in embed_engines]
+    if embed_engines:
+        extra = [*extra, "--embed-engine", embed_engines[0]]
     if baseline:  # the same server, old code beside new
         flags = [*extra, "--engine", engines[0]] if engines else extra
         return [Variant(f"old {baseline}", flags, extras=True), Variant("new", flags, extras=True)]
@@ -405,10 +411,15 @@ def _variants(extra: list[str], engines: list[str], compare_batching: bool, base
 def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], concurrency: list[int],
         seconds: float, max_requests: int, soak: float, api_key: str | None, engines: list[str] | None,
         vllm_url: str | None, compare_batching: bool, health: float = 0.0, costs: bool = False,
-        baseline: str | None = None) -> dict:
+        baseline: str | None = None, *, embed_engines: list[str] | None = None,
+        vllm_embed_url: str | None = None) -> dict:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    extra = (["--api-key", api_key] if api_key else []) + (["--vllm-url", vllm_url] if vllm_url else [])
-    variants = _variants(extra, engines or [], compare_batching and not baseline and len(engines or []) < 2, baseline)
+    extra = (["--api-key", api_key] if api_key else []) + (["--vllm-url", vllm_url] if vllm_url else []) + (
+        ["--vllm-embed-url", vllm_embed_url] if vllm_embed_url else [])
+    variants = _variants(extra, engines or [], compare_batching and not baseline and len(engines or []) < 2 and not
+                         embed_engines, baseline, embed_engines)
+    # servers side by side: an old revision beside the new one, or two embedding engines
+    together = bool(baseline) or len(embed_engines or []) > 1
     out: dict = {"runs": {}}
     with ExitStack() as stack:
         if baseline:
@@ -416,8 +427,8 @@ def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], co
         # each server it starts writes (uploads) into a copy of the index, never into the user's
         copies = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sugar-bench-")))
         for v in variants:
-            # one server at a time; with a baseline both stay up and the cells alternate
-            scope = stack if baseline else ExitStack()
+            # one server at a time; side by side both stay up and the cells alternate
+            scope = stack if together else ExitStack()
             if url is not None and v.name == "batching":
                 v.url = url
             else:
@@ -427,11 +438,14 @@ def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], co
                 v.proc = _start_server(checkpoint, own, port, v.flags, v.root)
                 scope.callback(_stop, v.proc)
                 v.url = f"http://127.0.0.1:{port}"
-            if not baseline:
+            if not together:
                 with scope:
                     _measure([v], endpoints, concurrency, seconds, max_requests, headers, out)
                     _extras(v, health, costs, soak, headers, out)
-        if baseline:
+        if together and not baseline:
+            _measure(variants, endpoints, concurrency, seconds, max_requests, headers, out)
+            _print_ratios(out, variants)
+        elif baseline:
             _measure(variants, endpoints, concurrency, seconds, max_requests, headers, out)
             for v in variants:
                 _wait_idle(variants)  # what one server still chews on must not load the other's turn
@@ -491,8 +505,9 @@ def _extras(v: Variant, health: float, costs: bool, soak: float, headers: dict, 
 
 
 def _print_ratios(out: dict, variants: list[Variant]) -> None:
-    """new / old per cell: throughput and p50 latency."""
+    """second / first per cell (new / old; vllm / hf): throughput and p50 latency."""
     old, new = (out["runs"][v.name] for v in variants)
+    print(f"\n{variants[1].name} / {variants[0].name}")
     print(f"\n{'endpoint':>9} {'conc':>5} | {'req/s new/old':>13} {'p50 new/old':>12}")
     ratios = []
     for a, b in zip(old, new, strict=True):

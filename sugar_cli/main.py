@@ -91,6 +91,9 @@ def _add_bench_server(bsub) -> None:
     sv.add_argument("--engine", nargs="+", choices=["hf", "vllm"],
                     help="one engine, or several to compare side by side (e.g. --engine vllm hf)")
     sv.add_argument("--vllm-url")
+    sv.add_argument("--embed-engine", nargs="+", choices=["hf", "vllm"],
+                    help="embedding engines side by side (e.g. --embed-engine hf vllm: /embed throughput of each)")
+    sv.add_argument("--vllm-embed-url", help="the vLLM pooling server (embed engine vllm)")
     sv.add_argument("--api-key")
     sv.add_argument("--no-compare", action="store_true", help="skip the --no-batching server")
     sv.add_argument("--health", type=float, default=0.0,
@@ -130,6 +133,9 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, help="a JSON recipe (training/recipes/); overrides the preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (JSON value), repeatable")
+    p.add_argument("--base", type=Path, help="start from this Hugging Face model directory (any registered family: "
+                   "llava, qwen2_vl, qwen2_5_vl, idefics3), with LoRA (rank 16) unless --set lora_rank=... says "
+                   "otherwise; merged on save")
     p.add_argument("--data", type=Path, help="train on this JSONL file instead of the built-in world")
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     p.add_argument("--steps", type=int, help="optimiser steps (default: the preset's)")
@@ -141,10 +147,17 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+BASE_LORA_RANK = 16  # `sugar train --base DIR`: LoRA on the base's decoder unless --set lora_rank=...
+
+
 def train_config_from_args(args: argparse.Namespace):
     from training.config import TrainConfig, preset
 
     cfg = TrainConfig.from_file(args.config) if args.config else preset(args.preset)
+    base = getattr(args, "base", None)
+    if base is not None:  # a real base: LoRA by default (the recipe's rank, or a --set lora_rank, wins)
+        cfg = cfg.with_overrides([f"backbone={json.dumps(str(base))}",
+                                  f"lora_rank={cfg.lora_rank or BASE_LORA_RANK}"])
     cfg = cfg.with_overrides(args.set)
     changes = [f"{k}={json.dumps(v)}" for k, v in (
         ("steps", args.steps), ("seed", args.seed), ("ablation", args.ablation),
@@ -207,7 +220,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the one shipped in the package, "
                    "model/default_checkpoint)")
     p.add_argument("--index", type=Path, help="index directory (default: $SUGAR_HOME/index/default-VERSION, "
-                   "built from the built-in collection if missing)")
+                   "the built-in collection embedded by the checkpoint, built if missing)")
     p.add_argument("--index-url", help="a shared index on PostgreSQL + pgvector instead (postgresql://…; "
                    "also $SUGAR_INDEX_URL): every replica that serves it serves one collection")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -215,6 +228,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--api-key", help="require Authorization: Bearer KEY (except /health, /ready)")
     p.add_argument("--engine", choices=["hf", "vllm"], help="generation engine (default hf)")
     p.add_argument("--vllm-url", help="the vLLM OpenAI server (engine vllm)")
+    p.add_argument("--embed-engine", choices=["hf", "vllm"],
+                   help="where embeddings are computed (default hf: in this process; vllm: a vLLM pooling runner "
+                   "on the checkpoint's backbone, slice pooling and heads applied here)")
+    p.add_argument("--vllm-embed-url", help="the vLLM pooling server (embed engine vllm)")
     p.add_argument("--no-batching", action="store_true", help="embed each request alone (benchmarks)")
     p.set_defaults(func=cmd_serve)
 
@@ -265,10 +282,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "checkpoint": args.checkpoint, "index": args.index, "index_url": args.index_url, "host": args.host,
         "port": args.port,
-        "api_key": args.api_key, "engine": args.engine, "vllm_url": args.vllm_url}.items() if v is not None}
+        "api_key": args.api_key, "engine": args.engine, "vllm_url": args.vllm_url, "embed_engine": args.embed_engine,
+        "vllm_embed_url": args.vllm_embed_url}.items() if v is not None}
     settings = Settings(**overrides)
-    if settings.checkpoint is None and settings.index is None and settings.index_url is None:
-        settings.checkpoint, settings.index = ensure_default(sugar_home())
+    if settings.index is None and settings.index_url is None:
+        # the built-in collection, indexed once per embedding version (the shipped checkpoint's,
+        # or --checkpoint's: a checkpoint just trained is served on the built-in world at once)
+        settings.checkpoint, settings.index = ensure_default(sugar_home(), settings.checkpoint)
     elif settings.checkpoint is None and settings.index_url is not None:  # a shared index, the shipped checkpoint
         from model.sugar import DEFAULT_CHECKPOINT
 
@@ -401,7 +421,7 @@ def cmd_bench_server(args: argparse.Namespace) -> int:
         ckpt, index = ensure_default(sugar_home())
     records = run(ckpt, index, args.url, args.endpoints, args.concurrency, args.seconds, args.max_requests,
                   args.soak, args.api_key, args.engine, args.vllm_url, not args.no_compare, args.health,
-                  args.costs, args.baseline)
+                  args.costs, args.baseline, embed_engines=args.embed_engine, vllm_embed_url=args.vllm_embed_url)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

@@ -49,10 +49,10 @@ def test_bucketed_generative_loss_equals_one_padded_batch(tmp_path):
     loss = GenerativeLoss()
     with torch.no_grad():
         batch, labels = encode_gen(tr.model, gen)
-        ref = loss(tr.model.llava(**batch.model_inputs()).logits, labels)["gen_loss"]
+        ref = loss(tr.model.vlm(**batch.model_inputs()).logits, labels)["gen_loss"]
         parts = encode_gen_buckets(tr.model, gen)
         n = float(sum((lab[:, 1:] != -100).sum() for _, lab in parts))
-        got = sum(loss(tr.model.llava(**b.model_inputs()).logits, lab, normalizer=n)["gen_loss"] for b, lab in parts)
+        got = sum(loss(tr.model.vlm(**b.model_inputs()).logits, lab, normalizer=n)["gen_loss"] for b, lab in parts)
     assert len(parts) > 1
     assert float(got) == pytest.approx(float(ref), rel=1e-5)
 

@@ -23,6 +23,19 @@ def test_compose_wires_api_to_vllm_with_volumes_and_healthchecks():
     assert s["train"]["profiles"] == ["train"] and s["train"]["command"][0] == "train"
 
 
+def test_compose_embeds_through_a_vllm_pooling_runner_of_the_same_backbone():
+    c = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    s = c["services"]
+    api, gen, emb = s["api"], s["vllm"], s["vllm-embed"]
+    assert api["environment"]["SUGAR_VLLM_EMBED_URL"] == "http://vllm-embed:8000"
+    assert api["depends_on"]["vllm-embed"]["condition"] == "service_healthy"
+    assert [a for a in emb["command"] if a.startswith("--model")] == [a for a in gen["command"] if a.startswith("--model")]
+    flags = " ".join(emb["command"])
+    assert "--runner=pooling" in flags and "--convert=embed" in flags and '"task": "token_embed"' in flags
+    for svc in (gen, emb):  # the checkpoint's own PIL image processor in vLLM too
+        assert '--mm-processor-kwargs={"use_fast": false}' in svc["command"]
+
+
 def test_compose_shared_profile_runs_replicas_on_one_postgres_index():
     c = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
     s = c["services"]

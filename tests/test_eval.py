@@ -68,8 +68,8 @@ def test_image_token_statistics_against_known_projectors():
 
     model = build_tiny_model(SugarConfig(embed_dim=32), TinyConfig(**TEST_TINY))
     ev = Evaluator(model, EvalConfig.quick(), "seen")
-    proj = model.llava.model.multi_modal_projector
-    text_rms = float(model.llava.get_input_embeddings().weight.pow(2).mean().sqrt())
+    proj = model.vlm.model.multi_modal_projector
+    text_rms = float(model.vlm.get_input_embeddings().weight.pow(2).mean().sqrt())
     with torch.no_grad():
         proj.linear_2.weight.zero_()  # every image token is the bias: one shared vector
         proj.linear_2.bias.copy_(torch.linspace(-1, 1, proj.linear_2.bias.numel()))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from model.config import SugarConfig, TinyConfig
-from model.projector import NormalizedProjector, fold_projector
+from model.families.llava import fold_projector
+from model.projector import NormalizedProjector
 from model.sample import Sample
 from model.sugar import SugarModel, build_tiny_model
 from tests.conftest import TEST_TINY, make_image
@@ -15,7 +16,7 @@ from tests.conftest import TEST_TINY, make_image
 def trained_a_little(seed: int = 0) -> SugarModel:
     """A tiny model whose projector statistics moved off their init (train-mode passes)."""
     model = build_tiny_model(SugarConfig(embed_dim=32), TinyConfig(**TEST_TINY, seed=seed, projector_norm=True))
-    proj = model.llava.model.multi_modal_projector
+    proj = model.vlm.model.multi_modal_projector
     assert isinstance(proj, NormalizedProjector)
     proj.train()
     with torch.no_grad():
@@ -27,12 +28,12 @@ def trained_a_little(seed: int = 0) -> SugarModel:
 
 def test_image_tokens_are_centred_and_at_text_scale():
     model = trained_a_little()
-    proj = model.llava.model.multi_modal_projector
+    proj = model.vlm.model.multi_modal_projector
     x = torch.randn(6, 16, TEST_TINY["vision_hidden"]) * 3 + 40
     with torch.no_grad():
         y = proj(x)  # [6, 16, d]
         plain = proj.linear_2(proj.act(proj.linear_1(x)))
-    emb = model.llava.model.language_model.get_input_embeddings().weight
+    emb = model.vlm.model.language_model.get_input_embeddings().weight
     text_rms = float(emb.pow(2).mean().sqrt())
     assert abs(float(y.pow(2).mean().sqrt()) / text_rms - 1) < 0.5
     cos = torch.nn.functional.cosine_similarity
@@ -49,13 +50,13 @@ def test_fold_is_exact_and_the_saved_checkpoint_is_plain_llava(tmp_path):
     model = trained_a_little()
     x = torch.randn(3, 16, TEST_TINY["vision_hidden"]) * 3 + 40
     with torch.no_grad():
-        before = model.llava.model.multi_modal_projector(x)
+        before = model.vlm.model.multi_modal_projector(x)
     samples = [Sample.build(["a red circle", make_image(1)])]
     model.save_pretrained(tmp_path / "ck")
-    assert isinstance(model.llava.model.multi_modal_projector, LlavaMultiModalProjector)
-    assert not fold_projector(model.llava)  # nothing left to fold
+    assert isinstance(model.vlm.model.multi_modal_projector, LlavaMultiModalProjector)
+    assert not fold_projector(model.vlm)  # nothing left to fold
     with torch.no_grad():
-        after = model.llava.model.multi_modal_projector(x)
+        after = model.vlm.model.multi_modal_projector(x)
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     from safetensors import safe_open
 
@@ -85,7 +86,7 @@ def test_training_forward_is_the_served_function():
     """Running statistics in training: after a step's update, train mode and eval mode
     (and the folded plain projector) compute the same thing on the same batch."""
     model = trained_a_little()
-    proj = model.llava.model.multi_modal_projector
+    proj = model.vlm.model.multi_modal_projector
     x = torch.randn(4, 16, TEST_TINY["vision_hidden"]) * 3 + 40
     proj.train()
     with torch.no_grad():

@@ -68,11 +68,11 @@ def test_probe_trains_the_vision_side_only_when_asked(tiny_ckpt, tmp_path):
     from model.sugar import SugarModel
     from training.vision import vision_parameters
 
-    before = [p.detach().clone() for p in vision_parameters(SugarModel.from_pretrained(tiny_ckpt).llava)]
+    before = [p.detach().clone() for p in vision_parameters(SugarModel.from_pretrained(tiny_ckpt).backbone)]
     common = ["--init", str(tiny_ckpt), "--steps", "2", "--every", "2", "--eval-houses", "1", "--batch", "4",
               "--houses", "12", "--threads", "1", "--lr", "1e-2", "--kinds", json.dumps({"blob": 0.5, "rag": 0.5})]
     for flag, moved in (([], False), (["--train-vision"], True)):
         out = tmp_path / str(moved)
         load("rag_probe").main(common + flag + ["--save", str(out)])
-        after = list(vision_parameters(SugarModel.from_pretrained(out).llava))
+        after = list(vision_parameters(SugarModel.from_pretrained(out).backbone))
         assert any(not torch.equal(a.float(), b.float()) for a, b in zip(before, after, strict=True)) is moved

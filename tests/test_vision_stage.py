@@ -84,16 +84,16 @@ def test_caption_words_objective_matches_a_loop_reference():
 def test_vision_stage_learns_and_leaves_the_language_model_alone():
     model = _model()
     llava = model.backbone.model
-    vision = {id(p) for p in vision_parameters(llava)}
+    vision = {id(p) for p in vision_parameters(model.backbone)}
     lm_before = {n: p.detach().clone() for n, p in llava.named_parameters() if id(p) not in vision}
-    vis_before = [p.detach().clone() for p in vision_parameters(llava)]
+    vis_before = [p.detach().clone() for p in vision_parameters(model.backbone)]
     rng = random.Random(0)
     rows = train_vision(model.backbone, lambda _s: _pairs(rng, 16), steps=40, lr=5e-3, batch=16, log_every=10)
     assert rows[-1]["vision_loss"] < 0.8 * rows[0]["vision_loss"]
     for n, p in llava.named_parameters():
         if id(p) not in vision:
             assert torch.equal(p, lm_before[n]), n
-    assert any(not torch.equal(a, b) for a, b in zip(vis_before, vision_parameters(llava), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(vis_before, vision_parameters(model.backbone), strict=True))
 
 
 def test_standardize_projector_centres_and_scales_to_text_and_saves_a_plain_llava(tmp_path):

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from model.backbone import load_backbone
-from model.sugar import SugarModel
+from model.prompts import chat_template
+from model.sugar import SugarModel, with_family_prompts
 from model.teachers import CachedTeacher, TripleKernel, load_teacher
 
 from .config import TrainConfig
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
+    """The model a run starts from: a warm start (`init`), a tiny random base of `tiny.family`,
+    or a Hugging Face directory of any registered family (`backbone`: `sugar train --base`),
+    whose chat template becomes the Sugar prompt format's (so vLLM renders what training saw)."""
     sugar_cfg = cfg.sugar
     if cfg.init:  # a warm start: the checkpoint's backbone, heads and config as saved
         model = SugarModel.from_pretrained(cfg.init)
@@ -35,10 +39,15 @@ def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
     if cfg.backbone == "tiny":
         from model.tiny import build_tiny
 
+        sugar_cfg = with_family_prompts(sugar_cfg, cfg.tiny.family)
         tiny = dataclasses.replace(cfg.tiny, seed=cfg.seed)
         backbone = build_tiny(tiny, corpus=corpus, fmt=sugar_cfg.prompts)
     else:
         backbone = load_backbone(cfg.backbone)
+        logger.info("base %s: the %s family, %.1fM parameters", cfg.backbone, backbone.family,
+                    sum(p.numel() for p in backbone.parameters()) / 1e6)
+        sugar_cfg = with_family_prompts(sugar_cfg, backbone.family)
+        backbone.set_chat_template(chat_template(sugar_cfg.prompts, backbone.eos_token))
     torch.manual_seed(cfg.seed)
     model = SugarModel(backbone, sugar_cfg)
     if cfg.lora_rank > 0:
@@ -47,16 +56,16 @@ def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
 
 
 def apply_lora(model: SugarModel, cfg: TrainConfig) -> None:
-    """LoRA adapters on the language model; vision tower frozen; heads fully trained."""
+    """LoRA adapters on the family's decoder (`lora_targets`, default: the family's attention
+    projections); everything else of the backbone frozen; the heads fully trained."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    lm = model.llava
-    for p in lm.parameters():
+    for p in model.vlm.parameters():
         p.requires_grad_(False)
-    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                        target_modules=list(cfg.lora_targets), lora_dropout=0.0)
-    inject_adapter_in_model(config, lm.model.language_model)
-    for n, p in lm.named_parameters():
+    targets = list(cfg.lora_targets or model.backbone.lora_targets)
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
+    inject_adapter_in_model(config, model.backbone.decoder())
+    for n, p in model.vlm.named_parameters():
         if "lora_" in n:
             p.requires_grad_(True)
 
@@ -65,7 +74,7 @@ def merge_lora(model: SugarModel) -> None:
     """Fold LoRA weights into the base layers so backbone/ is a plain HF model."""
     from peft.tuners.lora import LoraLayer
 
-    lm = model.llava.model.language_model
+    lm = model.backbone.decoder()
     for name, module in list(lm.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge()

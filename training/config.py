@@ -23,7 +23,9 @@ ABLATIONS = ("joint", "gen_only", "disc_only", "no_ga", "no_triple", "last_token
 @dataclass
 class TrainConfig:
     # model
-    backbone: str = "tiny"  # "tiny" (random init, built locally) or a HF directory / hub id
+    # "tiny" (random init, built locally; its family: `tiny.family`, also `--set family=...`) or a
+    # Hugging Face directory / hub id of any registered family (`sugar train --base DIR`)
+    backbone: str = "tiny"
     # a Sugar checkpoint whose weights start the run (a warm start: fresh optimiser and schedule,
     # no vision stage: its projector is already standardised), e.g. a continuation with another
     # data mix; None: `backbone` from scratch
@@ -34,7 +36,7 @@ class TrainConfig:
     sugar: SugarConfig = field(default_factory=SugarConfig)
     lora_rank: int = 0  # > 0: LoRA (peft) on the language model; 0: full training
     lora_alpha: int = 16
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lora_targets: tuple[str, ...] = ()  # LoRA's modules; empty: the family's (its attention projections)
     # optimisation
     steps: int = 400
     seed: int = 0
@@ -163,6 +165,8 @@ class TrainConfig:
             except json.JSONDecodeError:
                 changes[key] = raw
         current = self.to_dict()
+        if "family" in changes:  # the tiny base's family (model/families/), set at the top level
+            changes["tiny"] = {**current["tiny"], **changes.get("tiny", {}), "family": changes.pop("family")}
         for key in ("tiny", "sugar"):  # nested settings: merged, not replaced
             if isinstance(changes.get(key), dict):
                 changes[key] = {**current[key], **changes[key]}

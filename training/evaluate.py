@@ -153,7 +153,7 @@ class Evaluator:
         self.cfg = cfg or EvalConfig()
         self.split = split
         c = self.cfg
-        image_size = max(64, model.backbone.processor.image_processor.crop_size["height"])
+        image_size = max(64, model.backbone.input_image_size)
         if split == "heldout":
             self.pools = SyntheticPools("test", c.seed, c.n_scenes, c.n_pages, c.n_houses, 0, image_size)
         else:

@@ -85,7 +85,7 @@ class Trainer:
         self.module = TrainModule(self.model, c, self.timer)
         self.objective = SugarObjective(c, self.model.config.kernel, triple, self.group)
         self.model.train()
-        vision = {id(p) for p in vision_parameters(self.model.llava)}
+        vision = {id(p) for p in vision_parameters(self.model.backbone)}
         params = [p for m in (self.module, self.objective) for p in m.parameters() if p.requires_grad]
         self.vision_params = [p for p in params if id(p) in vision]
         groups = [{"params": [p for p in params if id(p) not in vision]}, {"params": self.vision_params}]

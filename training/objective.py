@@ -87,11 +87,8 @@ class TrainModule(nn.Module):
         self.timer = timer or PhaseTimer()
         self._image_tokens: list[torch.Tensor] = []
         self._projector = None
-        if cfg.image_reg > 0:
-            inner = getattr(getattr(model.backbone, "model", None), "model", None)
-            self._projector = getattr(inner, "multi_modal_projector", None)
-            if self._projector is None:
-                raise ValueError("image_reg > 0 needs a LLaVA backbone (a multi_modal_projector)")
+        if cfg.image_reg > 0:  # on the projector's output, whatever the family
+            self._projector = model.backbone.projector()
             self._projector.register_forward_hook(self._keep_image_tokens)
 
     def _keep_image_tokens(self, _module, _inputs, output) -> None:
@@ -111,7 +108,7 @@ class TrainModule(nn.Module):
         self._image_tokens = []
         device = self.model.backbone.device
         with self.timer("gen_forward"):
-            logits = [self.model.llava(**g.to(device).model_inputs()).logits for g in enc.gen]
+            logits = [self.model.vlm(**g.to(device).model_inputs()).logits for g in enc.gen]
         embs = None
         with self.timer("embed_forward"):
             if enc.embed:

@@ -39,16 +39,20 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def vision_parameters(llava: nn.Module) -> list[nn.Parameter]:
-    """The vision tower's and the projector's parameters of a LlavaForConditionalGeneration
-    (none for a model without them)."""
-    inner = getattr(llava, "model", None)
-    parts = [getattr(inner, name, None) for name in ("vision_tower", "multi_modal_projector")]
-    return [p for part in parts if part is not None for p in part.parameters()]
+def vision_parameters(backbone) -> list[nn.Parameter]:
+    """The vision encoder's and the projector's parameters (`Backbone.vision_modules`)."""
+    seen: set[int] = set()
+    out = []
+    for module in backbone.vision_modules():
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
 
 
-def set_vision_trainable(llava: nn.Module, trainable: bool) -> None:
-    for p in vision_parameters(llava):
+def set_vision_trainable(backbone, trainable: bool) -> None:
+    for p in vision_parameters(backbone):
         p.requires_grad_(trainable)
 
 
@@ -83,14 +87,14 @@ def train_vision(backbone, draw: Callable[[int], list[tuple[Image.Image, str]]],
                  lr: float = 2e-3, batch: int = 32, log_every: int = 50) -> list[dict]:
     """Stage 0: `steps` steps of the caption-words objective; `draw(step)` gives
     `batch` (image, caption) pairs. Returns the logged rows (step, vision_loss)."""
-    llava = backbone.model
+    vlm = backbone.model
     objective = CaptionWordsObjective(backbone.hidden_size, len(backbone.tokenizer))
-    params = vision_parameters(llava)
+    params = vision_parameters(backbone)
     opt = torch.optim.AdamW([*params, *objective.parameters()], lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))))
-    was = llava.training
-    llava.train()
+    was = vlm.training
+    vlm.train()
     rows = []
     for step in range(steps):
         pairs = draw(step)
@@ -106,7 +110,7 @@ def train_vision(backbone, draw: Callable[[int], list[tuple[Image.Image, str]]],
         if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             rows.append({"step": step + 1, "vision_loss": round(loss.item(), 4)})
             logger.info("vision stage step %d/%d vision_loss %.4f", step + 1, steps, loss.item())
-    llava.train(was)
+    vlm.train(was)
     return rows
 
 
@@ -118,24 +122,27 @@ def standardize_projector(backbone, images: Sequence[Image.Image], per_feature: 
     μ: the mean projector output over every token of `images` (the vector all
     image tokens share); σ: their RMS around it, one number (`per_feature`:
     one per feature, which also lifts near-constant features to full size);
-    τ: the RMS of the LM's text embedding table, times `scale`. A fixed affine map, so the
-    checkpoint stays a plain LLaVA; valid while the vision side stays frozen
+    τ: the RMS of the LM's text embedding table, times `scale`. A fixed affine map folded into
+    `Backbone.projector_output()`, so the checkpoint stays a plain model of its family; valid while the vision side stays frozen
     (or moves slowly). Returns the RMS ratio (image tokens / text) before and after.
     """
-    llava = backbone.model
-    was = llava.training
-    llava.eval()
-    proj = llava.model.multi_modal_projector
+    vlm = backbone.model
+    out_layer = backbone.projector_output()  # the projector's last linear layer
+    if out_layer.bias is None:
+        raise ValueError(f"standardize_projector: the {backbone.family} family's projector output layer has no "
+                         "bias to fold the centring into (use standardize_projector none)")
+    was = vlm.training
+    vlm.eval()
     text = float(backbone.text_embedding_rms())
     tau = text * scale
-    y = backbone.image_tokens(images).reshape(-1, proj.linear_2.out_features).float()
+    y = backbone.image_tokens(images).reshape(-1, out_layer.out_features).float()
     before = float(y.pow(2).mean().sqrt()) / text
     mu = y.mean(0)
     sd = (y.std(0) if per_feature else (y - mu).pow(2).mean().sqrt().expand_as(mu)) + eps
     scale = tau / sd
-    proj.linear_2.weight.mul_(scale[:, None].to(proj.linear_2.weight.dtype))
-    proj.linear_2.bias.copy_(((proj.linear_2.bias - mu) * scale).to(proj.linear_2.bias.dtype))
-    y2 = backbone.image_tokens(images).reshape(-1, proj.linear_2.out_features).float()
+    out_layer.weight.mul_(scale[:, None].to(out_layer.weight.dtype))
+    out_layer.bias.copy_(((out_layer.bias - mu) * scale).to(out_layer.bias.dtype))
+    y2 = backbone.image_tokens(images).reshape(-1, out_layer.out_features).float()
     after = float(y2.pow(2).mean().sqrt()) / text
-    llava.train(was)
+    vlm.train(was)
     return {"norm_ratio_before": round(before, 3), "norm_ratio_after": round(after, 3)}
