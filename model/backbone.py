@@ -8,7 +8,8 @@ accessors (`vision_modules`, `projector`, `decoder`, `lora_targets`)
 name what training freezes, standardises or adapts.
 
 A family (model/families/: LLaVA, Qwen2-VL, Idefics3/SmolVLM) is one subclass
-registered under the `model_type`s of its `config.json`. It says how images
+registered (`register`) under the `model_type`s of its `config.json`; `model.families`
+holds the registry's readers (`families`, `family_of`, `load_backbone`). It says how images
 become model inputs and how many tokens each one takes (`process_images`:
 the pixel inputs and each image's expansion text, which may depend on the
 image's size), which extra inputs the LM needs (`extra_inputs`, e.g. Qwen2-VL's
@@ -19,7 +20,6 @@ attributes; a family that passes tests/test_families.py is supported.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -409,6 +409,7 @@ class Backbone(ABC):
             (path / "chat_template.jinja").write_text(self.tokenizer.chat_template)
 
 
+# model_type -> family class (filled by model/families/ as its modules are imported)
 _REGISTRY: dict[str, type[Backbone]] = {}
 
 
@@ -417,54 +418,6 @@ def register(cls: type[Backbone]) -> type[Backbone]:
     for model_type in cls.model_types:
         _REGISTRY[model_type] = cls
     return cls
-
-
-def families() -> dict[str, type[Backbone]]:
-    """Every registered family by its name (importing model.families registers them)."""
-    from . import families as _  # noqa: F401 - registers the families
-
-    return {cls.family: cls for cls in _REGISTRY.values()}
-
-
-def _config_file(path: str | Path) -> Path:
-    """config.json of a local Hugging Face directory, or of a hub id ("org/name": fetched into
-    the Hugging Face cache, where the machine may reach the hub)."""
-    local = Path(path) / "config.json"
-    if local.is_file() or Path(path).exists() or str(path).count("/") != 1 or str(path).startswith((".", "/")):
-        if not local.is_file():
-            raise FileNotFoundError(f"{local}: missing (not a Hugging Face model directory)")
-        return local
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(str(path), "config.json"))
-    except Exception as e:  # offline, unknown repo, gated: say which and why
-        raise FileNotFoundError(f"{path}: not a local directory, and its config.json could not be fetched "
-                                f"from the hub ({type(e).__name__}); download the model and pass its directory") from None
-
-
-def family_of(path: str | Path) -> type[Backbone]:
-    """The family that loads the Hugging Face directory (or hub id) `path`, by its config.json."""
-    from . import families as _  # noqa: F401 - registers the families
-
-    cfg_file = _config_file(path)
-    try:
-        model_type = json.loads(cfg_file.read_text()).get("model_type")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file}: corrupt JSON ({e})") from None
-    cls = _REGISTRY.get(model_type)
-    if cls is None:
-        raise ValueError(
-            f"{cfg_file}: model_type {model_type!r} is not supported (supported: {sorted(_REGISTRY)})"
-        )
-    return cls
-
-
-def load_backbone(
-    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> Backbone:
-    """Load any registered family from a Hugging Face model directory."""
-    return family_of(path).from_pretrained(path, dtype=dtype, device=device)
 
 
 def assign_tokens_to_slices(
@@ -485,12 +438,3 @@ def assign_tokens_to_slices(
     kc = k.clamp_min(0)
     inside = (k >= 0) & (last < spans[kc, 1]) & (offsets[:, 1] > offsets[:, 0]) & valid
     return torch.where(inside, k, torch.full_like(k, -1))
-
-
-def __getattr__(name: str) -> Any:
-    """`LlavaBackbone` and `to_vllm_layout` moved to model/families/llava.py (old imports work)."""
-    if name in ("LlavaBackbone", "to_vllm_layout"):
-        from .families import llava
-
-        return getattr(llava, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,8 +28,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .backbone import Backbone, EncodedBatch, load_backbone
+from .backbone import Backbone, EncodedBatch
 from .config import SugarConfig
+from .families import load_backbone
 from .heads import SliceHeads, pool_slices, summary_vector
 from .prompts import embedding_prompt
 from .sample import Sample
@@ -319,7 +320,7 @@ def build_tiny_model(config: SugarConfig | None = None, tiny: Any = None, corpus
 
 def with_family_prompts(config: SugarConfig, family: str) -> SugarConfig:
     """`config` with the image placeholder of `family` (model/families/)."""
-    from .backbone import families
+    from .families import families
 
     known = families()
     if family not in known:

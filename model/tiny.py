@@ -9,11 +9,8 @@ directory loads in transformers and in vLLM.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
-
-import torch
 
 from .backbone import Backbone
 from .config import PromptFormat, TinyConfig
@@ -68,28 +65,6 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, fmt: PromptFormat, e
     return fast
 
 
-def dct_patch_init_(weight: torch.Tensor) -> None:
-    """Low-frequency 2-D DCT-II filters for a conv patch embedding [D, C, P, P].
-
-    Output channel i holds one unit-norm DCT basis image on one colour channel,
-    lowest frequencies first (u + v), cycling over the colour channels; the DC
-    filters make a patch's mean colour a fixed direction of its embedding. A
-    random patch embedding mixes pixels with random signs, so a partly covered
-    patch's colour lands on a direction that changes with where the object edge
-    falls; the LM then cannot read colour from a few object tokens within a
-    short budget. Only the init changes: the layer is still CLIP's conv.
-    """
-    d, c, p, _ = weight.shape
-    n = torch.arange(p, dtype=torch.float64)
-    freqs = sorted(((u, v) for u in range(p) for v in range(p)), key=lambda uv: (uv[0] + uv[1], uv))
-    with torch.no_grad():
-        for i in range(min(d, len(freqs) * c)):
-            u, v = freqs[i // c]
-            f = torch.outer(torch.cos(math.pi * (n + 0.5) * u / p), torch.cos(math.pi * (n + 0.5) * v / p))
-            weight[i].zero_()
-            weight[i, i % c] = (f / f.norm()).to(weight.dtype)
-
-
 def build_tiny(
     config: TinyConfig | None = None,
     out_dir: str | Path | None = None,
@@ -99,11 +74,14 @@ def build_tiny(
     """A random-init tiny backbone of `config.family` (model/families/), with a tokenizer
     trained here on `corpus` that carries the family's special tokens; saved to `out_dir`
     (vLLM-compatible) when given. `fmt.image_placeholder` must be the family's."""
-    from .backbone import families
+    from .families import families
 
     config = config or TinyConfig()
     fmt = fmt or PromptFormat()
-    cls = families()[config.family]
+    known = families()
+    if config.family not in known:
+        raise ValueError(f"unknown model family {config.family!r} (registered: {sorted(known)})")
+    cls = known[config.family]
     if fmt.image_placeholder != cls.placeholder:
         raise ValueError(f"the {cls.family} family's image placeholder is {cls.placeholder!r}, "
                          f"the prompt format's {fmt.image_placeholder!r}")

@@ -96,7 +96,7 @@ def main() -> int:
         print(f"gpu_smoke: skipped, no CUDA device (torch {torch.__version__}, "
               f"CUDA build: {torch.version.cuda or 'none'})")
         return 0
-    from model.backbone import families
+    from model.families import families
 
     print(f"gpu_smoke on {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
     results: list = []

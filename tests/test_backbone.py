@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model.backbone import LlavaBackbone, load_backbone
+from model.families import load_backbone
+from model.families.llava import LlavaBackbone
 from model.heads import pool_slices
 from model.prompts import embedding_prompt
 from model.sample import Sample
@@ -143,7 +144,7 @@ def test_unsupported_family_names_the_file(tmp_path):
 
 
 def test_dct_patch_init_reads_colour_the_same_wherever_the_object_edge_falls():
-    from model.tiny import dct_patch_init_
+    from model.families.llava import dct_patch_init_
 
     conv = torch.nn.Conv2d(3, 24, kernel_size=8, stride=8, bias=False)
     dct_patch_init_(conv.weight)
@@ -160,8 +161,8 @@ def test_dct_patch_init_reads_colour_the_same_wherever_the_object_edge_falls():
 
 
 def test_tiny_config_image_mean_and_patch_init_round_trip(tmp_path):
-    from model.backbone import LlavaBackbone
     from model.config import TinyConfig
+    from model.families.llava import LlavaBackbone
     from model.tiny import build_tiny
 
     with pytest.raises(ValueError, match="patch_init must be 'dct' or 'random'"):

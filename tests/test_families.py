@@ -16,8 +16,8 @@ import os
 import pytest
 import torch
 
-from model.backbone import families
 from model.config import SMOKE_TINY, SugarConfig, TinyConfig
+from model.families import families
 from model.prompts import chat_prompt
 from model.sample import Sample
 from model.sugar import SugarModel, build_tiny_model, with_family_prompts

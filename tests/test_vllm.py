@@ -166,7 +166,7 @@ def test_outage_turns_ready_red_and_503_then_recovers(stack):
 # served by vLLM twice — the generate runner for /generate and chat, the pooling runner for
 # the embeddings — against the in-process server on the same checkpoint and index.
 
-from model.backbone import families  # noqa: E402
+from model.families import families  # noqa: E402
 from tests.server_fixtures import b64_image as b64_png  # noqa: E402
 
 FAMILIES = sorted(families())

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from model.backbone import load_backbone
+from model.families import load_backbone
 from model.prompts import chat_template
 from model.sugar import SugarModel, with_family_prompts
 from model.teachers import CachedTeacher, TripleKernel, load_teacher

@@ -7,6 +7,7 @@ and crops it). The shipped checkpoint is one. Also here: the vLLM weight layout
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,6 @@ class LlavaBackbone(Backbone):
             LlavaProcessor,
         )
 
-        from ..tiny import dct_patch_init_
-
         vision = CLIPVisionConfig(
             hidden_size=config.vision_hidden, intermediate_size=config.vision_hidden * 4,
             num_hidden_layers=config.vision_layers, num_attention_heads=config.vision_heads,
@@ -142,6 +141,28 @@ class LlavaBackbone(Backbone):
             chat_template=tokenizer.chat_template,
         )
         return cls(model, processor)
+
+
+def dct_patch_init_(weight: torch.Tensor) -> None:
+    """Low-frequency 2-D DCT-II filters for a conv patch embedding [D, C, P, P].
+
+    Output channel i holds one unit-norm DCT basis image on one colour channel,
+    lowest frequencies first (u + v), cycling over the colour channels; the DC
+    filters make a patch's mean colour a fixed direction of its embedding. A
+    random patch embedding mixes pixels with random signs, so a partly covered
+    patch's colour lands on a direction that changes with where the object edge
+    falls; the LM then cannot read colour from a few object tokens within a
+    short budget. Only the init changes: the layer is still CLIP's conv.
+    """
+    d, c, p, _ = weight.shape
+    n = torch.arange(p, dtype=torch.float64)
+    freqs = sorted(((u, v) for u in range(p) for v in range(p)), key=lambda uv: (uv[0] + uv[1], uv))
+    with torch.no_grad():
+        for i in range(min(d, len(freqs) * c)):
+            u, v = freqs[i // c]
+            f = torch.outer(torch.cos(math.pi * (n + 0.5) * u / p), torch.cos(math.pi * (n + 0.5) * v / p))
+            weight[i].zero_()
+            weight[i, i % c] = (f / f.norm()).to(weight.dtype)
 
 
 def llama_kwargs(config: TinyConfig, tokenizer: Any) -> dict[str, Any]:
