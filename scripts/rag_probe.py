@@ -11,6 +11,17 @@ banners told in words.
     python scripts/rag_probe.py --steps 0                  # the checkpoint as it is
     python scripts/rag_probe.py --steps 300 --lr 1e-3 --gold-first 0.9 --context-order best_last \
         --kinds '{"rag": 0.7, "vqa": 0.3}'                 # lever H of docs/METHOD.md §11.6
+
+`--suite world` (issue #30) measures instead, over the same houses, every banner attribute
+(`attr:<attribute>`: the canonical question, the house ranked first of three documents, as the
+server's hybrid retrieval ranks a named house), every phrasing
+family (`family:<family>`, a random attribute; training/phrasing.py), and abstention: the
+share answered "not in the documents" where the documents cannot answer (`abstain:absent` —
+the house is not among them —, `abstain:unknown` — a held-out question about what banners do
+not show —, `abstain:text` — held-out licence passages, Apache-2.0 and GPL-3) and where they
+can (`false_abstain`, over the attribute and family items). `--linear-readout` first reports
+what a linear classifier reads from the frozen image tokens of the training scenes' banners
+(`readout:<attribute>` on the built-in houses): is the attribute in the tokens at all?
 """
 
 from __future__ import annotations
@@ -29,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.sample import Sample, Slice  # noqa: E402
 from model.sugar import SugarModel  # noqa: E402
 from training.collate import encode_gen  # noqa: E402
-from training.data import GenExample, SyntheticPools, builtin_houses  # noqa: E402
+from training.data import GenExample, SyntheticPools, builtin_houses, licence_passages  # noqa: E402
 from training.losses import GenerativeLoss  # noqa: E402
+from training.phrasing import ABSTAIN, FAMILIES, TEXT_HELD_OUT, unknown_question  # noqa: E402
 from training.schedule import warmup_cosine  # noqa: E402
 from training.vision import set_vision_trainable  # noqa: E402
+from training.world import ATTRIBUTES, answer_of  # noqa: E402
 
 LAYOUTS = ("k1", "k3-rank1", "k3-rank3", "k3", "k5", "text-k3")
 
@@ -51,7 +64,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--context-order", choices=["ranked", "best_last"],
                    help="the prompts' context order (model.config.PromptFormat; default: the checkpoint's)")
     p.add_argument("--question", choices=["colour", "shape"], default="colour",
-                   help="the banner question measured")
+                   help="the banner question measured (suite layouts)")
+    p.add_argument("--suite", choices=["layouts", "world"], default="layouts",
+                   help="layouts: one question in six context layouts; world: every attribute, every "
+                   "phrasing family, abstention")
+    p.add_argument("--linear-readout", action="store_true",
+                   help="first: a linear readout of each banner attribute from the frozen image tokens")
+    p.add_argument("--families", default=None,
+                   help="JSON list: the phrasing families training draws (default: training/phrasing.TRAINED)")
     p.add_argument("--houses", type=int, default=1500, help="training houses (train split)")
     p.add_argument("--eval-houses", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
@@ -83,21 +103,92 @@ def eval_set(n: int, seed: int, question: str = "colour") -> list[tuple[str, Gen
     return out
 
 
+def world_set(n: int, seed: int) -> list[tuple[str, GenExample]]:
+    """(key, example) of the world suite (module docstring) for the first `n` built-in houses."""
+    every = builtin_houses()
+    rng = random.Random(seed)
+    texts = licence_passages(held_out=True)
+    out = []
+
+    def among(h, k=3):  # ranked first, as served (the prompt's order: the checkpoint's context_order)
+        return [o.document() for o in [h, *rng.sample([o for o in every if o is not h], k - 1)]]
+
+    def q(s):
+        return Sample([Slice.of_text(s)])
+
+    for h in every[:n]:
+        for attr in ATTRIBUTES:
+            _, question, answer = h.question(rng, "canonical", (attr,))
+            out.append((f"attr:{attr}", GenExample(q(question), answer, "rag", documents=among(h))))
+        for family in FAMILIES:
+            _, question, answer = h.question(rng, family)
+            out.append((f"family:{family}", GenExample(q(question), answer, "rag", documents=among(h))))
+        absent = [o.document() for o in rng.sample([o for o in every if o is not h], 3)]
+        out.append(("abstain:absent", GenExample(q(h.question(rng)[1]), ABSTAIN, "abstain", documents=absent)))
+        out.append(("abstain:unknown", GenExample(q(unknown_question(h.name, True, rng)), ABSTAIN, "abstain",
+                                                  documents=among(h))))
+        if texts:
+            out.append(("abstain:text", GenExample(q(rng.choice(TEXT_HELD_OUT)), ABSTAIN, "abstain",
+                                                   documents=[q(t) for t in rng.sample(texts, 2)])))
+    return out
+
+
 def accuracy(model: SugarModel, items: list[tuple[str, GenExample]]) -> dict[str, float]:
+    """Teacher-forced first answer token right, per key; `false_abstain`: the share of the
+    answerable items (attr:, family:) whose first token is the abstention's."""
     vlm = model.vlm
     was = vlm.training
     vlm.eval()
     hits: dict[str, list[bool]] = {}
+    abstain_first = None
     with torch.no_grad():
         for i in range(0, len(items), 32):
             chunk = items[i : i + 32]
             batch, labels = encode_gen(model, [ex for _, ex in chunk])
             logits = vlm(**batch.model_inputs()).logits
-            for j, (layout, _) in enumerate(chunk):
+            for j, (key, ex) in enumerate(chunk):
                 pos = int((labels[j] != -100).nonzero()[0])
-                hits.setdefault(layout, []).append(int(logits[j, pos - 1].argmax()) == int(labels[j, pos]))
+                pred = int(logits[j, pos - 1].argmax())
+                hits.setdefault(key, []).append(pred == int(labels[j, pos]))
+                if ex.answer == ABSTAIN:
+                    abstain_first = int(labels[j, pos])
+                elif key.startswith(("attr:", "family:")):
+                    hits.setdefault("false_abstain", []).append(pred == abstain_first)
     vlm.train(was)
-    return {k: round(sum(v) / len(v), 3) for k, v in hits.items()}
+    out = {k: round(sum(v) / len(v), 3) for k, v in hits.items()}
+    if "false_abstain" in out and abstain_first is None:
+        del out["false_abstain"]
+    return out
+
+
+def linear_readout(model: SugarModel, houses: int, seed: int, steps: int = 300) -> dict[str, float]:
+    """Is each banner attribute in the frozen image tokens? A linear classifier per attribute on
+    the tokens (concatenated, standardised per feature) of training-split banners, scored on the
+    built-in houses' banners (held-out (shape, colour) combinations)."""
+    pools = SyntheticPools("train", seed, 0, 0, houses)
+    train = [h.banner for h in pools.houses]
+    test = [h.banner for h in builtin_houses()]
+    with torch.no_grad():
+        feats = [model.backbone.image_tokens([b.render() for b in group]).flatten(1).float()
+                 for group in (train, test)]
+    mu, sd = feats[0].mean(0), feats[0].std(0) + 1e-6
+    xtr, xte = ((f - mu) / sd for f in feats)
+    out = {}
+    for attr in ATTRIBUTES:
+        labels = sorted({answer_of(b, attr) for b in train + test})
+        ytr = torch.tensor([labels.index(answer_of(b, attr)) for b in train])
+        yte = torch.tensor([labels.index(answer_of(b, attr)) for b in test])
+        g = torch.Generator().manual_seed(seed)
+        lin = torch.nn.Linear(xtr.shape[1], len(labels))
+        torch.nn.init.normal_(lin.weight, std=0.01, generator=g)
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-3)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(lin(xtr), ytr)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[f"readout:{attr}"] = round(float((lin(xte).argmax(1) == yte).float().mean()), 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -107,7 +198,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = SugarModel.from_pretrained(a.init)
     if a.context_order:
         model.config.prompts.context_order = a.context_order
-    items = eval_set(a.eval_houses, a.seed + 99, a.question)
+    items = (world_set if a.suite == "world" else lambda n, s: eval_set(n, s, a.question))(a.eval_houses, a.seed + 99)
+    if a.linear_readout:
+        print(linear_readout(model, a.houses, a.seed), flush=True)
     rows = [{"step": 0, **accuracy(model, items)}]
     print(rows[-1], flush=True)
     if not a.steps:
@@ -115,6 +208,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     kinds = json.loads(a.kinds)
     pools = SyntheticPools("train", a.seed, 1500, 0, a.houses)
     pools.gold_first = a.gold_first
+    if a.families:
+        pools.families = tuple(json.loads(a.families))
     rng = random.Random(a.seed + 1)
     vlm = model.vlm
     set_vision_trainable(model.backbone, a.train_vision)

@@ -65,15 +65,25 @@ def test_interleaved_documents_have_2_to_6_slices_alternating():
         assert doc.modalities == ["image", "text"] * len(scenes)
 
 
+def asked(ex, pools) -> str:
+    """The name of the house a question asks about (any phrasing: case, word order)."""
+    q = ex.query.slices[0].text.lower()
+    [name] = [h.name for h in pools.houses if f"house {h.name.lower()}" in q]
+    return name
+
+
 def test_rag_sample_places_gold_at_requested_position():
+    from training.world import answer_of
+
     pools = SyntheticPools("train", 0, 10, 2, 12)
     rng = random.Random(0)
     for pos in range(5):
         ex = pools.rag_example(rng, k=5, position=pos)
         assert len(ex.documents) == 5
-        name = ex.query.slices[0].text.split("House ")[1].rstrip("?")
+        name = asked(ex, pools)
         assert ex.documents[pos].metadata["house"] == name
-        assert ex.answer in COLORS or ex.answer in SHAPES
+        banner = next(h.banner for h in pools.houses if h.name == name)
+        assert ex.answer in {answer_of(banner, a) for a in ATTRIBUTES}
 
 
 def test_rag_gold_first_puts_the_gold_document_at_rank_one_that_often():
@@ -86,7 +96,7 @@ def test_rag_gold_first_puts_the_gold_document_at_rank_one_that_often():
         rng, hits = random.Random(0), 0
         for _ in range(400):
             ex = pools.rag_example(rng, k=4)
-            hits += ex.documents[0].metadata["house"] == ex.query.slices[0].text.split("House ")[1].rstrip("?")
+            hits += ex.documents[0].metadata["house"] == asked(ex, pools)
         return hits / 400
 
     assert first_share(1.0) == 1.0
@@ -96,14 +106,18 @@ def test_rag_gold_first_puts_the_gold_document_at_rank_one_that_often():
 
 def test_binding_examples_tell_the_banners_in_words():
     pools = SyntheticPools("train", 0, 10, 2, 12)
+    from training.world import answer_of
+
     ex = pools.gen_example(random.Random(3), {"bind": 1.0})
-    name = ex.query.slices[0].text.split("House ")[1].rstrip("?")
+    name = asked(ex, pools)
     house = next(h for h in pools.houses if h.name == name)
     assert ex.kind == "bind" and 2 <= len(ex.documents) <= 5
     assert all(d.modalities == ["text"] for d in ex.documents)
     told = [d.slices[0].text for d in ex.documents if f"House {name}:" in d.slices[0].text]
-    assert told == [f"The banner of House {name}: a {house.banner.color} {house.banner.shape}."]
-    assert ex.answer in (house.banner.color, house.banner.shape)
+    b = house.banner
+    tex = "striped " if b.texture == "striped" else ""
+    assert told == [f"The banner of House {name}: a {b.size} {b.color} {tex}{b.shape} on the {b.position}."]
+    assert ex.answer in {answer_of(b, a) for a in ATTRIBUTES}
 
 
 def _decoupled(kind: str, n: int) -> list[tuple[object, str, set[tuple[int, ...]]]]:
@@ -155,3 +169,56 @@ def test_knowledge_docs_bind_names_to_banners():
     doc = kb[0].document()
     assert doc.modalities == ["text", "image"]
     assert kb[0].name in doc.slices[0].text
+
+
+def test_phrasing_families_ask_the_same_question_differently():
+    """training/phrasing.py: every family of every banner attribute names the house and the
+    attribute; canonical is the README's form; the held-out families are never drawn in training."""
+    from training.phrasing import FAMILIES, HELD_OUT, TRAINED, banner_question, pick_family, vqa_question
+
+    rng = random.Random(0)
+    cue = {"color": ("colour", "color"), "shape": ("shape",), "size": ("small",), "texture": ("striped",),
+           "count": ("how many", "count", "number"), "position": ("where", "part", "sit")}
+    assert banner_question("color", "Vyd", "canonical", rng) == "What colour is the banner of House Vyd?"
+    for attr in ATTRIBUTES:
+        seen = set()
+        for family in FAMILIES:
+            for _ in range(6):
+                q = banner_question(attr, "Vyd", family, rng)
+                seen.add(q)
+                assert "house vyd" in q.lower() and any(c in q.lower() for c in cue[attr]), (attr, family, q)
+                assert vqa_question(attr, False, family, rng)
+        assert len(seen) >= 8  # families differ
+    assert "color" in banner_question("color", "Vyd", "spelling", rng)
+    for _ in range(10):
+        q = banner_question("size", "Vyd", "case", rng)
+        assert q in (q.lower(), q.upper())
+    drawn = {pick_family(rng) for _ in range(500)}
+    assert drawn == set(TRAINED) and not drawn & set(HELD_OUT)
+
+
+def test_abstention_examples_cannot_be_answered_from_their_documents():
+    from training.data import licence_passages
+    from training.phrasing import ABSTAIN, UNKNOWN_TRAINED
+
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    rng = random.Random(0)
+    kinds = set()
+    for _ in range(60):
+        ex = pools.gen_example(rng, {"abstain": 1.0})
+        kinds.add(ex.kind)
+        assert ex.answer == ABSTAIN
+        q = ex.query.slices[0].text.lower()
+        names = [h.name for h in pools.houses if f"house {h.name.lower()}" in q]
+        in_docs = [d.metadata.get("house") for d in ex.documents]
+        if ex.kind == "abstain-absent":
+            assert names and names[0] not in in_docs  # the asked house is not among the documents
+        elif ex.kind == "abstain-unknown":
+            assert names[0] in in_docs and any(t.format(n=names[0]).lower() == q for t in UNKNOWN_TRAINED)
+        else:
+            assert ex.kind == "abstain-text" and all(d.modalities == ["text"] and not d.metadata for d in ex.documents)
+    assert kinds == {"abstain-absent", "abstain-unknown", "abstain-text"}
+    held_out = licence_passages(held_out=True)
+    trained = licence_passages(held_out=False)
+    assert held_out and trained and not set(held_out) & set(trained)
+    assert any("Apache License" in t for t in held_out) and not any("Apache License, Version 2.0" in t for t in trained)

@@ -15,6 +15,7 @@ from typing import Any
 
 from model.config import CONTEXT_ORDERS, SMOKE_TINY, SugarConfig, TinyConfig
 
+from .phrasing import FAMILIES, TRAINED
 from .world import SEEN_NAME_OFFSET
 
 ABLATIONS = ("joint", "gen_only", "disc_only", "no_ga", "no_triple", "last_token")
@@ -89,6 +90,9 @@ class TrainConfig:
     # own — `sugar.prompts` for a new model, as saved for a warm start)
     rag_gold_first: float = 0.0
     context_order: str | None = None
+    # the question phrasing families training draws from (training/phrasing.py: canonical 40 %,
+    # else one of these); the evaluation also asks the held-out ones
+    phrasings: tuple[str, ...] = TRAINED
     gen_kinds: dict[str, float] = field(
         default_factory=lambda: {"caption": 0.15, "vqa": 0.55, "rag": 0.2, "fashion": 0.1})
     pair_kinds: dict[str, float] = field(
@@ -129,6 +133,10 @@ class TrainConfig:
             raise ValueError("rag_gold_first must be a probability (0..1)")
         if self.context_order is not None and self.context_order not in CONTEXT_ORDERS:
             raise ValueError(f"context_order must be one of {CONTEXT_ORDERS}, got {self.context_order!r}")
+        self.phrasings = tuple(self.phrasings)
+        unknown = sorted(set(self.phrasings) - set(FAMILIES))
+        if unknown or not self.phrasings:
+            raise ValueError(f"phrasings must be a non-empty list of {FAMILIES}, got unknown {unknown}")
         if self.vision_lr_scale < 0:
             raise ValueError("vision_lr_scale must be >= 0")
         if self.ablation not in ABLATIONS:

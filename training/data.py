@@ -27,6 +27,7 @@ from PIL import Image
 from model.jsonl import Document, GenerativeRecord, PairRecord, RagRecord, read_jsonl
 from model.sample import Sample, Slice
 
+from .phrasing import ABSTAIN, TEXT_TRAINED, TRAINED, pick_family, unknown_question
 from .world import (
     ATTRIBUTES,
     BLOB,
@@ -108,6 +109,35 @@ def fashion_image(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(255 - arr, mode="L").convert("RGB")
 
 
+# ------------------------------------------------------------------ real text
+
+LICENCE_DIR = Path("/usr/share/common-licenses")  # Debian's base-files: on every Debian system
+# the licences the evaluation asks about (never trained on): its out-of-world set
+EVAL_LICENCES = ("Apache-2.0", "GPL-3")
+
+
+def licence_passages(held_out: bool, root: Path = LICENCE_DIR, chars: int = 240) -> list[str]:
+    """Real text outside the world: passages of about `chars` characters (whole words) of the
+    licence texts Debian ships — `EVAL_LICENCES` when `held_out`, every other one otherwise.
+    Empty where the directory is missing (the abstention examples then draw other kinds)."""
+    if not root.is_dir():
+        return []
+    files = sorted(f for f in root.iterdir() if f.is_file() and not f.is_symlink()
+                   and (f.name in EVAL_LICENCES) == held_out)
+    out: list[str] = []
+    for f in files:
+        words = f.read_text(errors="replace").split()
+        cur: list[str] = []
+        for w in words:
+            cur.append(w)
+            if sum(len(x) + 1 for x in cur) >= chars:
+                out.append(" ".join(cur))
+                cur = []
+        if len(" ".join(cur)) > chars // 2:
+            out.append(" ".join(cur))
+    return out
+
+
 def fashion_catalog_doc(label: int) -> Sample:
     name = FASHION_CLASSES[label]
     return Sample([Slice.of_text(f"Catalog entry: {name}. This category shows {FASHION_DESCRIPTIONS[label]}.")],
@@ -179,6 +209,9 @@ class SyntheticPools:
             self.twins.append(tw)
         self.pages = [interleaved_document(self.split, rng, i) for i in range(n_pages)]
         self.houses: list[Knowledge] = knowledge_base(self.split, n_houses, house_offset)
+        # question phrasings drawn for training (training/phrasing.py; TrainConfig.phrasings)
+        self.families: tuple[str, ...] = TRAINED
+        self._licences: list[str] | None = None  # real-text passages (abstention), read when first asked
         self._images: dict[tuple, Image.Image] = {}
         # examples of one kind drawn as another (Fashion-MNIST absent): counted, reported in
         # training.json (`data_report`) and logged by the trainer
@@ -270,8 +303,10 @@ class SyntheticPools:
                               sc.caption(), "caption")
         if kind == "vqa":
             sc = rng.choice(self.scenes)
-            qtype, q, a = vqa_for(sc, rng)
+            qtype, q, a = vqa_for(sc, rng, pick_family(rng, self.families))
             return GenExample(Sample([Slice.of_image(self.image(sc)), Slice.of_text(q)]), a, f"vqa-{qtype}")
+        if kind == "abstain":
+            return self.abstain_example(rng)
         if kind == "blob":
             return self.decoupled_example(rng, (BLOB,), tuple(COLORS), "color", kind)
         if kind == "offcolour":
@@ -308,8 +343,36 @@ class SyntheticPools:
         pos = (0 if rng.random() < self.gold_first else rng.randrange(k)) if position is None else position
         ctx = [h.document() for h in distractors]
         ctx.insert(pos, house.document())
-        _, q, a = house.question(rng)
+        _, q, a = house.question(rng, pick_family(rng, self.families))
         return GenExample(text(q), a, "rag", documents=ctx)
+
+    def abstain_example(self, rng: random.Random) -> GenExample:
+        """A question the documents cannot answer, answered `ABSTAIN`: the asked house is not
+        among them (4 in 10), they do not show the asked thing (a motto, a founder: 3 in 10), or
+        they are real text outside the world — licence passages asked about, or asked a banner
+        question (3 in 10; Debian's licences but the two the evaluation asks about)."""
+        r = rng.random()
+        house = rng.choice(self.houses)
+        if r < 0.3 and self.licences:
+            ctx = [text(t) for t in rng.sample(self.licences, rng.choice([1, 2]))]
+            q = rng.choice(TEXT_TRAINED) if rng.random() < 0.6 else house.question(
+                rng, pick_family(rng, self.families))[1]
+            return GenExample(text(q), ABSTAIN, "abstain-text", documents=ctx)
+        k = rng.choice([1, 2, 3, 4, 5])
+        others = rng.sample([h for h in self.houses if h is not house], k)
+        if r < 0.6:
+            ctx = [h.document() for h in others[: k - 1]]
+            ctx.insert(0 if rng.random() < self.gold_first else rng.randrange(k), house.document())
+            return GenExample(text(unknown_question(house.name, False, rng)), ABSTAIN, "abstain-unknown",
+                              documents=ctx)
+        _, q, _ = house.question(rng, pick_family(rng, self.families))
+        return GenExample(text(q), ABSTAIN, "abstain-absent", documents=[h.document() for h in others])
+
+    @property
+    def licences(self) -> list[str]:
+        if self._licences is None:
+            self._licences = licence_passages(held_out=False)
+        return self._licences
 
     def binding_example(self, rng: random.Random, k: int) -> GenExample:
         """The RAG task with the banners told in words: k houses' documents as text (\"The
@@ -319,7 +382,7 @@ class SyntheticPools:
         houses = rng.sample(self.houses, k)
         house = rng.choice(houses)
         ctx = [text(h.in_words()) for h in houses]
-        _, q, a = house.question(rng)
+        _, q, a = house.question(rng, pick_family(rng, self.families))
         return GenExample(text(q), a, "bind", documents=ctx)
 
     # ----------------------------------------------------------- pairs
@@ -340,7 +403,7 @@ class SyntheticPools:
             return PairExample(interleaved_query(scenes, rng), doc, "page")
         if kind == "knowledge":
             house = rng.choice(self.houses)
-            _, q, _ = house.question(rng)
+            _, q, _ = house.question(rng, pick_family(rng, self.families))
             return PairExample(text(q), house.document(), "knowledge")
         if kind == "fashion":
             imgs, labels = self.fashion  # type: ignore[misc]

@@ -249,27 +249,28 @@ class WorldSplit:
 COLOR_QUESTION, SHAPE_QUESTION = "What colour is the shape?", "What shape is shown?"
 
 
-def vqa_for(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
-    """(question type, question, answer) for a scene."""
+def answer_of(scene: Scene, attribute: str) -> str:
+    """The answer word of a one-image question about `attribute`."""
+    if attribute == "count":
+        return COUNT_WORDS[scene.count]
+    return str(getattr(scene, attribute))
+
+
+def vqa_for(scene: Scene, rng: random.Random, family: str = "canonical") -> tuple[str, str, str]:
+    """(question type, question, answer) for a scene, the question phrased in `family`
+    (training/phrasing.py; "canonical" draws exactly what it always drew)."""
+    from .phrasing import _family_text, vqa_question
+
     if scene.relation:
         rel = rng.choice(RELATIONS)
         q = (f"Is the {scene.color} {scene.shape} {rel} the {scene.other_color} "
              f"{scene.other_shape}?")
+        if family != "canonical":
+            q = _family_text(q, family, rng)
         return "relation", q, "yes" if rel == scene.relation else "no"
     types = ["color", "shape", "size", "texture", "count"] + (["position"] if scene.count == 1 else [])
     t = rng.choice(types)
-    one = scene.count == 1
-    if t == "color":
-        return t, COLOR_QUESTION if one else "What colour are the shapes?", scene.color
-    if t == "shape":
-        return t, SHAPE_QUESTION, scene.shape
-    if t == "size":
-        return t, "Is the shape small or large?" if one else "Are the shapes small or large?", scene.size
-    if t == "texture":
-        return t, "Is it striped or solid?", scene.texture
-    if t == "count":
-        return t, "How many shapes are there?", COUNT_WORDS[scene.count]
-    return t, "Where is the shape?", scene.position
+    return t, vqa_question(t, scene.count != 1, family, rng), answer_of(scene, t)
 
 
 # ------------------------------------------------------------------ knowledge
@@ -308,17 +309,24 @@ class Knowledge:
 
     def in_words(self) -> str:
         """The document's banner told in words (the `bind` examples)."""
-        return f"The banner of House {self.name}: a {self.banner.color} {self.banner.shape}."
+        b = self.banner
+        tex = "striped " if b.texture == "striped" else ""
+        return f"The banner of House {self.name}: a {b.size} {b.color} {tex}{b.shape} on the {b.position}."
 
     def questions(self) -> list[str]:
-        return [f"What colour is the banner of House {self.name}?",
-                f"What shape is on the banner of House {self.name}?"]
+        """The canonical question of every banner attribute."""
+        from .phrasing import banner_question
 
-    def question(self, rng: random.Random) -> tuple[str, str, str]:
-        colour, shape = self.questions()
-        if rng.random() < 0.5:
-            return "color", colour, self.banner.color
-        return "shape", shape, self.banner.shape
+        rng = random.Random(0)
+        return [banner_question(a, self.name, "canonical", rng) for a in ATTRIBUTES]
+
+    def question(self, rng: random.Random, family: str = "canonical",
+                 attributes: tuple[str, ...] = ATTRIBUTES) -> tuple[str, str, str]:
+        """(attribute, question, answer) about one banner attribute, phrased in `family`."""
+        from .phrasing import banner_question
+
+        attribute = rng.choice(attributes)
+        return attribute, banner_question(attribute, self.name, family, rng), answer_of(self.banner, attribute)
 
 
 SEEN_NAME_OFFSET = 20_000  # training pools must hold fewer houses than this

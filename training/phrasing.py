@@ -1,0 +1,193 @@
+"""How questions are asked: phrasing families for the world's VQA and banner questions.
+
+A model that learned one sentence per question answers that sentence and breaks on a change
+of case or word order (issue #30: the README's question in lower case was answered "no").
+Every question here is built from a *family* of phrasings:
+
+| family | what changes | example (banner colour) |
+|---|---|---|
+| `canonical` | nothing (the README's form) | What colour is the banner of House Vyd? |
+| `order` | word order | On the banner of House Vyd, what colour is the shape? |
+| `synonym` | other words, same question | Which colour does the banner of House Vyd have? |
+| `case` | lower or upper case | what colour is the banner of house vyd? |
+| `spelling` | US spelling | What color is the banner of House Vyd? |
+| `request` | a request, not a question | Tell me the colour of the banner of House Vyd. |
+| `punctuation` | the question mark dropped or doubled | What colour is the banner of House Vyd |
+| `extra` | extra words around it | Quick question: what colour is the banner of House Vyd, please? |
+
+`TRAINED` families appear in training; `HELD_OUT` ones only in the evaluation (`sugar eval`
+prints accuracy by family), so a held-out score near the trained one says the model reads
+the question, not its surface.
+
+`ABSTAIN` is the one answer for a question the documents cannot answer: the asked house is
+not among them, they do not show the asked thing (a motto, a founder), or they are not of
+this world at all (real text such as licences). `UNKNOWN_*` are such questions, in a trained
+and a held-out set.
+"""
+
+from __future__ import annotations
+
+import random
+
+FAMILIES = ("canonical", "order", "synonym", "case", "spelling", "request", "punctuation", "extra")
+TRAINED = ("canonical", "order", "synonym", "case", "spelling", "request")
+HELD_OUT = ("punctuation", "extra")
+
+ABSTAIN = "not in the documents"
+
+# banner questions: attribute -> family -> templates ({n}: the house name). Families without
+# an entry (spelling for attributes without a UK/US difference) fall back to canonical.
+BANNER: dict[str, dict[str, tuple[str, ...]]] = {
+    "color": {
+        "canonical": ("What colour is the banner of House {n}?",),
+        "order": ("On the banner of House {n}, what colour is the shape?", "House {n}'s banner: what colour is it?"),
+        "synonym": ("Which colour does the banner of House {n} have?", "What is the colour of House {n}'s banner?"),
+        "spelling": ("What color is the banner of House {n}?", "Which color does the banner of House {n} have?"),
+        "request": ("Tell me the colour of the banner of House {n}.", "Name the colour of House {n}'s banner."),
+    },
+    "shape": {
+        "canonical": ("What shape is on the banner of House {n}?",),
+        "order": ("On the banner of House {n}, what shape is shown?", "House {n}'s banner: what shape is on it?"),
+        "synonym": ("Which shape does the banner of House {n} show?", "What is the shape on House {n}'s banner?"),
+        "request": ("Tell me the shape on the banner of House {n}.", "Name the shape on House {n}'s banner."),
+    },
+    "size": {
+        "canonical": ("Is the shape on the banner of House {n} small or large?",),
+        "order": ("On the banner of House {n}, is the shape small or large?",
+                  "House {n}'s banner: is its shape small or large?"),
+        "synonym": ("How big is the shape on the banner of House {n}, small or large?",
+                    "Is the shape on House {n}'s banner large or small?"),
+        "request": ("Tell me whether the shape on the banner of House {n} is small or large.",
+                    "Say if the shape on House {n}'s banner is small or large."),
+    },
+    "texture": {
+        "canonical": ("Is the banner of House {n} striped or solid?",),
+        "order": ("On the banner of House {n}, is the shape striped or solid?",
+                  "House {n}'s banner: is it striped or solid?"),
+        "synonym": ("Is the shape on House {n}'s banner solid or striped?",
+                    "Does the banner of House {n} show a striped or a solid shape?"),
+        "request": ("Tell me whether the banner of House {n} is striped or solid.",
+                    "Say if House {n}'s banner is solid or striped."),
+    },
+    "count": {
+        "canonical": ("How many shapes are on the banner of House {n}?",),
+        "order": ("On the banner of House {n}, how many shapes are there?",
+                  "House {n}'s banner: how many shapes does it show?"),
+        "synonym": ("What number of shapes does the banner of House {n} show?",
+                    "Count the shapes on House {n}'s banner: how many?"),
+        "request": ("Tell me how many shapes are on the banner of House {n}.",
+                    "Count the shapes on the banner of House {n}."),
+    },
+    "position": {
+        "canonical": ("Where is the shape on the banner of House {n}?",),
+        "order": ("On the banner of House {n}, where is the shape?", "House {n}'s banner: where is its shape?"),
+        "synonym": ("In which part of the banner of House {n} is the shape?",
+                    "Where on House {n}'s banner does the shape sit?"),
+        "request": ("Tell me where the shape is on the banner of House {n}.",
+                    "Say where the shape sits on House {n}'s banner."),
+    },
+}
+
+# VQA questions about one image: attribute -> family -> templates ({o}: "shape" or "shapes",
+# {be}: "is" or "are"); multi-object scenes use the plural
+VQA: dict[str, dict[str, tuple[str, ...]]] = {
+    "color": {
+        "canonical": ("What colour {be} the {o}?",),
+        "order": ("The {o}: what colour {be} {it}?",),
+        "synonym": ("Which colour {do} the {o} have?", "What is the colour of the {o}?"),
+        "spelling": ("What color {be} the {o}?", "Which color {do} the {o} have?"),
+        "request": ("Tell me the colour of the {o}.", "Name the colour of the {o}."),
+    },
+    "shape": {
+        "canonical": ("What shape is shown?",),
+        "order": ("Shown here: what shape is it?",),
+        "synonym": ("Which shape can be seen?", "What is the shape in the image?"),
+        "request": ("Tell me the shape in the image.", "Name the shape shown."),
+    },
+    "size": {
+        "canonical": ("{Be} the {o} small or large?",),
+        "order": ("The {o}: small or large?",),
+        "synonym": ("How big {be} the {o}, small or large?", "{Be} the {o} large or small?"),
+        "request": ("Tell me whether the {o} {be} small or large.",),
+    },
+    "texture": {
+        "canonical": ("Is it striped or solid?",),
+        "order": ("Striped or solid: which is it?",),
+        "synonym": ("Is it solid or striped?", "Does the image show striped or solid shapes?"),
+        "request": ("Tell me whether it is striped or solid.",),
+    },
+    "count": {
+        "canonical": ("How many shapes are there?",),
+        "order": ("Shapes in the image: how many are there?",),
+        "synonym": ("What number of shapes is shown?", "How many shapes can be seen?"),
+        "request": ("Tell me how many shapes there are.", "Count the shapes."),
+    },
+    "position": {
+        "canonical": ("Where is the shape?",),
+        "order": ("The shape: where is it?",),
+        "synonym": ("In which part of the image is the shape?", "Where does the shape sit?"),
+        "request": ("Tell me where the shape is.",),
+    },
+}
+
+_EXTRA = (("Quick question: ", ""), ("", " Thanks!"), ("I would like to know: ", ""), ("Please: ", ""),
+          ("", " Answer in one word."))
+
+# questions whose answer no banner document holds (trained / held out of training)
+UNKNOWN_TRAINED = ("What is the motto of House {n}?", "Who founded House {n}?", "Where is the castle of House {n}?",
+                   "Which animal is on the banner of House {n}?")
+UNKNOWN_HELD_OUT = ("How old is House {n}?", "What is the name of the lord of House {n}?")
+
+# questions about real text (licences) whose answers the world's model cannot read
+TEXT_TRAINED = ("What does this license say about warranty?", "Who holds the copyright?",
+                "Can I redistribute the software?", "What are the conditions for modification?",
+                "Does the license allow commercial use?")
+TEXT_HELD_OUT = ("Does the Apache License grant a patent license?", "What is the warranty under the GPL?",
+                 "Which version of the license applies?")
+
+
+def _family_text(text: str, family: str, rng: random.Random) -> str:
+    """The surface changes of the families that do not change the words."""
+    if family == "case":
+        return text.lower() if rng.random() < 0.75 else text.upper()
+    if family == "punctuation":
+        base = text.rstrip("?.!")
+        return base + rng.choice(("", " ?", "??", "?!", " .", "..."))
+    if family == "extra":
+        pre, post = rng.choice(_EXTRA)
+        base = text[0].lower() + text[1:] if pre else text
+        return pre + base + post
+    return text
+
+
+def _pick(options: tuple[str, ...], rng: random.Random) -> str:
+    return options[0] if len(options) == 1 else rng.choice(options)  # one option draws nothing
+
+
+def _templates(table: dict[str, tuple[str, ...]], family: str) -> tuple[str, ...]:
+    # case, punctuation and extra words change the surface of a canonical or synonym phrasing
+    if family in ("case", "punctuation", "extra"):
+        return table["canonical"] + table.get("synonym", ())
+    return table.get(family) or table["canonical"]
+
+
+def banner_question(attribute: str, name: str, family: str, rng: random.Random) -> str:
+    """A question about the banner of House `name`, phrased in `family`."""
+    text = _pick(_templates(BANNER[attribute], family), rng).format(n=name)
+    return _family_text(text, family, rng)
+
+
+def vqa_question(attribute: str, plural: bool, family: str, rng: random.Random) -> str:
+    """A question about the one image, phrased in `family`."""
+    words = {"o": "shapes" if plural else "shape", "be": "are" if plural else "is",
+             "Be": "Are" if plural else "Is", "do": "do" if plural else "does", "it": "they" if plural else "it"}
+    return _family_text(_pick(_templates(VQA[attribute], family), rng).format(**words), family, rng)
+
+
+def unknown_question(name: str, held_out: bool, rng: random.Random) -> str:
+    return rng.choice(UNKNOWN_HELD_OUT if held_out else UNKNOWN_TRAINED).format(n=name)
+
+
+def pick_family(rng: random.Random, families: tuple[str, ...] = TRAINED) -> str:
+    """A family for a training question: canonical half the time, else any trained one."""
+    return "canonical" if rng.random() < 0.4 else rng.choice(families)
