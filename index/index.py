@@ -1,6 +1,8 @@
-"""`DocumentIndex`: a durable FAISS index of interleaved documents, two-stage retrieval.
+"""`DocumentIndex`: a durable index of interleaved documents, two-stage retrieval, on one
+storage backend (index/backends/: the embedded SQLite + FAISS directory, or PostgreSQL +
+pgvector); the index itself has no backend branches.
 
-Layout of an index directory:
+Layout of an embedded index directory (index/backends/embedded.py):
     store.sqlite (+ -wal, -shm)   the document store: the source of truth
     faiss.index, faiss.meta.json  the latest vector snapshot (checksum, change seq)
 
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import uuid
 from collections.abc import Sequence
@@ -47,20 +48,15 @@ import torch
 
 from model.kernels import KernelSettings, pad_sequences
 from model.sample import Sample
+from model.search import LEXICAL_WEIGHT, SEARCH_MODES, SearchParams
 
-from .pg import is_database_url
-from .store import DocumentStore, IndexRefused, StoredDocument
-from .vectors import VectorIndex, VectorSettings
+from .backends import Backend, Store, Vectors, open_backend
+from .store import IndexRefused, StoredDocument
+from .vectors import VectorSettings
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-STORE_FILE = "store.sqlite"
-SEARCH_MODES = ("dense", "hybrid", "lexical")
-# hybrid: the BM25 side's share of the fused score (`_fuse`); above one half, so that when the
-# two sides disagree completely (the best words in the document the embedding ranks last) the
-# words win: what a name, an id or a caption's words ask for
-LEXICAL_WEIGHT = 0.6
 
 
 @dataclass
@@ -106,42 +102,31 @@ class DocumentIndex:
         snapshot_every: int = 1000,
         repair: bool = False,
         inspect: bool = False,
+        backend: Backend | None = None,
     ) -> None:
         """`path`: an index directory (SQLite + FAISS), or a `postgresql://` URL (index/pg.py:
         one collection shared by every process that opens it).
         `repair`: accept a store behind its snapshot and rebuild (the recovery command).
         `inspect`: open as found, without rebuilding a snapshot that disagrees with the
-        store, so `verify` can report it (the server and writers rebuild instead)."""
-        self.repair, self.inspect = repair, inspect
+        store, so `verify` can report it (the server and writers rebuild instead).
+        `backend`: an opened backend instead of `path`'s (a collection: index/collections.py)."""
         self.settings = settings or VectorSettings()
         self.snapshot_every = snapshot_every
         self._writes_since_snapshot = 0
         self._maintenance = threading.Lock()
-        self.shared = is_database_url(path)
-        self.store: DocumentStore
-        self.vectors: VectorIndex
-        if self.shared:
-            from .pg import PgStore, PgVectors
+        self.backend: Backend = backend if backend is not None else open_backend(path, self.settings)
+        self.where, self.path = self.backend.where, self.backend.path
+        with self.backend.opening():
+            self._init_meta(dim, embedding_version, kernel)
+            self.backend.open_vectors(self.dim, self.embedding_version, repair, inspect)
 
-            pg = PgStore(str(path))
-            self.store = pg  # type: ignore[assignment]  # the DocumentStore interface
-            self.where = pg.where  # the URL without its password: messages, stats
-            self.path = Path(".")  # no directory of its own
-            self._init_meta(dim, embedding_version, kernel)
-            self.vectors = PgVectors(pg, lambda: self.embedding_version)  # type: ignore[assignment]
-            return
-        self.path = Path(path)
-        self.where = str(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        try:
-            self.store = DocumentStore(self.path / STORE_FILE)
-            self._init_meta(dim, embedding_version, kernel)
-            self.vectors = self._open_vectors()
-        except sqlite3.DatabaseError as e:
-            raise IndexRefused(
-                f"{self.path / STORE_FILE}: not a readable SQLite database ({e}); the store is the "
-                "source of truth and cannot be rebuilt from FAISS: restore the index directory from "
-                "a backup (README: backing up an index)") from None
+    @property
+    def store(self) -> Store:
+        return self.backend.store
+
+    @property
+    def vectors(self) -> Vectors:
+        return self.backend.vectors
 
     # ------------------------------------------------------------ open
     def _init_meta(self, dim: int | None, version: str | None, kernel: KernelSettings | None) -> None:
@@ -170,52 +155,6 @@ class DocumentIndex:
         self.kernel = KernelSettings(**json.loads(s.get_meta("kernel") or "{}"))
         if kernel is not None:
             self.kernel = kernel
-
-    def _open_vectors(self) -> VectorIndex:
-        try:
-            vi, seq = VectorIndex.load(self.path, self.settings)
-        except FileNotFoundError:
-            return self._rebuild_from_store("no snapshot yet" if self.store.count() else None)
-        except ValueError as e:
-            return self._rebuild_from_store(f"snapshot rejected: {e}")
-        last = self.store.last_seq()
-        if seq > last:
-            # the snapshot has seen commits the store no longer has (e.g. its -wal file was
-            # deleted): acknowledged documents are gone, so never come up as if all were well
-            if not self.repair:
-                raise IndexRefused(
-                    f"{self.path / STORE_FILE}: behind its FAISS snapshot (store change {last} < "
-                    f"snapshot change {seq}): the store lost committed writes (a deleted -wal file?). "
-                    f"Restore the directory from a backup, or accept the loss with "
-                    f"`sugar index rebuild --index {self.path}`")
-            return self._rebuild_from_store(f"store behind the snapshot ({last} < {seq}), repair requested")
-        changes = self.store.changes_after(seq)
-        if changes:
-            adds = [fid for _, op, fid in changes if op == "add"]
-            dels = [fid for _, op, fid in changes if op == "del"]
-            live = self.store.summaries_of(adds, self.embedding_version)
-            present = vi.ids()
-            vi.remove([f for f in dels if f in present or f in live])
-            new = [f for f in adds if f in live and f not in present]
-            if new:
-                vi.add(np.array(new, np.int64), np.stack([live[f] for f in new]))
-            logger.info("%s: replayed %d changes committed after the snapshot", self.path, len(changes))
-        if not self.inspect and vi.ids() != self.store.fids(self.embedding_version):
-            return self._rebuild_from_store("snapshot and store hold different documents after replay")
-        return vi
-
-    def _rebuild_from_store(self, reason: str | None) -> VectorIndex:
-        if reason:
-            logger.warning("%s: rebuilding the vector index from the store (%s)", self.path, reason)
-        fids, vecs = [], []
-        for f, v in self.store.summaries(self.embedding_version):
-            fids.append(f)
-            vecs.append(v)
-        fid_a = np.concatenate(fids) if fids else np.zeros(0, np.int64)
-        vec_a = np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32)
-        vi = VectorIndex.build(self.dim, self.settings, fid_a, vec_a)
-        vi.save(self.path, self.store.last_seq())
-        return vi
 
     # ------------------------------------------------------------ writes
     def _check(self, emb: DocumentVectors, version: str | None) -> None:
@@ -262,9 +201,7 @@ class DocumentIndex:
             self._apply(added, deleted)
 
     def _apply(self, added: list[tuple[int, np.ndarray]], deleted: list[int]) -> None:
-        self.vectors.remove(deleted)
-        if added:
-            self.vectors.add(np.array([f for f, _ in added], np.int64), np.stack([v for _, v in added]))
+        self.backend.apply(added, deleted)
         self._writes_since_snapshot += 1
         if self._writes_since_snapshot >= self.snapshot_every:
             self.snapshot()
@@ -272,27 +209,19 @@ class DocumentIndex:
             self.rebuild()
 
     def snapshot(self) -> None:
-        if self.shared:  # the database is the index: nothing to snapshot
-            return
         # lock order everywhere: the store's write lock, then maintenance
         with self.store.write_lock, self._maintenance:
-            self.vectors.save(self.path, self.store.last_seq())
+            self.backend.snapshot()
             self._writes_since_snapshot = 0
 
     def rebuild(self, index_type: str | None = None) -> None:
         """Rebuild the vector index from the store (drops tombstones; can change type)."""
-        if self.shared:
-            self.store.reindex(self.dim)  # type: ignore[attr-defined]
-            return
         with self.store.write_lock:
-            if index_type:
-                self.settings.type = index_type
-                self.store.set_meta({"index_type": index_type})
-            self.vectors = self._rebuild_from_store(None)
+            self.backend.rebuild(self.dim, self.embedding_version, index_type)
 
     def close(self) -> None:
         self.snapshot()
-        self.store.close()
+        self.backend.close()
 
     def __enter__(self) -> DocumentIndex:
         return self
@@ -310,33 +239,51 @@ class DocumentIndex:
     def count(self) -> int:
         return self.store.count()
 
-    def search(
-        self,
-        query: DocumentVectors,
-        k: int = 10,
-        k_prime: int | None = None,
-        filters: dict[str, Any] | None = None,
-        rerank: bool = True,
-        exact_filter_limit: int = 20_000,
-        with_images: bool = False,
-        text: str = "",
-        mode: str = "dense",
-        lexical_weight: float | None = None,
-    ) -> list[Hit]:
-        """Top-k documents: ANN on g, then GA rerank over slice vectors (`rerank`); with
-        `mode` "lexical" or "hybrid", BM25 over `text` (the query's words) alone or fused
-        with the dense ranking (see the module docstring); `lexical_weight` in [0, 1] is the
-        BM25 side's share of the fused score (default LEXICAL_WEIGHT).
+    # what ingestion asks (index.ingest), never reaching into the store itself
+    def fids(self, version: str | None = None) -> set[int]:
+        return self.store.fids(version)
+
+    def samples_with_version_not(self, version: str, limit: int) -> list[Sample]:
+        return self.store.samples_with_version_not(version, limit)
+
+    def source_documents(self, source: str) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+        return self.store.source_documents(source)
+
+    def sources(self) -> dict[str, int]:
+        return self.store.sources()
+
+    def existing_ids(self, ids: Sequence[str]) -> dict[str, str | None]:
+        return self.store.existing_ids(ids)
+
+    def check_available(self) -> None:
+        """StoreUnavailable when the store cannot take writes now (readiness, before writes)."""
+        self.store.check_files()
+
+    def rebuild_lexical(self) -> None:
+        self.store.rebuild_lexical()
+
+    def search(self, query: DocumentVectors, params: SearchParams | None = None, text: str = "", *,
+               rerank: bool = True, exact_filter_limit: int = 20_000, **options: Any) -> list[Hit]:
+        """Top `params.k` documents: ANN on g, then GA rerank over slice vectors (`rerank`); with
+        mode "lexical" or "hybrid", BM25 over `text` (the query's words) alone or fused with the
+        dense ranking (see the module docstring). `options` (k, k_prime, filters, mode,
+        lexical_weight, with_images) build the SearchParams of a call that names them; an unset
+        mode here is "dense", the unset hybrid weight LEXICAL_WEIGHT.
 
         Each hit carries its StoredDocument (`with_images`: image bytes loaded for the
         top k only); candidates deleted between the ANN step and the read are skipped."""
-        weight = self._check_query(query, mode, lexical_weight)
-        if k <= 0:
+        try:
+            params = (params or SearchParams()).replace(**options) if options else (params or SearchParams())
+        except (TypeError, ValueError) as e:
+            raise IndexRefused(str(e)) from None
+        mode = params.mode or "dense"
+        weight = self._check_query(query, mode, params.lexical_weight)
+        if params.k <= 0:
             return []
-        k_prime = max(k, k_prime or 5 * k)
+        k, k_prime = params.k, params.candidates
         allowed: set[int] | None = None
-        if filters:
-            allowed = set(self.store.matching_fids(filters))
+        if params.filters:
+            allowed = set(self.store.matching_fids(params.filters))
             if not allowed:
                 return []
         ann = dict(self._dense_candidates(query.summary, allowed, k_prime, exact_filter_limit)
@@ -356,7 +303,7 @@ class DocumentIndex:
         # equal fused scores keep the dense order (lexical hits carry no dense score)
         hits.sort(key=lambda h: (-h.score, -(h.dense_score or 0.0)))
         hits = hits[:k]
-        if with_images:
+        if params.with_images:
             for h in hits:
                 self.store.load_images(h.document)  # type: ignore[arg-type]
         return hits
@@ -421,7 +368,6 @@ class DocumentIndex:
 
     # ------------------------------------------------------------ maintenance
     def stats(self) -> dict[str, Any]:
-        files = [] if self.shared else [p for p in self.path.iterdir() if p.is_file()]
         return {
             "count": self.store.count(),
             "dim": self.dim,
@@ -430,14 +376,10 @@ class DocumentIndex:
             "tombstones": len(self.vectors.tombstones),
             "embedding_version": self.embedding_version,
             "embedding_versions": self.store.version_counts(),
-            "size_bytes": self._size_bytes(files),
+            "size_bytes": self.backend.size_bytes(),
             "path": self.where,
+            "backend": self.backend.kind,
         }
-
-    def _size_bytes(self, files: list[Path]) -> int:
-        if self.shared:
-            return self.store.size_bytes()  # type: ignore[attr-defined]  # the tables' size
-        return sum(p.stat().st_size for p in files)
 
     def verify(self) -> tuple[bool, list[str]]:
         """FAISS and the store agree: same ids, same count, same vectors (sampled)."""
@@ -449,19 +391,11 @@ class DocumentIndex:
         if self.vectors.count != len(store_ids):
             problems.append(f"count differs: store {len(store_ids)}, FAISS {self.vectors.count}")
         sample = sorted(store_ids & faiss_ids)[:: max(1, len(store_ids) // 200)]
-        if sample and self.vectors.kind == "flat":
-            stored = self.store.summaries_of(sample)
-            for f in sample:
-                v = self.vectors.index.reconstruct(int(f))
-                if not np.allclose(v, stored[f], atol=1e-6):
-                    problems.append(f"vector of fid {f} differs between FAISS and the store")
-                    break
+        problems += self.backend.problems(sample)
         text_ids, all_ids = self.store.lexical_fids(), self.store.fids()
         if text_ids != all_ids:
             problems.append(f"text index differs from the store: {len(all_ids - text_ids)} documents missing, "
                             f"{len(text_ids - all_ids)} extra (sugar index rebuild refills it)")
-        if self.shared:
-            problems += self.store.problems()  # type: ignore[attr-defined]
         versions = self.store.version_counts()
         if len(versions) > 1:
             problems.append(f"mixed embedding versions (an unfinished re-embedding?): {versions}")
@@ -490,13 +424,9 @@ class DocumentIndex:
         """Switch the index to `version` (and `dim`) before re-embedding, so searches never mix
         versions: the vector index then holds only documents already re-embedded."""
         with self.store.write_lock:
-            if self.shared and dim != self.dim and self.store.count():
-                raise IndexRefused(f"{self.where}: re-embedding into another dimension ({self.dim} -> {dim}) is not "
-                                   "supported on PostgreSQL: export, and import into a new database")
+            self.backend.switch_version(dim, version, self.dim)
             self.store.set_meta({"embedding_version": version, "dim": dim})
             self.embedding_version, self.dim = version, dim
-            if not self.shared:
-                self.vectors = self._rebuild_from_store(None)
 
     def replace_vectors(self, docs: Sequence[tuple[Sample, DocumentVectors]], version: str) -> None:
         """New vectors for stored documents (their slices and metadata unchanged), one transaction."""

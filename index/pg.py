@@ -137,13 +137,28 @@ class _Rows(list):
         return list(self)
 
 
-class PgStore(ThreadConnections):
-    """The `DocumentStore` interface on PostgreSQL; one connection per thread."""
+def write_lock_key(schema: str | None) -> int:
+    """The advisory lock of a collection's writers: WRITE_LOCK for the default (public) tables,
+    a key derived from the schema's name for the others (collections write in parallel)."""
+    if schema is None:
+        return WRITE_LOCK
+    import hashlib
 
-    def __init__(self, url: str) -> None:
+    return int.from_bytes(hashlib.sha256(schema.encode()).digest()[:7], "big")
+
+
+class PgStore(ThreadConnections):
+    """The `DocumentStore` interface on PostgreSQL; one connection per thread. `schema`: the
+    PostgreSQL schema of a collection's tables (index/collections.py; None: the default
+    collection's, in `public`), set as each connection's search path."""
+
+    def __init__(self, url: str, schema: str | None = None) -> None:
         import psycopg
 
-        self.url, self.where = url, redact(url)
+        self.url, self.where, self.schema = url, redact(url), schema
+        if schema is not None:
+            self.where = f"{self.where} (schema {schema})"
+        self.lock_key = write_lock_key(schema)
         self._local = threading.local()
         self.write_lock = threading.RLock()  # this process's writers; replicas: the advisory lock
         self.path = self.where
@@ -154,8 +169,9 @@ class PgStore(ThreadConnections):
             raise IndexRefused(f"cannot connect to PostgreSQL at {self.where}: {reason}") from None
         self._check_pgvector(c)
         with c.transaction():
-            c.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
+            if schema is None:
+                c.execute("CREATE EXTENSION IF NOT EXISTS vector")
             for stmt in SCHEMA:
                 c.execute(stmt)
 
@@ -176,7 +192,9 @@ class PgStore(ThreadConnections):
 
         c = getattr(self._local, "conn", None)
         if c is None or c.closed or c.broken:
-            c = psycopg.connect(self.url, autocommit=True, connect_timeout=10, prepare_threshold=None)
+            # a collection's tables first, pgvector's types from public
+            options = {} if self.schema is None else {"options": f"-c search_path={self.schema},public"}
+            c = psycopg.connect(self.url, autocommit=True, connect_timeout=10, prepare_threshold=None, **options)
             self._local.conn = c
         return c
 
@@ -213,7 +231,7 @@ class PgStore(ThreadConnections):
     def set_meta(self, items: dict[str, Any]) -> None:
         with self.write_lock, self.conn.transaction():
             c = self.conn
-            c.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
             for k, v in items.items():
                 c.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
                           " SET value = EXCLUDED.value", (k, str(v)))
@@ -243,7 +261,7 @@ class PgStore(ThreadConnections):
             c = self.conn
             try:
                 with c.transaction():
-                    c.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    c.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
                     return apply_write(
                         docs, replace, delete_ids, metadata_updates, lambda i: self._delete(c, i),
                         lambda d: self._insert(c, d[0], d[1], d[2], d[3], version),
@@ -295,7 +313,7 @@ class PgStore(ThreadConnections):
         with self.write_lock:
             c = self.conn
             with c.transaction():
-                c.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                c.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
                 for doc_id, vectors, summary in rows:
                     old = c.execute("DELETE FROM docs WHERE id = %s RETURNING fid, metadata::text, slices, created",
                                     (doc_id,)).fetchone()
@@ -365,7 +383,7 @@ class PgStore(ThreadConnections):
         """Recompute every document's postings from its slices (one transaction)."""
         with self.write_lock, self.conn.transaction():
             c = self.conn
-            c.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
             c.execute("DELETE FROM postings")
             for fid, slices in c.execute("SELECT fid, slices FROM docs").fetchall():
                 tokens = lexical_tokens("\n".join(s["text"] for s in slices if s["type"] == "text"))
@@ -425,7 +443,7 @@ class PgStore(ThreadConnections):
     def reindex(self, dim: int) -> None:
         """The HNSW index built again (the recovery command's part)."""
         with self.write_lock, self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
             self.conn.execute("SET LOCAL maintenance_work_mem = '1GB'")  # the graph in memory: no spill
             self.conn.execute("DROP INDEX IF EXISTS docs_summary_hnsw")
             self._prepare_vectors(dim)
@@ -435,7 +453,8 @@ class PgStore(ThreadConnections):
         there and valid, and every document's postings add up to its token count."""
         out = []
         row = self._read("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                         " WHERE c.relname = 'docs_summary_hnsw'").fetchone()
+                         " WHERE c.relname = 'docs_summary_hnsw' AND c.relnamespace = current_schema()::regnamespace"
+                         ).fetchone()
         if row is None or not row[0]:
             out.append("the HNSW index on the summary vectors is missing or invalid (sugar index rebuild)")
         bad = self._read("SELECT count(*) FROM docs d WHERE d.n_tokens IS DISTINCT FROM"
@@ -446,7 +465,7 @@ class PgStore(ThreadConnections):
 
     def size_bytes(self) -> int:
         return int(self._read(
-            "SELECT sum(pg_total_relation_size(t)) FROM unnest(ARRAY['docs', 'blobs', 'postings', 'meta']) t"
+            "SELECT sum(pg_total_relation_size(t::regclass)) FROM unnest(ARRAY['docs', 'blobs', 'postings', 'meta']) t"
         ).fetchone()[0] or 0)
 
 

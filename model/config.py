@@ -86,6 +86,11 @@ class SugarConfig:
     length_normalization: str = "mean_length"  # "mean_length" | "none"
     # prompts
     prompts: PromptFormat = field(default_factory=PromptFormat)
+    # abstention (issue #30): with retrieved documents, the answer is `model.prompts.ABSTAIN_ANSWER`
+    # when the first answer token's margin for it (its log-probability minus the best other
+    # token's) is at least this; calibrated on the evaluation split (`sugar eval --calibrate`).
+    # None: the checkpoint does not abstain. Generation only: not in the embedding version.
+    abstain_threshold: float | None = None
     # bookkeeping
     format_version: int = FORMAT_VERSION
     embedding_version: str = ""
@@ -114,7 +119,10 @@ class SugarConfig:
         return KernelSettings(self.kernel_sigma, self.kernel_gamma, self.length_normalization)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["abstain_threshold"] is None:  # unset: a file older code reads too
+            del out["abstain_threshold"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SugarConfig:

@@ -132,6 +132,11 @@ def answer_text(answer: str, eos: str = "</s>") -> str:
     return " " + answer + eos
 
 
+# the one answer to a question the retrieved documents cannot answer (trained: training/phrasing.py;
+# served: a checkpoint with `abstain_threshold` answers it, with finish_reason "abstained")
+ABSTAIN_ANSWER = "not in the documents"
+
+
 def chat_template(fmt: PromptFormat, eos: str = "</s>") -> str:
     """Jinja chat template equivalent to `chat_prompt` (content: string or parts)."""
 

@@ -226,6 +226,22 @@ class SugarModel(nn.Module):
         return self.config.embed_dim
 
 
+def abstain_token(backbone: Backbone) -> int:
+    """The first token of the abstention answer as a generation target writes it."""
+    from .prompts import ABSTAIN_ANSWER, answer_text
+
+    with backbone.lock:
+        return int(backbone.tokenizer(answer_text(ABSTAIN_ANSWER, ""), add_special_tokens=False)["input_ids"][0])
+
+
+def abstain_margin(logits: torch.Tensor, token: int) -> torch.Tensor:
+    """[B] the next-token log-probability of `token` minus the best other token's ([B, V] logits)."""
+    lp = torch.log_softmax(logits.float(), -1)
+    other = lp.clone()
+    other[:, token] = float("-inf")
+    return lp[:, token] - other.max(-1).values
+
+
 def check_checkpoint(path: str | Path) -> SugarConfig:
     """Every file a checkpoint needs is there and intact (no weights are loaded);
     raises CheckpointError naming the first file that is missing or corrupt."""

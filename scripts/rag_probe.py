@@ -44,7 +44,7 @@ from training.data import GenExample, SyntheticPools, builtin_houses, licence_pa
 from training.losses import GenerativeLoss  # noqa: E402
 from training.phrasing import ABSTAIN, FAMILIES, TEXT_HELD_OUT, unknown_question  # noqa: E402
 from training.schedule import warmup_cosine  # noqa: E402
-from training.vision import set_vision_trainable  # noqa: E402
+from training.vision import set_vision_trainable, vision_parameters  # noqa: E402
 from training.world import ATTRIBUTES, answer_of  # noqa: E402
 
 LAYOUTS = ("k1", "k3-rank1", "k3-rank3", "k3", "k5", "text-k3")
@@ -78,6 +78,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-vision", action="store_true",
                    help="train the vision tower and projector too (default: frozen, as in the staged recipe)")
+    p.add_argument("--vision-lr-scale", type=float, default=1.0,
+                   help="with --train-vision: the vision side's learning rate as a multiple of --lr")
     p.add_argument("--save", default="", help="save the continued model here (SugarModel.save_pretrained)")
     return p.parse_args(argv)
 
@@ -214,7 +216,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     vlm = model.vlm
     set_vision_trainable(model.backbone, a.train_vision)
     params = [p for p in vlm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
+    vision = {id(p) for p in vision_parameters(model.backbone)}
+    opt = torch.optim.AdamW([{"params": [p for p in params if id(p) not in vision]},
+                             {"params": [p for p in params if id(p) in vision], "lr": a.lr * a.vision_lr_scale}],
+                            lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, a.steps, 20, 0.05))
     gen_loss = GenerativeLoss()
     vlm.train()

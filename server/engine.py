@@ -37,7 +37,8 @@ class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    finish_reason: str  # "stop" | "length" | "cancelled" | "abstained"
+    abstained: bool = False  # the documents cannot answer: `text` is the fixed abstention answer
 
     def __post_init__(self) -> None:
         # a multi-byte character cut by max_tokens decodes as U+FFFD; engines render
@@ -55,6 +56,21 @@ async def complete_chars(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
         held = d[len(kept):]
         if kept:
             yield kept
+
+
+@dataclass(frozen=True)
+class Abstain:
+    """A checkpoint's abstention (SugarConfig.abstain_threshold): before decoding, the margin of
+    the answer's first token `token` (its log-probability minus the best other token's); at or
+    above `threshold` the answer is `text` (finish_reason "abstained"), below it the token is
+    barred from the decoding, so the two never disagree."""
+
+    token: int
+    threshold: float
+    text: str
+
+    def abstained(self, prompt_tokens: int) -> GenerationResult:
+        return GenerationResult(self.text, prompt_tokens, 0, "abstained", abstained=True)
 
 
 @dataclass
@@ -85,12 +101,14 @@ class Engine(ABC):
 
     @abstractmethod
     async def generate(self, messages: Messages, max_tokens: int, temperature: float,
-                       prepared: Prepared | None = None) -> GenerationResult: ...
+                       prepared: Prepared | None = None, abstain: Abstain | None = None) -> GenerationResult: ...
 
     @abstractmethod
     def stream(self, messages: Messages, max_tokens: int, temperature: float,
-               result: list[GenerationResult], prepared: Prepared | None = None) -> AsyncIterator[str]:
-        """Yield text deltas; append the final GenerationResult to `result` at the end."""
+               result: list[GenerationResult], prepared: Prepared | None = None,
+               abstain: Abstain | None = None) -> AsyncIterator[str]:
+        """Yield text deltas; append the final GenerationResult to `result` at the end (an
+        abstention streams its fixed text as one delta)."""
 
     @abstractmethod
     async def check(self) -> None:
@@ -126,11 +144,14 @@ class HFEngine(Engine):
         return Prepared(len(ids), self.backbone.batch_from_ids(ids, images))
 
     def _run(self, messages: Messages, max_tokens: int, temperature: float, streamer=None,
-             cancel: threading.Event | None = None, prepared: Prepared | None = None) -> GenerationResult:
+             cancel: threading.Event | None = None, prepared: Prepared | None = None,
+             abstain: Abstain | None = None) -> GenerationResult:
         if self.poisoned:
             raise EngineError(self.poisoned)
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
+
+        from model.sugar import abstain_margin
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):  # noqa: ARG002
@@ -138,13 +159,20 @@ class HFEngine(Engine):
 
         batch = (prepared or self.prepare(messages)).batch.to(self.backbone.device)
         sampling = temperature > 0
+        barred = {}
+        if abstain is not None:
+            with torch.no_grad():
+                logits = self.backbone.model(**batch.model_inputs()).logits[:, -1]
+            if float(abstain_margin(logits, abstain.token)[0]) >= abstain.threshold:
+                return abstain.abstained(int(batch.input_ids.shape[1]))
+            barred = {"bad_words_ids": [[abstain.token]]}
         with torch.no_grad():
             out = self.backbone.model.generate(
                 **batch.model_inputs(), max_new_tokens=max_tokens, do_sample=sampling,
                 temperature=temperature if sampling else None, top_p=None, top_k=None,
                 pad_token_id=self.backbone.tokenizer.pad_token_id,
                 eos_token_id=self.backbone.tokenizer.eos_token_id, streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                stopping_criteria=StoppingCriteriaList([Cancelled()]), **barred,
             )
         new = out[0, batch.input_ids.shape[1]:]
         eos = self.backbone.tokenizer.eos_token_id
@@ -155,18 +183,19 @@ class HFEngine(Engine):
         return GenerationResult(text, int(batch.input_ids.shape[1]), n, reason)
 
     async def generate(self, messages: Messages, max_tokens: int, temperature: float,
-                       prepared: Prepared | None = None) -> GenerationResult:
+                       prepared: Prepared | None = None, abstain: Abstain | None = None) -> GenerationResult:
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         try:
             return await loop.run_in_executor(self.pool, self._run, messages, max_tokens, temperature, None, cancel,
-                                              prepared)
+                                              prepared, abstain)
         except asyncio.CancelledError:
             cancel.set()
             raise
 
     async def stream(self, messages: Messages, max_tokens: int, temperature: float,
-                     result: list[GenerationResult], prepared: Prepared | None = None) -> AsyncIterator[str]:
+                     result: list[GenerationResult], prepared: Prepared | None = None,
+                     abstain: Abstain | None = None) -> AsyncIterator[str]:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.backbone.tokenizer, skip_prompt=True, skip_special_tokens=True,
@@ -174,7 +203,7 @@ class HFEngine(Engine):
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self.pool, self._run, messages, max_tokens, temperature, streamer, cancel,
-                                   prepared)
+                                   prepared, abstain)
         first = True
         try:
             while True:
@@ -183,14 +212,17 @@ class HFEngine(Engine):
                 except StopIteration:
                     break
                 except Exception:  # queue.Empty after the timeout: give the loop a turn
-                    if fut.done() and fut.exception() is not None:
+                    if fut.done():  # finished (an abstention feeds no streamer) or failed
                         break
                     await asyncio.sleep(0.005)
                     continue
                 if chunk:
                     yield chunk.lstrip() if first else chunk
                     first = False
-            result.append(await fut)
+            res = await fut
+            if res.abstained:
+                yield res.text
+            result.append(res)
         finally:
             cancel.set()  # a disconnected client stops the decoding
 
@@ -258,18 +290,46 @@ class VLLMEngine(Engine):
             out.append({"role": role, "content": content})
         return out
 
-    async def _body(self, messages: Messages, max_tokens: int, temperature: float, stream: bool) -> dict:
+    async def _body(self, messages: Messages, max_tokens: int, temperature: float, stream: bool,
+                    abstain: Abstain | None = None) -> dict:
         body = {"model": await self._model(), "messages": self._messages(messages), "max_tokens": max_tokens,
                 "temperature": temperature, "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
+        if abstain is not None:  # not abstaining: the abstention's first token is barred
+            body["logit_bias"] = {str(abstain.token): -100}
         return body
 
-    async def generate(self, messages: Messages, max_tokens: int, temperature: float,
-                       prepared: Prepared | None = None) -> GenerationResult:
+    async def _abstains(self, messages: Messages, abstain: Abstain) -> GenerationResult | None:
+        """The abstention's margin from vLLM's first-token log-probabilities (its top 20; when
+        the token is not among them its margin is below the 20th's, which is below the
+        threshold unless the threshold is lower still: then it counts as that bound)."""
         import httpx
 
-        body = await self._body(messages, max_tokens, temperature, False)
+        body = {**await self._body(messages, 1, 0.0, False), "logprobs": True, "top_logprobs": 20,
+                "return_tokens_as_token_ids": True}
+        try:
+            r = await self.client.post(self.url + "/v1/chat/completions", json=body)
+        except httpx.HTTPError as e:
+            raise EngineError(f"vLLM at {self.url} unreachable ({type(e).__name__})") from None
+        if r.status_code != 200:
+            raise EngineError(f"vLLM answered {r.status_code}: {r.text[:200]}")
+        data = r.json()
+        top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        lps = {int(t["token"].removeprefix("token_id:")): float(t["logprob"]) for t in top}
+        own = lps.pop(abstain.token, min(lps.values()) if lps else float("-inf"))
+        margin = own - max(lps.values(), default=float("-inf"))
+        if margin >= abstain.threshold:
+            return abstain.abstained((data.get("usage") or {}).get("prompt_tokens", 0))
+        return None
+
+    async def generate(self, messages: Messages, max_tokens: int, temperature: float,
+                       prepared: Prepared | None = None, abstain: Abstain | None = None) -> GenerationResult:
+        import httpx
+
+        if abstain is not None and (res := await self._abstains(messages, abstain)) is not None:
+            return res
+        body = await self._body(messages, max_tokens, temperature, False, abstain)
         try:
             r = await self.client.post(self.url + "/v1/chat/completions", json=body)
         except httpx.HTTPError as e:
@@ -283,10 +343,15 @@ class VLLMEngine(Engine):
                                 usage.get("completion_tokens", 0), choice.get("finish_reason") or "stop")
 
     async def stream(self, messages: Messages, max_tokens: int, temperature: float,
-                     result: list[GenerationResult], prepared: Prepared | None = None) -> AsyncIterator[str]:
+                     result: list[GenerationResult], prepared: Prepared | None = None,
+                     abstain: Abstain | None = None) -> AsyncIterator[str]:
         import httpx
 
-        body = await self._body(messages, max_tokens, temperature, True)
+        if abstain is not None and (res := await self._abstains(messages, abstain)) is not None:
+            yield res.text
+            result.append(res)
+            return
+        body = await self._body(messages, max_tokens, temperature, True, abstain)
         usage: dict[str, Any] = {}
         text, reason, first = "", "stop", True
         try:
@@ -334,4 +399,4 @@ def make_engine(settings, model: SugarModel) -> Engine:
     return HFEngine(model)
 
 
-__all__ = ["Engine", "EngineError", "GenerationResult", "HFEngine", "VLLMEngine", "make_engine"]
+__all__ = ["Abstain", "Engine", "EngineError", "GenerationResult", "HFEngine", "VLLMEngine", "make_engine"]

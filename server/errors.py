@@ -151,7 +151,7 @@ async def store_failed(request: Request, exc: sqlite3.DatabaseError):
     """The store failed under a request: a 503 naming why (its files changed under the
     process, or SQLite's own error), never a 500."""
     try:
-        request.app.state.service.index.store.check_files()
+        request.app.state.service.index.check_available()
     except StoreUnavailable as e:
         return error(503, "index_unavailable", str(e))
     return error(503, "index_unavailable", f"the index store failed ({exc})")

@@ -33,13 +33,14 @@ from index.ingest import (
 from index.ingest.chunking import TokenizerCount
 from index.ingest.readers import ReadOptions
 from model.backbone import Backbone
-from model.prompts import Part, Prompt, rag_parts
+from model.prompts import ABSTAIN_ANSWER, Part, Prompt, rag_parts
 from model.sample import Sample, SampleError
-from model.sugar import SugarModel
+from model.search import SearchParams
+from model.sugar import SugarModel, abstain_token
 
 from .batching import EmbeddingBatcher, GenerationLimiter
 from .embedder import Embedder, InProcessEmbedder
-from .engine import Engine, EngineError, GenerationResult, Prepared
+from .engine import Abstain, Engine, EngineError, GenerationResult, Prepared
 from .policy import InputPolicy
 from .protocol import RetrievalOptions
 from .settings import Settings
@@ -108,6 +109,8 @@ class RagPlan:
     dropped: list[Hit] = field(default_factory=list)
     retrieval_ms: float = 0.0
     prepared: Prepared | None = None  # the prompt as tokenised for the budget (in-process engine)
+    # the checkpoint's abstention applies (documents in the context, no image in the question)
+    abstain: Abstain | None = None
 
 
 class SugarService:
@@ -126,6 +129,8 @@ class SugarService:
                             if settings.ingest_workers else None)
         self._ready_at = 0.0
         self._ready_error: str | None = "not checked yet"
+        threshold = model.config.abstain_threshold
+        self.abstain = None if threshold is None else Abstain(abstain_token(model.backbone), threshold, ABSTAIN_ANSWER)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.warm_up)
@@ -152,7 +157,7 @@ class SugarService:
         v = torch.from_numpy(e.vectors)[None]
         self.model.config.kernel.similarity(v, v)
         if self.index.count():
-            self.index.search(e, 1, text="warm-up", mode="hybrid")
+            self.index.search(e, SearchParams(k=1, mode="hybrid"), "warm-up")
 
     # ------------------------------------------------------------ input
     def parse(self, raw: dict[str, Any], where: str) -> Sample:
@@ -223,22 +228,18 @@ class SugarService:
             raise Conflict(f"document {e} already exists (use PUT /documents/{{id}} to replace it)") from None
 
     # ------------------------------------------------------------ retrieval
-    async def retrieve(self, query: Sample, k: int, k_prime: int | None = None,
-                       filters: dict[str, Any] | None = None, with_images: bool = False,
-                       mode: str | None = None, lexical_weight: float | None = None) -> list[Hit]:
-        """Ranked hits, each with its stored document (one read, inside the search); `mode`
-        (index.index) defaults to the server's retrieval_mode, the lexical side reads the
-        query's text slices."""
-        if k > self.settings.max_k:
-            raise BadRequest("k", f"{k} exceeds the limit of {self.settings.max_k}")
-        if k_prime is not None and k_prime > 10 * self.settings.max_k:
-            raise BadRequest("k_prime", f"{k_prime} exceeds the limit of {10 * self.settings.max_k}")
+    async def retrieve(self, query: Sample, params: SearchParams, where: str = "") -> list[Hit]:
+        """Ranked hits, each with its stored document (one read, inside the search); an unset
+        mode and lexical weight are the server's (retrieval_mode, retrieval_lexical_weight), the
+        lexical side reads the query's text slices. `where`: the request's field prefix."""
+        if params.k > self.settings.max_k:
+            raise BadRequest(f"{where}k", f"{params.k} exceeds the limit of {self.settings.max_k}")
+        if params.k_prime is not None and params.k_prime > 10 * self.settings.max_k:
+            raise BadRequest(f"{where}k_prime", f"{params.k_prime} exceeds the limit of {10 * self.settings.max_k}")
+        params = params.with_defaults(self.settings.retrieval_mode, self.settings.retrieval_lexical_weight)
         [emb] = await self.embed([query])
         text = "\n".join(s.text for s in query.slices if s.type == "text")  # type: ignore[misc]
-        return await asyncio.to_thread(self.index.search, emb, k, k_prime, filters, with_images=with_images,
-                                       text=text, mode=mode or self.settings.retrieval_mode,
-                                       lexical_weight=self.settings.retrieval_lexical_weight
-                                       if lexical_weight is None else lexical_weight)
+        return await asyncio.to_thread(self.index.search, emb, params, text)
 
     # ------------------------------------------------------------ generation
     def max_tokens(self, requested: int | None) -> int:
@@ -255,12 +256,11 @@ class SugarService:
         t0 = time.perf_counter()
         hits: list[Hit] = []
         r = retrieval or RetrievalOptions()
-        k = self.settings.retrieval_k if r.k is None else r.k
-        if k > self.settings.max_k:  # refused even with retrieval off: the schema says so
-            raise BadRequest("retrieval.k", f"{k} exceeds the limit of {self.settings.max_k}")
-        if r.enabled and k > 0:
-            hits = await self.retrieve(query, k, None, r.filters, with_images=True, mode=r.mode,
-                                       lexical_weight=r.lexical_weight)
+        params = r.to_search_params(self.settings.retrieval_k)
+        if params.k > self.settings.max_k:  # refused even with retrieval off: the schema says so
+            raise BadRequest("retrieval.k", f"{params.k} exceeds the limit of {self.settings.max_k}")
+        if r.enabled and params.k > 0:
+            hits = await self.retrieve(query, params, "retrieval.")
         retrieval_ms = (time.perf_counter() - t0) * 1e3
         # decoding images and tokenising prompts is CPU work: off the event loop
         return await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)
@@ -304,13 +304,15 @@ class SugarService:
             raise BadRequest("max_tokens", f"the prompt takes {n} tokens and max_tokens {max_tokens}: more than "
                              f"the context of {self.engine.max_context()}")
         prepared = self.engine.prepare_ids(ids, images)
-        return RagPlan(messages_with(used), hits[:used], hits[used:], retrieval_ms, prepared)
+        # abstention needs documents to judge, and a question whose answer cannot be in itself
+        abstain = self.abstain if used and all(s.type == "text" for s in query.slices) else None
+        return RagPlan(messages_with(used), hits[:used], hits[used:], retrieval_ms, prepared, abstain)
 
     async def generate(self, plan: RagPlan, max_tokens: int, temperature: float) -> GenerationResult:
         self.generations.acquire()
         try:
-            return await asyncio.wait_for(self.engine.generate(plan.messages, max_tokens, temperature, plan.prepared),
-                                          self.settings.gen_timeout_s)
+            return await asyncio.wait_for(self.engine.generate(plan.messages, max_tokens, temperature, plan.prepared,
+                                                               plan.abstain), self.settings.gen_timeout_s)
         except asyncio.TimeoutError:
             raise EngineError(f"generation timed out after {self.settings.gen_timeout_s} s") from None
         finally:
@@ -390,7 +392,7 @@ class SugarService:
                     raise EngineError("canary embedding has the wrong dimension")
                 await asyncio.wait_for(self.engine.check(), self.settings.vllm_timeout_s)
                 await asyncio.to_thread(self.embedder.check)
-                self.index.store.check_files()
+                self.index.check_available()
                 self._ready_error = None
             except Exception as e:  # any failure turns /ready red, with the reason
                 self._ready_error = f"{type(e).__name__}: {e}"

@@ -56,7 +56,7 @@ async def native_stream(service: SugarService, plan: RagPlan, max_tokens: int, t
     t1 = time.perf_counter()
     try:
         async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result,
-                                                                 plan.prepared)):
+                                                                 plan.prepared, plan.abstain)):
             yield f"data: {json.dumps({'delta': delta})}\n\n"
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
@@ -80,11 +80,11 @@ async def openai_stream(service: SugarService, plan: RagPlan, max_tokens: int, t
     try:
         yield chunk(P.ChatDelta(role="assistant", content=""), retrieved=retrieved_docs)
         async for delta in complete_chars(service.engine.stream(plan.messages, max_tokens, temperature, result,
-                                                                 plan.prepared)):
+                                                                 plan.prepared, plan.abstain)):
             yield chunk(P.ChatDelta(content=delta))
         res = result[0]
         metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
-        yield chunk(P.ChatDelta(), P.finish_reason(res))
+        yield chunk(P.ChatDelta(), P.finish_reason(res), abstained=res.abstained or None)
         if include_usage:
             yield chunk(None, usage=P.usage(res))
         yield "data: [DONE]\n\n"

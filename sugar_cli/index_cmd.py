@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-# index.index.SEARCH_MODES, spelled out: importing index/ here would load torch for `--help`
-SEARCH_MODES = ("hybrid", "dense", "lexical")
+from model.search import SEARCH_MODES, SearchParams  # torch-free: `--help` stays fast
 
 
 def add_parser(sub) -> None:
@@ -185,9 +184,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             filters[k] = v
     try:
-        hits = idx.search(query, k=args.k, k_prime=args.k_prime, filters=filters or None, text=args.query,
-                          mode=args.mode, lexical_weight=args.lexical_weight)
-    except IndexRefused as e:
+        params = SearchParams(k=args.k, k_prime=args.k_prime, filters=filters or None, mode=args.mode,
+                              lexical_weight=args.lexical_weight)
+        hits = idx.search(query, params, args.query)
+    except (IndexRefused, ValueError) as e:
         raise SystemExit(f"sugar index search: {e}") from None
     if args.json:
         print(json.dumps([h.to_dict() for h in hits]))
@@ -231,7 +231,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     idx = _open(args.index, repair=True)  # the recovery command: rebuilds whatever the snapshot says
     idx.rebuild(args.type)
-    idx.store.rebuild_lexical()
+    idx.rebuild_lexical()
     idx.close()
     print(f"rebuilt: {idx.stats()['type']}, {idx.count()} documents")
     return 0

@@ -191,6 +191,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--preset", default="tiny", help="with --ablations: the training preset")
     p.add_argument("--variants", nargs="+", help="with --ablations: a subset of the variants")
     p.add_argument("--cache", type=Path, help="teacher feature cache")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first calibrate the abstention threshold on the held-out split (false abstention at "
+                   "most 3 %% of its calibration houses) and write it into CHECKPOINT/sugar_config.json")
     p.set_defaults(func=cmd_eval)
 
 
@@ -208,7 +211,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if args.checkpoint is None:
         raise SystemExit("sugar eval: --checkpoint is required (or --ablations)")
-    results = evaluate(args.checkpoint, args.out, cfg)
+    results = evaluate(args.checkpoint, args.out, cfg, calibrate=args.calibrate)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(summary_table(results))

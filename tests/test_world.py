@@ -174,7 +174,14 @@ def test_knowledge_docs_bind_names_to_banners():
 def test_phrasing_families_ask_the_same_question_differently():
     """training/phrasing.py: every family of every banner attribute names the house and the
     attribute; canonical is the README's form; the held-out families are never drawn in training."""
-    from training.phrasing import FAMILIES, HELD_OUT, TRAINED, banner_question, pick_family, vqa_question
+    from training.phrasing import (
+        FAMILIES,
+        HELD_OUT,
+        TRAINED,
+        banner_question,
+        pick_family,
+        vqa_question,
+    )
 
     rng = random.Random(0)
     cue = {"color": ("colour", "color"), "shape": ("shape",), "size": ("small",), "texture": ("striped",),

@@ -13,7 +13,17 @@
   hybrid retrieval (`rag.hybrid`: the same embeddings in a DocumentIndex, fused with
   BM25 over the documents' text, as `/retrieve` ranks by default);
 - position curve: accuracy vs the gold document's rank among k = 5 (its place in the
-  prompt follows the checkpoint's `prompts.context_order`: rank 1 is last for `best_last`).
+  prompt follows the checkpoint's `prompts.context_order`: rank 1 is last for `best_last`);
+- the world (issue #30, `world`): every banner attribute asked with the house ranked first of
+  three documents (as the server's hybrid retrieval ranks a named house), every question
+  phrasing family for the RAG and the VQA questions (training/phrasing.py: `trained` and
+  `held_out` means), and abstention: the answer "not in the documents" where the documents
+  cannot answer (the house absent, a held-out question about what banners do not show, the
+  held-out licence texts Apache-2.0 and GPL-3) and where they can (`false_abstention`),
+  decided as the server decides it (SugarConfig.abstain_threshold on the first answer token's
+  margin; the abstention token barred otherwise). `calibrate_abstention` picks the threshold on
+  the held-out split's first half of houses (false abstention at most 3 %); the report uses the
+  second half.
 
 Every part runs on two splits: `heldout` (the test split: held-out
 (shape, colour) combinations, unseen house names; its results stay under the
@@ -43,7 +53,8 @@ from PIL import Image
 
 from model.prompts import generation_prompt
 from model.sample import Sample, Slice
-from model.sugar import SliceEmbeddings, SugarModel
+from model.search import SearchParams
+from model.sugar import SliceEmbeddings, SugarModel, abstain_margin, abstain_token
 
 from .data import (
     FASHION_CLASSES,
@@ -52,9 +63,11 @@ from .data import (
     fashion_catalog_doc,
     fashion_image,
     image_sample,
+    licence_passages,
     load_fashion,
     text,
 )
+from .phrasing import ABSTAIN, FAMILIES, HELD_OUT, TEXT_HELD_OUT, TRAINED, unknown_question
 from .world import ATTRIBUTES, SEEN_NAME_OFFSET, vqa_for
 
 logger = logging.getLogger(__name__)
@@ -132,11 +145,33 @@ def _cosine(q: SliceEmbeddings, d: SliceEmbeddings) -> torch.Tensor:
     return q.summary @ d.summary.T
 
 
-def _generate(model: SugarModel, prompts, bs: int, max_new_tokens: int = 8) -> list[str]:
+def _generate(model: SugarModel, prompts, bs: int, max_new_tokens: int = 8, **kw) -> list[str]:
     out: list[str] = []
     for a in range(0, len(prompts), bs):
-        out.extend(model.backbone.generate(prompts[a : a + bs], max_new_tokens=max_new_tokens))
+        out.extend(model.backbone.generate(prompts[a : a + bs], max_new_tokens=max_new_tokens, **kw))
     return out
+
+
+def _margins(model: SugarModel, prompts, bs: int) -> list[float]:
+    """The abstention margin of each prompt's first answer token (model.sugar.abstain_margin)."""
+    bb, token = model.backbone, abstain_token(model.backbone)
+    out: list[float] = []
+    for a in range(0, len(prompts), bs):
+        batch = bb.encode(prompts[a : a + bs], padding_side="left").to(bb.device)
+        out.extend(abstain_margin(bb.model(**batch.model_inputs()).logits[:, -1], token).tolist())
+    return out
+
+
+# false abstention the calibrated threshold allows on the calibration half (the goal: <= 5 %)
+CALIBRATION_FALSE_ABSTENTION = 0.03
+
+
+def calibrate_threshold(in_world: list[float], target: float = CALIBRATION_FALSE_ABSTENTION) -> float:
+    """The lowest threshold that abstains on at most `target` of the answerable questions'
+    margins (abstain iff margin >= threshold)."""
+    xs = sorted(in_world, reverse=True)
+    allowed = int(target * len(xs))  # margins at or above the threshold
+    return float(xs[allowed] + 1e-6) if allowed < len(xs) else float("-inf")
 
 
 def _match(pred: str, answer: str) -> bool:
@@ -340,7 +375,7 @@ class Evaluator:
             plan = SourcePlan([Sample(d.slices, id=str(i)) for i, d in enumerate(docs)],
                               vectors=[document_vectors(de, i) for i in range(len(docs))])
             write(index, [plan], None, self.model.embedding_version)
-            tops = [[int(h.id) for h in index.search(document_vectors(qe, i), k, text=q, mode="hybrid")]
+            tops = [[int(h.id) for h in index.search(document_vectors(qe, i), SearchParams(k=k, mode="hybrid"), q)]
                     for i, (_, q, _) in enumerate(qs)]
             index.close()
         prompts = [generation_prompt(text(q), fmt, [docs[j] for j in top])
@@ -349,6 +384,112 @@ class Evaluator:
         return {"retrieval_r@1": float(np.mean([top[0] == gold_index[h.name] for top, (h, _, _)
                                                 in zip(tops, qs, strict=True)])),
                 "own_retrieval": float(np.mean([_match(pr, a) for pr, (_, _, a) in zip(preds, qs, strict=True)]))}
+
+    # ----------------------------------------------------------- the world (issue #30)
+    def world_items(self, houses) -> dict[str, list[tuple[str, Sample, list[Sample], str]]]:
+        """(key, question, documents, answer) by group: `attributes`, `families`, `outside`."""
+        every = self.pools.houses
+        rng = random.Random(f"{self.cfg.seed}:{self.split}:world")
+        texts = licence_passages(held_out=True)
+
+        def first_of_three(h):  # ranked first, as the server's hybrid retrieval ranks a named house
+            return [h.document(), *(o.document() for o in rng.sample([o for o in every if o is not h], 2))]
+
+        items: dict[str, list] = {"attributes": [], "families": [], "outside": []}
+        for h in houses:
+            for attr in ATTRIBUTES:
+                _, q, a = h.question(rng, "canonical", (attr,))
+                items["attributes"].append((attr, text(q), first_of_three(h), a))
+            for family in FAMILIES:
+                _, q, a = h.question(rng, family)
+                items["families"].append((family, text(q), first_of_three(h), a))
+            absent = [o.document() for o in rng.sample([o for o in every if o is not h], 3)]
+            items["outside"].append(("absent_house", text(h.question(rng, rng.choice(FAMILIES))[1]), absent, ABSTAIN))
+            items["outside"].append(("unknown_question", text(unknown_question(h.name, True, rng)), first_of_three(h),
+                                     ABSTAIN))
+            if texts:
+                passages = [text(t) for t in rng.sample(texts, 2)]
+                q = rng.choice(TEXT_HELD_OUT) if rng.random() < 0.7 else h.question(rng)[1]
+                items["outside"].append(("licence_text", text(q), passages, ABSTAIN))
+        return items
+
+    def world(self, threshold: float | None = None) -> dict:
+        """Attributes, phrasing families (RAG and VQA) and abstention, decided at `threshold`
+        (default: the checkpoint's `abstain_threshold`; none: the model's own greedy answer)."""
+        model, c = self.model, self.cfg
+        fmt = model.config.prompts
+        threshold = model.config.abstain_threshold if threshold is None else threshold
+        houses = self.pools.houses[len(self.pools.houses) // 2 :]  # the first half calibrates
+        items = self.world_items(houses)
+        token = abstain_token(model.backbone)
+        barred = {} if threshold is None else {"bad_words_ids": [[token]]}
+        out: dict = {"abstain_threshold": threshold}
+        decided: dict[str, list[tuple[str, bool, bool]]] = {}  # group -> (key, right, abstained)
+        for group, rows in items.items():
+            prompts = [generation_prompt(q, fmt, docs) for _, q, docs, _ in rows]
+            margins = _margins(model, prompts, c.batch_size)
+            preds = _generate(model, prompts, c.batch_size, **barred)
+            res = []
+            for (key, _, _, answer), m, pred in zip(rows, margins, preds, strict=True):
+                abstained = (m >= threshold) if threshold is not None else _match(pred, ABSTAIN)
+                right = abstained if answer == ABSTAIN else (not abstained and _match(pred, answer))
+                res.append((key, right, abstained))
+            decided[group] = res
+        for group, name in (("attributes", "rag_attributes"), ("families", "rag_families")):
+            per: dict[str, list[int]] = defaultdict(list)
+            for key, right, _ in decided[group]:
+                per[key].append(int(right))
+            out[name] = {k: float(np.mean(v)) for k, v in per.items()}
+        fam = out["rag_families"]
+        fam["trained"] = float(np.mean([fam[f] for f in TRAINED]))
+        fam["held_out"] = float(np.mean([fam[f] for f in HELD_OUT]))
+        out["vqa_families"] = self._vqa_families(barred)
+        answerable = decided["attributes"] + decided["families"]
+        per_out: dict[str, list[int]] = defaultdict(list)
+        for key, right, _ in decided["outside"]:
+            per_out[key].append(int(right))
+        out["abstention"] = {**{k: float(np.mean(v)) for k, v in per_out.items()},
+                             "outside": float(np.mean([r for _, r, _ in decided["outside"]])),
+                             "false_abstention": float(np.mean([a for _, _, a in answerable]))}
+        for attr in ATTRIBUTES:
+            self._baseline(f"world.rag_attributes.{attr}", 1 / VQA_ANSWERS[attr] if attr != "count" else 1.0)
+        return {"world": out}
+
+    def _vqa_families(self, barred: dict) -> dict:
+        """VQA accuracy by phrasing family over the split's scenes (the image with the question)."""
+        p, c = self.pools, self.cfg
+        rng = random.Random(f"{c.seed}:{self.split}:vqa-families")
+        rows = []
+        for sc in p.scenes[: max(1, c.n_vqa_per_type * 2)]:
+            for family in FAMILIES:
+                _, q, a = vqa_for(sc, rng, family)
+                rows.append((family, Sample([*p.scene_sample(sc).slices, *text(q).slices]), a))
+        fmt = self.model.config.prompts
+        preds = _generate(self.model, [generation_prompt(s, fmt) for _, s, _ in rows], c.batch_size)
+        per: dict[str, list[int]] = defaultdict(list)
+        for (family, _, a), pred in zip(rows, preds, strict=True):
+            per[family].append(int(_match(pred, a)))
+        out = {k: float(np.mean(v)) for k, v in per.items()}
+        out["trained"] = float(np.mean([out[f] for f in TRAINED]))
+        out["held_out"] = float(np.mean([out[f] for f in HELD_OUT]))
+        return out
+
+    def calibrate_abstention(self) -> dict:
+        """The threshold from the first half of the split's houses: answerable questions (every
+        attribute, every phrasing family) abstain at most CALIBRATION_FALSE_ABSTENTION."""
+        model = self.model
+        houses = self.pools.houses[: len(self.pools.houses) // 2]
+        items = self.world_items(houses)
+        fmt = model.config.prompts
+        answerable = items["attributes"] + items["families"]
+        margins = _margins(model, [generation_prompt(q, fmt, docs) for _, q, docs, _ in answerable],
+                           self.cfg.batch_size)
+        outside = _margins(model, [generation_prompt(q, fmt, docs) for _, q, docs, _ in items["outside"]],
+                           self.cfg.batch_size)
+        threshold = calibrate_threshold(margins)
+        return {"threshold": threshold, "houses": len(houses),
+                "calibration_false_abstention": float(np.mean([m >= threshold for m in margins])),
+                "calibration_abstention_outside": float(np.mean([m >= threshold for m in outside]))}
 
     # ----------------------------------------------------------- image tokens
     def image_tokens(self) -> dict:
@@ -377,7 +518,7 @@ class Evaluator:
 
     def run(self, fashion: bool = True) -> dict:
         out: dict = {}
-        parts = [self.image_tokens, self.retrieval, self.minimal_pairs, self.vqa, self.rag]
+        parts = [self.image_tokens, self.retrieval, self.minimal_pairs, self.vqa, self.rag, self.world]
         if fashion:
             parts.insert(3, self.fashion)
         for part in parts:
@@ -438,6 +579,11 @@ SUMMARY_KEYS = [
     "rag.no_retrieval", "rag.own_retrieval", "rag.gold", "rag.retrieval_r@1",
     "rag.hybrid.own_retrieval", "rag.hybrid.retrieval_r@1",
     "image_tokens.norm_ratio", "image_tokens.common_share", "image_tokens.cos_between_images",
+    *[f"world.rag_attributes.{a}" for a in ATTRIBUTES],
+    *[f"world.rag_families.{f}" for f in (*FAMILIES, "trained", "held_out")],
+    *[f"world.vqa_families.{f}" for f in (*FAMILIES, "trained", "held_out")],
+    "world.abstention.absent_house", "world.abstention.unknown_question", "world.abstention.licence_text",
+    "world.abstention.outside", "world.abstention.false_abstention", "world.abstain_threshold",
 ]
 
 
@@ -543,10 +689,24 @@ def _position_curve(splits, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(checkpoint: str | Path, out_dir: str | Path | None = None, cfg: EvalConfig | None = None) -> dict:
+def evaluate(checkpoint: str | Path, out_dir: str | Path | None = None, cfg: EvalConfig | None = None,
+             calibrate: bool = False) -> dict:
+    """The evaluation; `calibrate`: first the abstention threshold on the held-out split's
+    calibration half, written into the checkpoint's sugar_config.json (then evaluated with it)."""
     model = SugarModel.from_pretrained(checkpoint)
+    calibration = None
+    if calibrate:
+        with torch.no_grad():
+            calibration = Evaluator(model, cfg, "heldout").calibrate_abstention()
+        model.config.abstain_threshold = calibration["threshold"]
+        from model.sugar import CONFIG_FILE
+
+        model.config.save(Path(checkpoint) / CONFIG_FILE)
+        logger.info("abstention threshold %.4f written to %s", calibration["threshold"], Path(checkpoint) / CONFIG_FILE)
     with torch.no_grad():
         results = run_splits(model, cfg)
+    if calibration is not None:
+        results["abstention_calibration"] = calibration
     results["checkpoint"] = str(checkpoint)
     write_report(results, Path(out_dir) if out_dir else Path(checkpoint) / "eval")
     return results

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import random
 
+from model.prompts import ABSTAIN_ANSWER
+
 FAMILIES = ("canonical", "order", "synonym", "case", "spelling", "request", "punctuation", "extra")
 TRAINED = ("canonical", "order", "synonym", "case", "spelling", "request")
 HELD_OUT = ("punctuation", "extra")
 
-ABSTAIN = "not in the documents"
+ABSTAIN = ABSTAIN_ANSWER
 
 # banner questions: attribute -> family -> templates ({n}: the house name). Families without
 # an entry (spelling for attributes without a UK/US difference) fall back to canonical.

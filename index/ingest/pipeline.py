@@ -266,10 +266,10 @@ def reembed(index: DocumentIndex, embed: Embed, version: str, dim: int, batch_si
     to `version` first (`DocumentIndex.begin_reembed`); each batch commits through `write`, so an
     interrupted run resumes where it stopped. Returns the number of documents re-embedded."""
     index.begin_reembed(version, dim)
-    total, done = index.count(), len(index.store.fids(version))
+    total, done = index.count(), len(index.fids(version))
     if progress:
         progress(done, total)
-    while batch := index.store.samples_with_version_not(version, batch_size):
+    while batch := index.samples_with_version_not(version, batch_size):
         write(index, [SourcePlan(batch, vectors_only=True)], embed, version, batch_size=batch_size)
         done += len(batch)
         if progress:
@@ -420,7 +420,7 @@ class Ingestor:
 
     def _unchanged(self, f: SourceFile) -> SourcePlan | None:
         digest = source_hash(f.data, f.caption)
-        existing = self.index.store.source_documents(f.source)
+        existing = self.index.source_documents(f.source)
         if existing and all(m.get("source_hash") == digest for _, _, m in existing):
             return SourcePlan(result=FileResult(
                 f.source, "unchanged", existing[0][2].get("format"), [i for i, _, _ in existing],
@@ -431,13 +431,13 @@ class Ingestor:
         if isinstance(read, str):
             return SourcePlan(result=FileResult(f.source, "failed", reason=read))
         fmt, samples, n_images, skipped = read.format, read.samples, read.images, read.skipped
-        existing = self.index.store.source_documents(f.source)
+        existing = self.index.source_documents(f.source)
         ids: list[str] = [s.id for s in samples]  # type: ignore[misc]  # chunk() and JSONL set every id
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             return SourcePlan(result=FileResult(f.source, "failed", fmt, reason=f"document id {dup!r} appears twice"))
         stored = {i: (sl, m) for i, sl, m in existing}
-        others = self.index.store.existing_ids([i for i in ids if i not in stored])
+        others = self.index.existing_ids([i for i in ids if i not in stored])
         if others:
             # identical content under an existing id is not an error: it stays as it is
             by_id = {s.id: s for s in samples}
@@ -503,10 +503,10 @@ class Ingestor:
 
     def prune(self, summary: SyncSummary) -> None:
         """Delete the chunks of file sources that no longer exist (uploads are never pruned)."""
-        for src, _ in sorted(self.index.store.sources().items()):
+        for src, _ in sorted(self.index.sources().items()):
             if src.startswith(UPLOAD_PREFIX) or not os.path.isabs(src) or os.path.exists(src):
                 continue
-            ids = [i for i, _, _ in self.index.store.source_documents(src)]
+            ids = [i for i, _, _ in self.index.source_documents(src)]
             if ids:
                 try:
                     self.index.delete(ids)

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from model.sample import BLANK, DOCUMENT_ID
+from model.search import DEFAULT_COLLECTION, SEARCH_MODES, SearchParams
 
 if TYPE_CHECKING:
     from index.store import StoredDocument
@@ -200,7 +201,12 @@ class SampleIn(Strict):
 
 
 SearchMode = Literal["dense", "hybrid", "lexical"]
+assert set(SearchMode.__args__) == set(SEARCH_MODES)  # type: ignore[attr-defined]  # one list of modes
 LexicalWeight = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]  # a number, never a boolean
+# a collection's name: the document id grammar (model.sample.DOCUMENT_ID)
+COLLECTION_PATTERN = DOCUMENT_ID
+CollectionName = Annotated[str, Field(pattern=COLLECTION_PATTERN, description="a collection's name "
+                                      f"(default: {DEFAULT_COLLECTION!r})")]
 
 
 class RetrievalOptions(Strict):
@@ -209,6 +215,13 @@ class RetrievalOptions(Strict):
     filters: Filters | None = None
     mode: SearchMode | None = None  # default: the server's retrieval_mode
     lexical_weight: LexicalWeight | None = None  # hybrid: BM25's share
+    collection: CollectionName | None = None  # default: "default"
+
+    def to_search_params(self, default_k: int) -> SearchParams:
+        """The search these options ask for (`default_k`: the server's retrieval_k)."""
+        return SearchParams(k=default_k if self.k is None else self.k, filters=self.filters, mode=self.mode,
+                            lexical_weight=self.lexical_weight, with_images=True,
+                            collections=(self.collection or DEFAULT_COLLECTION,))
 
 
 class SliceOut(BaseModel):

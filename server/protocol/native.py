@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, model_validator
+
+from model.search import DEFAULT_COLLECTION, SearchParams
 
 from .common import (
+    CollectionName,
     Filters,
     LexicalWeight,
     RetrievalOptions,
@@ -61,6 +64,22 @@ class RetrieveRequest(Strict):
     mode: SearchMode | None = None
     # hybrid: the BM25 side's share of the fused score; default: retrieval_lexical_weight
     lexical_weight: LexicalWeight | None = None
+    collection: CollectionName | None = None  # default: "default"
+    collections: list[CollectionName] | None = Field(default=None, min_length=1, description=(
+        "search several collections at once (instead of `collection`): one ranking, each result "
+        "naming its collection"))
+
+    @model_validator(mode="after")
+    def _one_way_to_name_collections(self) -> RetrieveRequest:
+        if self.collection is not None and self.collections is not None:
+            raise ValueError("give either 'collection' or 'collections', not both")
+        return self
+
+    def to_search_params(self) -> SearchParams:
+        names = self.collections or [self.collection or DEFAULT_COLLECTION]
+        return SearchParams(k=self.k, k_prime=self.k_prime, filters=self.filters, mode=self.mode,
+                            lexical_weight=self.lexical_weight, with_images=self.images == "base64",
+                            collections=tuple(dict.fromkeys(names)))
 
 
 class RetrievedDocument(BaseModel):
@@ -102,7 +121,10 @@ class GenerateResponse(BaseModel):
     dropped_documents: list[DocumentScore] = Field(default_factory=list)
     usage: Usage
     timings: dict[str, float]
-    finish_reason: str
+    finish_reason: str = Field(description='"stop", "length", "cancelled", or "abstained": the retrieved '
+                               'documents cannot answer (the checkpoint\'s calibrated abstention), `text` is then '
+                               'the fixed answer "not in the documents"')
+    abstained: bool = False
 
 
 def usage(res: GenerationResult) -> Usage:
@@ -141,4 +163,4 @@ def generate_response(plan: RagPlan, res: GenerationResult, timings: dict[str, f
     """The answer of /generate: the JSON response, and (with "done": true) the stream's last event."""
     return GenerateResponse(text=res.text, documents=[citation(h) for h in plan.used],
                             dropped_documents=[citation(h) for h in plan.dropped], usage=usage(res),
-                            timings=timings, finish_reason=res.finish_reason)
+                            timings=timings, finish_reason=res.finish_reason, abstained=res.abstained)

@@ -118,6 +118,8 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     retrieved: list[DocumentScore] = Field(description="the documents the answer was given")
+    abstained: bool = Field(default=False, description="the retrieved documents cannot answer: the content is "
+                            "the fixed answer 'not in the documents' (finish_reason stays 'stop' for OpenAI clients)")
 
 
 class ChatDelta(BaseModel):
@@ -142,11 +144,12 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     retrieved: list[DocumentScore] | None = None
     usage: Usage | None = None
+    abstained: bool | None = None  # on the last choice's chunk of an abstention
 
     def event(self) -> str:
         """The server-sent event: None fields of the delta and absent extras left out, as
         OpenAI's stream does (a choice's `finish_reason` stays, null until the last)."""
-        body = self.model_dump(exclude={"retrieved"} if self.retrieved is None else set())
+        body = self.model_dump(exclude={k for k in ("retrieved", "abstained") if getattr(self, k) is None})
         if self.usage is None:
             body.pop("usage")
         for c in body["choices"]:

@@ -39,9 +39,7 @@ async def embed(req: P.EmbedRequest, service: Svc, metrics: Mtr) -> P.EmbedRespo
              responses=responses(*COMMON, 422, 429))
 async def retrieve(req: P.RetrieveRequest, service: Svc) -> P.RetrieveResponse:
     query = await asyncio.to_thread(service.parse, req.query.raw(), "query")
-    hits = await service.retrieve(query, req.k, req.k_prime, req.filters,
-                                  with_images=req.images == "base64", mode=req.mode,
-                                  lexical_weight=req.lexical_weight)
+    hits = await service.retrieve(query, req.to_search_params())
     return P.RetrieveResponse(results=[P.retrieved(h, req.images) for h in hits])
 
 

@@ -116,4 +116,4 @@ async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metric
     return P.ChatCompletion(id=cid, created=created, model=settings.served_model_name,
                             choices=[P.ChatChoice(message=P.ChatResponseMessage(content=res.text),
                                                   finish_reason=P.finish_reason(res))],
-                            usage=P.usage(res), retrieved=retrieved_docs)
+                            usage=P.usage(res), retrieved=retrieved_docs, abstained=res.abstained)

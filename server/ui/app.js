@@ -247,6 +247,7 @@ $("ask-form").addEventListener("submit", async (ev) => {
   go.disabled = true;
   $("ask-error").textContent = "";
   $("ask-answer").textContent = "";
+  $("ask-abstained").hidden = true;
   $("ask-timings").textContent = "";
   $("ask-docs").replaceChildren();
   $("ask-timings").textContent = "retrieving and generating…";
@@ -295,6 +296,8 @@ async function readEvents(resp, onEvent) {
 
 function finishAnswer(ev) {
   $("ask-answer").textContent = ev.text;
+  // the checkpoint's calibrated abstention: the documents cannot answer the question
+  $("ask-abstained").hidden = !ev.abstained;
   const t = ev.timings || {};
   const tps = t.generation_ms ? (ev.usage.completion_tokens / (t.generation_ms / 1000)).toFixed(1) : "–";
   $("ask-timings").textContent = `retrieval ${(t.retrieval_ms || 0).toFixed(0)} ms · generation ${(t.generation_ms || 0).toFixed(0)} ms · ` +

@@ -1,0 +1,94 @@
+"""Abstention (issue #30): a checkpoint with `abstain_threshold` answers "not in the documents"
+when the first answer token's margin for it reaches the threshold, with documents in the
+context and a text-only question; below it the token is barred from decoding. Tested at the two
+extremes of the threshold (always / never), on /generate, chat and their streams; the
+calibration against its reference; the margin against a hand computation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model.prompts import ABSTAIN_ANSWER
+from model.sugar import abstain_margin
+from server.app import create_app
+from tests.server_fixtures import b64_image, seed_index, settings_for
+
+Q = {"slices": [{"type": "text", "text": "What colour is the banner of House H1?"}]}
+
+
+def _client(tiny_ckpt, tmp_path, threshold):
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, ck)
+    cfg = json.loads((ck / "sugar_config.json").read_text())
+    cfg["abstain_threshold"] = threshold
+    (ck / "sugar_config.json").write_text(json.dumps(cfg))
+    seed_index(tmp_path / "ix", ck, n=4)
+    return TestClient(create_app(settings_for(ck, tmp_path / "ix", max_tokens_limit=16, default_max_tokens=6)))
+
+
+def test_margin_is_the_log_probability_gap():
+    logits = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, 0.0]])
+    lp = torch.log_softmax(logits, -1)
+    got = abstain_margin(logits, 1)
+    assert torch.allclose(got, torch.tensor([lp[0, 1] - lp[0, 0], lp[1, 1] - lp[1, 0]]))
+
+
+def test_always_abstaining_checkpoint(tiny_ckpt, tmp_path):
+    with _client(tiny_ckpt, tmp_path, -1e9) as c:
+        r = c.post("/generate", json={"query": Q}).json()
+        assert r["abstained"] is True and r["finish_reason"] == "abstained" and r["text"] == ABSTAIN_ANSWER
+        assert r["documents"] and r["usage"]["completion_tokens"] == 0
+        with c.stream("POST", "/generate", json={"query": Q, "stream": True}) as s:
+            events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
+        assert "".join(e.get("delta", "") for e in events) == ABSTAIN_ANSWER and events[-1]["abstained"]
+        chat = {"model": "sugar", "messages": [{"role": "user", "content": Q["slices"][0]["text"]}]}
+        r = c.post("/v1/chat/completions", json=chat).json()
+        assert r["abstained"] is True and r["choices"][0]["message"]["content"] == ABSTAIN_ANSWER
+        assert r["choices"][0]["finish_reason"] == "stop"  # OpenAI clients see a normal stop
+        with c.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as s:
+            chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+        assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"]) == ABSTAIN_ANSWER
+        assert [ch.get("abstained") for ch in chunks if ch["choices"] and ch["choices"][0]["finish_reason"]] == [True]
+        # no documents, or an image in the question: nothing to abstain from
+        r = c.post("/generate", json={"query": Q, "retrieval": {"enabled": False}}).json()
+        assert r["abstained"] is False and r["finish_reason"] != "abstained"
+        img = {"slices": [Q["slices"][0], {"type": "image", "base64": b64_image(2)}]}
+        assert c.post("/generate", json={"query": img}).json()["abstained"] is False
+
+
+def test_never_abstaining_checkpoint_bars_the_abstention_token(tiny_ckpt, tmp_path, monkeypatch):
+    from server.engine import HFEngine
+
+    seen = {}
+    real = HFEngine._run
+
+    def spy(self, *a, **kw):
+        res = real(self, *a, **kw)
+        seen["abstain"] = a[6] if len(a) > 6 else kw.get("abstain")
+        return res
+
+    monkeypatch.setattr(HFEngine, "_run", spy)
+    with _client(tiny_ckpt, tmp_path, 1e9) as c:
+        r = c.post("/generate", json={"query": Q}).json()
+    assert r["abstained"] is False and not r["text"].startswith("not")
+    assert seen["abstain"] is not None and seen["abstain"].threshold == 1e9
+
+
+@pytest.mark.parametrize("target", [0.0, 0.03, 0.2])
+def test_calibrated_threshold_abstains_on_at_most_the_target_share(target):
+    import random
+
+    from training.evaluate import calibrate_threshold
+
+    rng = random.Random(0)
+    margins = [rng.gauss(-3, 2) for _ in range(500)]
+    t = calibrate_threshold(margins, target)
+    share = sum(m >= t for m in margins) / len(margins)
+    assert share <= target
+    lower = t - 1e-3  # no lower threshold keeps within the target: it is the lowest
+    assert sum(m >= min(lower, max(margins)) for m in margins) / len(margins) > target or t == float("-inf")
