@@ -88,9 +88,12 @@ class SugarConfig:
     prompts: PromptFormat = field(default_factory=PromptFormat)
     # abstention (issue #30): with retrieved documents, the answer is `model.prompts.ABSTAIN_ANSWER`
     # when the first answer token's margin for it (its log-probability minus the best other
-    # token's) is at least this; calibrated on the evaluation split (`sugar eval --calibrate`).
-    # None: the checkpoint does not abstain. Generation only: not in the embedding version.
+    # token's) is at least `abstain_threshold`, or when the retrieved documents' best BM25 score
+    # is below `abstain_lexical_threshold` (none of the question's telling words is in them;
+    # hybrid and lexical retrieval); calibrated together on the evaluation split (`sugar eval
+    # --calibrate`). None: no abstention of that kind. Generation only: not in the embedding version.
     abstain_threshold: float | None = None
+    abstain_lexical_threshold: float | None = None
     # bookkeeping
     format_version: int = FORMAT_VERSION
     embedding_version: str = ""
@@ -120,8 +123,9 @@ class SugarConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["abstain_threshold"] is None:  # unset: a file older code reads too
-            del out["abstain_threshold"]
+        for key in ("abstain_threshold", "abstain_lexical_threshold"):
+            if out[key] is None:  # unset: a file older code reads too
+                del out[key]
         return out
 
     @classmethod

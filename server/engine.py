@@ -60,14 +60,17 @@ async def complete_chars(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
 
 @dataclass(frozen=True)
 class Abstain:
-    """A checkpoint's abstention (SugarConfig.abstain_threshold): before decoding, the margin of
-    the answer's first token `token` (its log-probability minus the best other token's); at or
-    above `threshold` the answer is `text` (finish_reason "abstained"), below it the token is
-    barred from the decoding, so the two never disagree."""
+    """A checkpoint's abstention for one generation (SugarConfig.abstain_threshold): before
+    decoding, the margin of the answer's first token `token` (its log-probability minus the
+    best other token's); at or above `threshold` the answer is `text` (finish_reason
+    "abstained"), below it the token is barred from the decoding, so the two never disagree.
+    `forced`: abstain without asking the model (the retrieval found none of the question's
+    words: SugarConfig.abstain_lexical_threshold); `threshold` None: no margin check."""
 
     token: int
-    threshold: float
+    threshold: float | None
     text: str
+    forced: bool = False
 
     def abstained(self, prompt_tokens: int) -> GenerationResult:
         return GenerationResult(self.text, prompt_tokens, 0, "abstained", abstained=True)
@@ -160,7 +163,9 @@ class HFEngine(Engine):
         batch = (prepared or self.prepare(messages)).batch.to(self.backbone.device)
         sampling = temperature > 0
         barred = {}
-        if abstain is not None:
+        if abstain is not None and abstain.forced:
+            return abstain.abstained(int(batch.input_ids.shape[1]))
+        if abstain is not None and abstain.threshold is not None:
             with torch.no_grad():
                 logits = self.backbone.model(**batch.model_inputs()).logits[:, -1]
             if float(abstain_margin(logits, abstain.token)[0]) >= abstain.threshold:
@@ -296,7 +301,7 @@ class VLLMEngine(Engine):
                 "temperature": temperature, "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
-        if abstain is not None:  # not abstaining: the abstention's first token is barred
+        if abstain is not None and abstain.threshold is not None:  # not abstaining: its first token barred
             body["logit_bias"] = {str(abstain.token): -100}
         return body
 
@@ -306,6 +311,10 @@ class VLLMEngine(Engine):
         threshold unless the threshold is lower still: then it counts as that bound)."""
         import httpx
 
+        if abstain.forced:
+            return abstain.abstained(0)
+        if abstain.threshold is None:
+            return None
         body = {**await self._body(messages, 1, 0.0, False), "logprobs": True, "top_logprobs": 20,
                 "return_tokens_as_token_ids": True}
         try:

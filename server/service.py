@@ -129,8 +129,9 @@ class SugarService:
                             if settings.ingest_workers else None)
         self._ready_at = 0.0
         self._ready_error: str | None = "not checked yet"
-        threshold = model.config.abstain_threshold
-        self.abstain = None if threshold is None else Abstain(abstain_token(model.backbone), threshold, ABSTAIN_ANSWER)
+        c = model.config
+        self.abstain = None if c.abstain_threshold is None and c.abstain_lexical_threshold is None else Abstain(
+            abstain_token(model.backbone), c.abstain_threshold, ABSTAIN_ANSWER)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.warm_up)
@@ -263,7 +264,21 @@ class SugarService:
             hits = await self.retrieve(query, params, "retrieval.")
         retrieval_ms = (time.perf_counter() - t0) * 1e3
         # decoding images and tokenising prompts is CPU work: off the event loop
-        return await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)
+        plan = await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)
+        words_scored = (params.mode or self.settings.retrieval_mode) != "dense"
+        plan.abstain = self._abstention(query, plan, words_scored)
+        return plan
+
+    def _abstention(self, query: Sample, plan: RagPlan, words_scored: bool) -> Abstain | None:
+        """The checkpoint's abstention for this plan: it needs documents to judge and a question
+        whose answer cannot be in itself (text only); forced when the retrieval scored words and
+        the documents used hold none of the question's telling ones (their best BM25 below the
+        calibrated `abstain_lexical_threshold`)."""
+        if self.abstain is None or not plan.used or any(s.type != "text" for s in query.slices):
+            return None
+        lex_t = self.model.config.abstain_lexical_threshold
+        top = max((h.lexical_score or 0.0) for h in plan.used)
+        return dataclasses.replace(self.abstain, forced=bool(words_scored and lex_t is not None and top < lex_t))
 
     def _fit(self, history, query: Sample, hits: list[Hit], max_tokens: int, retrieval_ms: float) -> RagPlan:
         """The prompt with every retrieved document is tokenised once — the query and each
@@ -304,9 +319,7 @@ class SugarService:
             raise BadRequest("max_tokens", f"the prompt takes {n} tokens and max_tokens {max_tokens}: more than "
                              f"the context of {self.engine.max_context()}")
         prepared = self.engine.prepare_ids(ids, images)
-        # abstention needs documents to judge, and a question whose answer cannot be in itself
-        abstain = self.abstain if used and all(s.type == "text" for s in query.slices) else None
-        return RagPlan(messages_with(used), hits[:used], hits[used:], retrieval_ms, prepared, abstain)
+        return RagPlan(messages_with(used), hits[:used], hits[used:], retrieval_ms, prepared)
 
     async def generate(self, plan: RagPlan, max_tokens: int, temperature: float) -> GenerationResult:
         self.generations.acquire()

@@ -21,11 +21,13 @@ from tests.server_fixtures import b64_image, seed_index, settings_for
 Q = {"slices": [{"type": "text", "text": "What colour is the banner of House H1?"}]}
 
 
-def _client(tiny_ckpt, tmp_path, threshold):
+def _client(tiny_ckpt, tmp_path, threshold, lexical=None):
     ck = tmp_path / "ck"
     shutil.copytree(tiny_ckpt, ck)
     cfg = json.loads((ck / "sugar_config.json").read_text())
     cfg["abstain_threshold"] = threshold
+    if lexical is not None:
+        cfg["abstain_lexical_threshold"] = lexical
     (ck / "sugar_config.json").write_text(json.dumps(cfg))
     seed_index(tmp_path / "ix", ck, n=4)
     return TestClient(create_app(settings_for(ck, tmp_path / "ix", max_tokens_limit=16, default_max_tokens=6)))
@@ -92,3 +94,33 @@ def test_calibrated_threshold_abstains_on_at_most_the_target_share(target):
     assert share <= target
     lower = t - 1e-3  # no lower threshold keeps within the target: it is the lowest
     assert sum(m >= min(lower, max(margins)) for m in margins) / len(margins) > target or t == float("-inf")
+
+
+def test_lexical_evidence_abstains_without_asking_the_model(tiny_ckpt, tmp_path, monkeypatch):
+    """`abstain_lexical_threshold`: with hybrid (or lexical) retrieval, documents whose best BM25
+    score is below it hold none of the question's telling words: abstained before decoding; a
+    dense retrieval scores no words, so the rule does not apply."""
+    from server.engine import HFEngine
+
+    calls = []
+    real = HFEngine._run
+    monkeypatch.setattr(HFEngine, "_run", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    with _client(tiny_ckpt, tmp_path, None, lexical=1e9) as c:
+        r = c.post("/generate", json={"query": Q}).json()
+        assert r["abstained"] is True and r["text"] == ABSTAIN_ANSWER
+        dense = c.post("/generate", json={"query": Q, "retrieval": {"mode": "dense"}}).json()
+        assert dense["abstained"] is False
+        lexical = c.post("/generate", json={"query": Q, "retrieval": {"mode": "lexical"}}).json()
+        assert lexical["abstained"] is True
+    assert calls  # the engine ran (the dense request decoded; a forced abstention returns at once)
+
+
+def test_calibrated_pair_of_thresholds_catches_what_either_signal_sees():
+    from training.evaluate import abstains, calibrate_thresholds
+
+    # answerable: low margins, words found; outside: half say it by margin, half by missing words
+    inside = [(-5.0 + 0.01 * i, 5.0 + 0.01 * i) for i in range(200)]
+    outside = [(2.0, 6.0)] * 50 + [(-6.0, 0.1)] * 50
+    lm_t, lex_t = calibrate_thresholds(inside, outside, target=0.02)
+    assert sum(abstains(m, lex, lm_t, lex_t) for m, lex in inside) <= 4
+    assert all(abstains(m, lex, lm_t, lex_t) for m, lex in outside)

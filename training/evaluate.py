@@ -174,6 +174,35 @@ def calibrate_threshold(in_world: list[float], target: float = CALIBRATION_FALSE
     return float(xs[allowed] + 1e-6) if allowed < len(xs) else float("-inf")
 
 
+def abstains(margin: float, lexical: float, threshold: float | None, lexical_threshold: float | None) -> bool:
+    """The server's rule (server/service.py): the model's margin for the abstention answer at
+    or above `threshold`, or the retrieved documents' best BM25 score below
+    `lexical_threshold` (none of the question's telling words is in them)."""
+    return (threshold is not None and margin >= threshold) or (
+        lexical_threshold is not None and lexical < lexical_threshold)
+
+
+def calibrate_thresholds(inside: list[tuple[float, float]], outside: list[tuple[float, float]],
+                         target: float = CALIBRATION_FALSE_ABSTENTION) -> tuple[float, float | None]:
+    """(margin threshold, lexical threshold): over a grid of lexical thresholds (none, and the
+    answerable questions' low BM25 quantiles), the margin threshold that keeps the false
+    abstentions within `target`; the pair that abstains on the most `outside` questions."""
+    best: tuple[float, float, float | None] = (-1.0, float("inf"), None)
+    lex_inside = sorted(lex for _, lex in inside)
+    grid: list[float | None] = [None] + sorted({lex_inside[int(q * (len(lex_inside) - 1))]
+                                                for q in (0.0, 0.005, 0.01, 0.02, 0.03)})
+    for lex_t in grid:
+        kept = [m for m, lex in inside if lex_t is None or lex >= lex_t]  # not already abstained
+        budget = target * len(inside) - (len(inside) - len(kept))
+        if budget < 0:
+            continue
+        lm_t = calibrate_threshold(kept, budget / max(1, len(kept)))
+        caught = float(np.mean([abstains(m, lex, lm_t, lex_t) for m, lex in outside])) if outside else 0.0
+        if caught > best[0]:
+            best = (caught, lm_t, lex_t)
+    return best[1], best[2]
+
+
 def _match(pred: str, answer: str) -> bool:
     return pred.strip().strip(".").lower() == answer.strip().lower()
 
@@ -386,52 +415,78 @@ class Evaluator:
                 "own_retrieval": float(np.mean([_match(pr, a) for pr, (_, _, a) in zip(preds, qs, strict=True)]))}
 
     # ----------------------------------------------------------- the world (issue #30)
-    def world_items(self, houses) -> dict[str, list[tuple[str, Sample, list[Sample], str]]]:
-        """(key, question, documents, answer) by group: `attributes`, `families`, `outside`."""
-        every = self.pools.houses
-        rng = random.Random(f"{self.cfg.seed}:{self.split}:world")
-        texts = licence_passages(held_out=True)
-
-        def first_of_three(h):  # ranked first, as the server's hybrid retrieval ranks a named house
-            return [h.document(), *(o.document() for o in rng.sample([o for o in every if o is not h], 2))]
-
+    def world_items(self, houses, absent) -> dict[str, list[tuple[str, Sample, str]]]:
+        """(key, question, answer) by group: `attributes` and `families` about `houses` (in the
+        index), `outside`: questions the index cannot answer — about `absent` houses, held-out
+        questions about what banners do not show, held-out questions about the licence texts."""
+        rng = random.Random(f"{self.cfg.seed}:{self.split}:world:{houses[0].name}")
         items: dict[str, list] = {"attributes": [], "families": [], "outside": []}
-        for h in houses:
+        for h, gone in zip(houses, absent, strict=False):
             for attr in ATTRIBUTES:
                 _, q, a = h.question(rng, "canonical", (attr,))
-                items["attributes"].append((attr, text(q), first_of_three(h), a))
+                items["attributes"].append((attr, text(q), a))
             for family in FAMILIES:
                 _, q, a = h.question(rng, family)
-                items["families"].append((family, text(q), first_of_three(h), a))
-            absent = [o.document() for o in rng.sample([o for o in every if o is not h], 3)]
-            items["outside"].append(("absent_house", text(h.question(rng, rng.choice(FAMILIES))[1]), absent, ABSTAIN))
-            items["outside"].append(("unknown_question", text(unknown_question(h.name, True, rng)), first_of_three(h),
-                                     ABSTAIN))
-            if texts:
-                passages = [text(t) for t in rng.sample(texts, 2)]
-                q = rng.choice(TEXT_HELD_OUT) if rng.random() < 0.7 else h.question(rng)[1]
-                items["outside"].append(("licence_text", text(q), passages, ABSTAIN))
+                items["families"].append((family, text(q), a))
+            items["outside"].append(("absent_house", text(gone.question(rng, rng.choice(FAMILIES))[1]), ABSTAIN))
+            items["outside"].append(("unknown_question", text(unknown_question(h.name, True, rng)), ABSTAIN))
+            items["outside"].append(("licence_text", text(rng.choice(TEXT_HELD_OUT)), ABSTAIN))
         return items
 
-    def world(self, threshold: float | None = None) -> dict:
-        """Attributes, phrasing families (RAG and VQA) and abstention, decided at `threshold`
-        (default: the checkpoint's `abstain_threshold`; none: the model's own greedy answer)."""
+    def _world_evidence(self, items: dict[str, list]) -> dict[str, list[tuple[list[Sample], float, float]]]:
+        """Per item, as the server serves it: the hybrid top-k of an index of the split's houses
+        and the held-out licence passages, the top hit's BM25 score (0: no word matched) and the
+        abstention margin of the first answer token with those documents."""
+        import tempfile
+
+        from index.embedding import document_vectors, open_for_model
+        from index.ingest import SourcePlan, write
+
         model, c = self.model, self.cfg
         fmt = model.config.prompts
-        threshold = model.config.abstain_threshold if threshold is None else threshold
-        houses = self.pools.houses[len(self.pools.houses) // 2 :]  # the first half calibrates
-        items = self.world_items(houses)
-        token = abstain_token(model.backbone)
-        barred = {} if threshold is None else {"bad_words_ids": [[token]]}
-        out: dict = {"abstain_threshold": threshold}
+        docs = [h.document() for h in self.pools.houses]
+        docs += [Sample([Slice.of_text(t)], id=f"licence-{i}", metadata={"kind": "licence"})
+                 for i, t in enumerate(licence_passages(held_out=True))]
+        out: dict[str, list] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            index = open_for_model(tmp, model)
+            de = _embed(model, docs, c.batch_size)
+            write(index, [SourcePlan(docs, vectors=[document_vectors(de, i) for i in range(len(docs))])], None,
+                  model.embedding_version)
+            by_id = {d.id: d for d in docs}
+            for group, rows in items.items():
+                qe = _embed(model, [q for _, q, _ in rows], c.batch_size)
+                found = []
+                for i, (_, q, _) in enumerate(rows):
+                    hits = index.search(document_vectors(qe, i), SearchParams(k=c.rag_k, mode="hybrid"), q.text())
+                    found.append(([by_id[h.id] for h in hits], max((h.lexical_score or 0.0) for h in hits)
+                                  if hits else 0.0))
+                prompts = [generation_prompt(q, fmt, ctx) for (_, q, _), (ctx, _) in zip(rows, found, strict=True)]
+                margins = _margins(model, prompts, c.batch_size)
+                out[group] = [(ctx, lex, m) for (ctx, lex), m in zip(found, margins, strict=True)]
+            index.close()
+        return out
+
+    def world(self, thresholds: tuple[float | None, float | None] | None = None) -> dict:
+        """Attributes, phrasing families (RAG and VQA) and abstention through hybrid retrieval,
+        decided as the server decides (`thresholds`: (margin, lexical); default: the checkpoint's
+        `abstain_threshold`, `abstain_lexical_threshold`; none: the model's own greedy answer)."""
+        model, c = self.model, self.cfg
+        fmt = model.config.prompts
+        lm_t, lex_t = thresholds or (model.config.abstain_threshold, model.config.abstain_lexical_threshold)
+        half = len(self.pools.houses) // 2
+        items = self.world_items(self.pools.houses[half:], self._absent_houses()[half:])
+        evidence = self._world_evidence(items)
+        barred = {} if lm_t is None else {"bad_words_ids": [[abstain_token(model.backbone)]]}
+        out: dict = {"abstain_threshold": lm_t, "abstain_lexical_threshold": lex_t}
         decided: dict[str, list[tuple[str, bool, bool]]] = {}  # group -> (key, right, abstained)
         for group, rows in items.items():
-            prompts = [generation_prompt(q, fmt, docs) for _, q, docs, _ in rows]
-            margins = _margins(model, prompts, c.batch_size)
-            preds = _generate(model, prompts, c.batch_size, **barred)
+            ev = evidence[group]
+            preds = _generate(model, [generation_prompt(q, fmt, ctx) for (_, q, _), (ctx, _, _) in
+                                      zip(rows, ev, strict=True)], c.batch_size, **barred)
             res = []
-            for (key, _, _, answer), m, pred in zip(rows, margins, preds, strict=True):
-                abstained = (m >= threshold) if threshold is not None else _match(pred, ABSTAIN)
+            for (key, _, answer), (_, lex, m), pred in zip(rows, ev, preds, strict=True):
+                abstained = abstains(m, lex, lm_t, lex_t) if lm_t is not None else _match(pred, ABSTAIN)
                 right = abstained if answer == ABSTAIN else (not abstained and _match(pred, answer))
                 res.append((key, right, abstained))
             decided[group] = res
@@ -443,7 +498,7 @@ class Evaluator:
         fam = out["rag_families"]
         fam["trained"] = float(np.mean([fam[f] for f in TRAINED]))
         fam["held_out"] = float(np.mean([fam[f] for f in HELD_OUT]))
-        out["vqa_families"] = self._vqa_families(barred)
+        out["vqa_families"] = self._vqa_families()
         answerable = decided["attributes"] + decided["families"]
         per_out: dict[str, list[int]] = defaultdict(list)
         for key, right, _ in decided["outside"]:
@@ -455,7 +510,15 @@ class Evaluator:
             self._baseline(f"world.rag_attributes.{attr}", 1 / VQA_ANSWERS[attr] if attr != "count" else 1.0)
         return {"world": out}
 
-    def _vqa_families(self, barred: dict) -> dict:
+    def _absent_houses(self):
+        """Houses of the split's name distribution that no index of this evaluation holds."""
+        from .world import knowledge_base
+
+        n = len(self.pools.houses)
+        offset = (SEEN_NAME_OFFSET if self.split == "seen" else 0) + n
+        return knowledge_base(self.pools.split, n, offset)
+
+    def _vqa_families(self) -> dict:
         """VQA accuracy by phrasing family over the split's scenes (the image with the question)."""
         p, c = self.pools, self.cfg
         rng = random.Random(f"{c.seed}:{self.split}:vqa-families")
@@ -475,21 +538,21 @@ class Evaluator:
         return out
 
     def calibrate_abstention(self) -> dict:
-        """The threshold from the first half of the split's houses: answerable questions (every
-        attribute, every phrasing family) abstain at most CALIBRATION_FALSE_ABSTENTION."""
-        model = self.model
-        houses = self.pools.houses[: len(self.pools.houses) // 2]
-        items = self.world_items(houses)
-        fmt = model.config.prompts
-        answerable = items["attributes"] + items["families"]
-        margins = _margins(model, [generation_prompt(q, fmt, docs) for _, q, docs, _ in answerable],
-                           self.cfg.batch_size)
-        outside = _margins(model, [generation_prompt(q, fmt, docs) for _, q, docs, _ in items["outside"]],
-                           self.cfg.batch_size)
-        threshold = calibrate_threshold(margins)
-        return {"threshold": threshold, "houses": len(houses),
-                "calibration_false_abstention": float(np.mean([m >= threshold for m in margins])),
-                "calibration_abstention_outside": float(np.mean([m >= threshold for m in outside]))}
+        """The two thresholds from the first half of the split's houses (and absent ones): the
+        pair that abstains on the most questions the index cannot answer while abstaining on at
+        most CALIBRATION_FALSE_ABSTENTION of the answerable ones (every attribute, every family)."""
+        half = len(self.pools.houses) // 2
+        items = self.world_items(self.pools.houses[:half], self._absent_houses()[:half])
+        ev = self._world_evidence(items)
+        inside = [(m, lex) for g in ("attributes", "families") for _, lex, m in ev[g]]
+        outside = [(m, lex) for _, lex, m in ev["outside"]]
+        lm_t, lex_t = calibrate_thresholds(inside, outside)
+
+        def rate(rows):
+            return float(np.mean([abstains(m, lex, lm_t, lex_t) for m, lex in rows]))
+
+        return {"threshold": lm_t, "lexical_threshold": lex_t, "houses": half,
+                "calibration_false_abstention": rate(inside), "calibration_abstention_outside": rate(outside)}
 
     # ----------------------------------------------------------- image tokens
     def image_tokens(self) -> dict:
@@ -584,6 +647,7 @@ SUMMARY_KEYS = [
     *[f"world.vqa_families.{f}" for f in (*FAMILIES, "trained", "held_out")],
     "world.abstention.absent_house", "world.abstention.unknown_question", "world.abstention.licence_text",
     "world.abstention.outside", "world.abstention.false_abstention", "world.abstain_threshold",
+    "world.abstain_lexical_threshold",
 ]
 
 
@@ -699,10 +763,11 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path | None = None, cfg: Eva
         with torch.no_grad():
             calibration = Evaluator(model, cfg, "heldout").calibrate_abstention()
         model.config.abstain_threshold = calibration["threshold"]
+        model.config.abstain_lexical_threshold = calibration["lexical_threshold"]
         from model.sugar import CONFIG_FILE
 
         model.config.save(Path(checkpoint) / CONFIG_FILE)
-        logger.info("abstention threshold %.4f written to %s", calibration["threshold"], Path(checkpoint) / CONFIG_FILE)
+        logger.info("abstention thresholds %s written to %s", calibration, Path(checkpoint) / CONFIG_FILE)
     with torch.no_grad():
         results = run_splits(model, cfg)
     if calibration is not None:
