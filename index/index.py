@@ -74,6 +74,7 @@ class Hit:
     # hybrid and lexical modes: the two sides' own scores (None: not scored / no term matched)
     dense_score: float | None = None
     lexical_score: float | None = None
+    collection: str | None = None  # the collection it was found in (a search of several)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"id": self.id, "score": self.score, "ann_score": self.ann_score, "metadata": self.metadata}
@@ -94,7 +95,7 @@ class DocumentVectors:
 class DocumentIndex:
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | None,
         dim: int | None = None,
         embedding_version: str | None = None,
         settings: VectorSettings | None = None,
@@ -114,7 +115,11 @@ class DocumentIndex:
         self.snapshot_every = snapshot_every
         self._writes_since_snapshot = 0
         self._maintenance = threading.Lock()
-        self.backend: Backend = backend if backend is not None else open_backend(path, self.settings)
+        if backend is None:
+            if path is None:
+                raise IndexRefused("an index needs a directory, a database URL or a backend")
+            backend = open_backend(path, self.settings)
+        self.backend: Backend = backend
         self.where, self.path = self.backend.where, self.backend.path
         with self.backend.opening():
             self._init_meta(dim, embedding_version, kernel)
@@ -129,15 +134,21 @@ class DocumentIndex:
         return self.backend.vectors
 
     # ------------------------------------------------------------ open
+    @staticmethod
+    def initial_meta(dim: int, version: str | None, kernel: KernelSettings | None,
+                     settings: VectorSettings) -> dict[str, Any]:
+        """What a new index records about itself (a new collection is created with it)."""
+        k = kernel or KernelSettings()
+        return {"dim": dim, "embedding_version": version or "", "format_version": FORMAT_VERSION,
+                "index_type": settings.type, "kernel": json.dumps(k.__dict__)}
+
     def _init_meta(self, dim: int | None, version: str | None, kernel: KernelSettings | None) -> None:
         s = self.store
         stored_dim = s.get_meta("dim")
         if stored_dim is None:
             if dim is None:
                 raise IndexRefused(f"{self.where}: no index here (give a dimension to create one)")
-            k = kernel or KernelSettings()
-            s.set_meta({"dim": dim, "embedding_version": version or "", "format_version": FORMAT_VERSION,
-                        "index_type": self.settings.type, "kernel": json.dumps(k.__dict__)})
+            s.set_meta(self.initial_meta(dim, version, kernel, self.settings))
         else:
             if dim is not None and int(stored_dim) != dim:
                 raise IndexRefused(f"{self.where}: index dimension {stored_dim} does not match {dim}")
@@ -436,6 +447,17 @@ class DocumentIndex:
             added, _ = self.store.update_vectors(
                 [(s.id, e.vectors, e.summary) for s, e in docs], version)  # type: ignore[misc]
             self._apply(added, [])
+
+
+def merge_hits(ranked: list[list[Hit]], k: int, mode: str, weight: float) -> list[Hit]:
+    """One ranking of several collections' hits (each ranked on its own): the dense and lexical
+    rankings merge by score (the GA kernel's s̄ and BM25 mean the same in every collection); the
+    hybrid scores, fused over each collection's own candidates, are fused again over all of them."""
+    hits = [h for hs in ranked for h in hs]
+    if mode == "hybrid" and hits:
+        hits = _fuse(hits, weight)
+    hits.sort(key=lambda h: (-h.score, -(h.dense_score or 0.0)))
+    return hits[:k]
 
 
 def _fuse(hits: list[Hit], weight: float) -> list[Hit]:

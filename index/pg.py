@@ -137,6 +137,20 @@ class _Rows(list):
         return list(self)
 
 
+# the collections other than the default (index/collections.py): each in a schema of its own
+REGISTRY = """CREATE TABLE IF NOT EXISTS sugar_collections (
+    name text PRIMARY KEY, schema text NOT NULL UNIQUE, created double precision NOT NULL)"""
+REGISTRY_LOCK = 0x5347_5243  # the registry's writers ("SGRC")
+
+
+def collection_schema(name: str) -> str:
+    """The PostgreSQL schema of a collection: a fixed prefix and a hash of its name (a safe
+    identifier whatever the name, and never a name another collection has)."""
+    import hashlib
+
+    return "sugar_c_" + hashlib.sha256(name.encode()).hexdigest()[:24]
+
+
 def write_lock_key(schema: str | None) -> int:
     """The advisory lock of a collection's writers: WRITE_LOCK for the default (public) tables,
     a key derived from the schema's name for the others (collections write in parallel)."""
@@ -238,9 +252,9 @@ class PgStore(ThreadConnections):
             if "dim" in items:
                 self._prepare_vectors(int(items["dim"]))
 
-    def _prepare_vectors(self, dim: int) -> None:
+    def _prepare_vectors(self, dim: int, c=None) -> None:  # noqa: ANN001 - a connection
         """The summary column typed to `dim` and its HNSW index (inner product)."""
-        c = self.conn
+        c = c or self.conn
         typed = c.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'docs'::regclass"
                           " AND attname = 'summary'").fetchone()[0]
         if typed != f"vector({dim})":

@@ -20,11 +20,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from .auth import KeyRing
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import install_guard
 from .protocol import apply_limits
-from .routes import documents, native, openai, probes, ui
+from .routes import collections, documents, native, openai, probes, ui
 from .service import SugarService
 from .settings import Settings
 
@@ -35,9 +36,11 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
     """`service_factory(settings, metrics, batching)` builds the service (default: load
     checkpoint, index and engine)."""
     metrics = Metrics()
+    keys = KeyRing(settings.api_key, settings.api_keys_file)  # a keys file that does not parse stops here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        _reload_keys_on_sighup(keys)
         factory = service_factory or load_service
         service = await asyncio.to_thread(factory, settings, metrics, batching)
         app.state.service = service
@@ -52,9 +55,10 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
                   description="Retrieval-augmented multimodal inference: one checkpoint embeds and generates.")
     app.state.settings = settings
     app.state.metrics = metrics
-    install_guard(app, settings, metrics)
+    app.state.keys = keys
+    install_guard(app, settings, metrics, keys)
     install_error_handlers(app)
-    for router in (probes.router, native.router, documents.router, openai.router, ui.router):
+    for router in (probes.router, native.router, documents.router, collections.router, openai.router, ui.router):
         app.include_router(router)
 
     def openapi() -> dict:
@@ -68,11 +72,24 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
     return app
 
 
+def _reload_keys_on_sighup(keys: KeyRing) -> None:
+    """SIGHUP reads the keys file again (where the server runs in the main thread)."""
+    import signal
+
+    if keys.keys_file is None or not hasattr(signal, "SIGHUP"):
+        return
+    try:
+        signal.signal(signal.SIGHUP, lambda *_: keys.request_reload())
+    except ValueError:  # not the main thread (an embedding app, tests): the file's changes still count
+        logger.debug("SIGHUP handler not installed (not the main thread)")
+
+
 def load_service(settings: Settings, metrics: Metrics, batching: bool = True) -> SugarService:
     """Load the checkpoint, open the index (refusing a mismatch), build the engine."""
     import torch
 
-    from index import DocumentIndex, IndexRefused
+    from index import IndexRefused
+    from index.collections import Collections
     from model.sugar import SugarModel
 
     from .embedder import make_embedder
@@ -88,8 +105,9 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     model = SugarModel.from_pretrained(settings.checkpoint, device=device, dtype=getattr(torch, settings.dtype))
     logger.info("model on %s (%s): embedding and in-process generation run there", device, settings.dtype)
     try:
-        index = DocumentIndex(location, dim=model.embed_dim, embedding_version=model.embedding_version,
-                              kernel=model.config.kernel, snapshot_every=settings.snapshot_every)
+        collections = Collections(location, dim=model.embed_dim, embedding_version=model.embedding_version,
+                                  kernel=model.config.kernel, snapshot_every=settings.snapshot_every,
+                                  max_collections=settings.max_collections)
     except IndexRefused as e:
         raise StartupError(str(e)) from None
     engine = make_engine(settings, model)
@@ -97,7 +115,7 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
         embedder = make_embedder(settings, model)
     except ValueError as e:
         raise StartupError(str(e)) from None
-    return SugarService(settings, model, index, engine, batching=batching, on_batch=metrics.batch_size.observe,
+    return SugarService(settings, model, collections, engine, batching=batching, on_batch=metrics.batch_size.observe,
                         embedder=embedder)
 
 

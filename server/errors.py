@@ -16,6 +16,7 @@ from index import IndexRefused, StoreUnavailable
 from model.sample import SampleError
 
 from . import protocol as P
+from .auth import Forbidden
 from .batching import Overloaded
 from .engine import EngineError
 from .service import BadRequest, Conflict, NotFound, UploadRefused
@@ -32,10 +33,11 @@ def error(status: int, kind: str, message: str, field: str | None = None, **extr
 _DESCRIPTIONS = {
     400: "malformed request (e.g. an invalid Content-Length)",
     401: "missing or wrong API key",
-    404: "no such document, image, model or route",
+    403: "the API key may not do this on this collection (the message names it)",
+    404: "no such document, image, model, collection or route",
     405: "method not allowed (see the Allow header)",
     408: "the request body did not arrive in time",
-    409: "the document id exists",
+    409: "the document id exists (or: the default collection cannot be deleted)",
     413: "request body too large",
     422: "invalid request: schema, limits, bad images, refused URLs or paths, unreadable files",
     429: "queue full: retry after the Retry-After header",
@@ -125,12 +127,16 @@ async def index_error(_: Request, exc: IndexRefused):
     return error(422, "index_refused", str(exc))
 
 
+async def forbidden(_: Request, exc: Forbidden):
+    return error(403, "forbidden", str(exc), "collection" if exc.collection is not None else None)
+
+
 async def not_found(_: Request, exc: NotFound):
     return error(404, "not_found", exc.args[0])
 
 
 async def conflict(_: Request, exc: Conflict):
-    return error(409, "conflict", exc.args[0], "id")
+    return error(409, "conflict", exc.args[0], exc.field)
 
 
 async def overloaded(_: Request, exc: Overloaded):
@@ -165,6 +171,7 @@ HANDLERS = {
     UploadRefused: upload_refused,
     IndexRefused: index_error,
     NotFound: not_found,
+    Forbidden: forbidden,
     Conflict: conflict,
     Overloaded: overloaded,
     EngineError: engine_error,

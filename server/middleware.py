@@ -8,13 +8,13 @@ Runs before any route: a request that fails here never reaches the service.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 
 from fastapi import FastAPI, Request
 
 from model.sample import pixel_budget
 
+from .auth import ADMIN, KeyRing
 from .errors import error
 from .metrics import Metrics
 from .settings import Settings
@@ -36,7 +36,7 @@ def route_name(request: Request) -> str:
     return path if path in KNOWN_ROUTES else "other"
 
 
-def install_guard(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+def install_guard(app: FastAPI, settings: Settings, metrics: Metrics, keys: KeyRing) -> None:
     @app.middleware("http")
     async def guard(request: Request, call_next):
         path = request.url.path
@@ -47,14 +47,20 @@ def install_guard(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             metrics.observe(route, status, time.perf_counter() - t0)
             return error(status, *args, **kw)
 
-        needs_key = settings.api_key and path not in OPEN_PATHS and not (
-            path == "/metrics" and settings.metrics_public) and not (
+        open_metrics = path == "/metrics" and settings.metrics_public
+        needs_key = keys.enabled and path not in OPEN_PATHS and not open_metrics and not (
             request.method in ("GET", "HEAD") and (path in UI_PATHS or path.startswith("/ui/")))
+        request.state.principal = ADMIN  # no keys configured: everything is open
         if needs_key:
             header = request.headers.get("authorization", "")
             token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), str(settings.api_key).encode()):
+            principal = keys.authenticate(token) if token else None
+            if principal is None:
                 return refuse(401, "unauthorized", "missing or wrong API key (Authorization: Bearer …)")
+            request.state.principal = principal
+            if path == "/metrics" and not principal.admin:
+                return refuse(403, "forbidden", "/metrics needs the admin key (SUGAR_API_KEY) or "
+                              "SUGAR_METRICS_PUBLIC")
         length = request.headers.get("content-length")
         if length is not None:
             try:

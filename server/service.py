@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from index import DocumentIndex, DocumentVectors, Hit
+from index.collections import CollectionNotFound, CollectionRefused, Collections
+from index.index import merge_hits
 from index.ingest import (
     UPLOAD_PREFIX,
     Chunked,
@@ -35,7 +37,7 @@ from index.ingest.readers import ReadOptions
 from model.backbone import Backbone
 from model.prompts import ABSTAIN_ANSWER, Part, Prompt, rag_parts
 from model.sample import Sample, SampleError
-from model.search import SearchParams
+from model.search import DEFAULT_COLLECTION, SearchParams
 from model.sugar import SugarModel, abstain_token
 
 from .batching import EmbeddingBatcher, GenerationLimiter
@@ -53,8 +55,15 @@ class NotFound(KeyError):
     pass
 
 
+def _in(collection: str | None) -> str:
+    """" in collection 'x'" for messages about a named collection's documents."""
+    return f" in collection {collection!r}" if collection and collection != DEFAULT_COLLECTION else ""
+
+
 class Conflict(KeyError):
-    pass
+    def __init__(self, message: str, field: str = "id") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class BadRequest(ValueError):
@@ -114,9 +123,9 @@ class RagPlan:
 
 
 class SugarService:
-    def __init__(self, settings: Settings, model: SugarModel, index: DocumentIndex, engine: Engine,
+    def __init__(self, settings: Settings, model: SugarModel, collections: Collections, engine: Engine,
                  batching: bool = True, on_batch=None, embedder: Embedder | None = None) -> None:
-        self.settings, self.model, self.index, self.engine = settings, model, index, engine
+        self.settings, self.model, self.collections, self.engine = settings, model, collections, engine
         self.embedder = embedder or InProcessEmbedder(model, settings.embed_max_batch)
         self.policy = InputPolicy.from_settings(settings)  # every way bytes enter (server/policy.py)
         self.limits = self.policy.limits
@@ -133,6 +142,21 @@ class SugarService:
         self.abstain = None if c.abstain_threshold is None and c.abstain_lexical_threshold is None else Abstain(
             abstain_token(model.backbone), c.abstain_threshold, ABSTAIN_ANSWER)
 
+    @property
+    def index(self) -> DocumentIndex:
+        """The default collection (the index the server was given)."""
+        return self.collections.default
+
+    def collection(self, name: str | None, field: str = "collection") -> DocumentIndex:
+        """A collection's index: NotFound (404) naming an unknown one, BadRequest (422) for a
+        name outside the grammar."""
+        try:
+            return self.collections.get(name or DEFAULT_COLLECTION)
+        except CollectionNotFound as e:
+            raise NotFound(str(e)) from None
+        except CollectionRefused as e:
+            raise BadRequest(field, str(e)) from None
+
     async def start(self) -> None:
         await asyncio.to_thread(self.warm_up)
         self.batcher.start()
@@ -145,7 +169,7 @@ class SugarService:
             await self.ingest_pool.stop()
         await self.engine.close()
         self.embedder.close()
-        self.index.close()
+        self.collections.close()
 
     def warm_up(self) -> None:
         """What loads or compiles on its first call (numba's GA kernel, FAISS, the lexical index,
@@ -220,11 +244,13 @@ class SugarService:
     async def embed(self, samples: list[Sample]) -> list[DocumentVectors]:
         return await self.batcher.submit(samples)
 
-    async def store(self, samples: list[Sample], embeddings: list[DocumentVectors], upsert: bool) -> list[str]:
+    async def store(self, samples: list[Sample], embeddings: list[DocumentVectors], upsert: bool,
+                    collection: str | None = None) -> list[str]:
         """Store embedded samples (one transaction, `index.ingest.write`)."""
         plan = SourcePlan(samples, vectors=embeddings)
+        index = self.collection(collection)
         try:
-            return await asyncio.to_thread(write, self.index, [plan], None, self.model.embedding_version, upsert)
+            return await asyncio.to_thread(write, index, [plan], None, self.model.embedding_version, upsert)
         except KeyError as e:
             raise Conflict(f"document {e} already exists (use PUT /documents/{{id}} to replace it)") from None
 
@@ -238,9 +264,23 @@ class SugarService:
         if params.k_prime is not None and params.k_prime > 10 * self.settings.max_k:
             raise BadRequest(f"{where}k_prime", f"{params.k_prime} exceeds the limit of {10 * self.settings.max_k}")
         params = params.with_defaults(self.settings.retrieval_mode, self.settings.retrieval_lexical_weight)
+        field = f"{where}collection" + ("s" if len(params.collections) > 1 else "")
+        indexes = {name: self.collection(name, field) for name in params.collections}
         [emb] = await self.embed([query])
         text = "\n".join(s.text for s in query.slices if s.type == "text")  # type: ignore[misc]
-        return await asyncio.to_thread(self.index.search, emb, params, text)
+
+        def search() -> list[Hit]:
+            ranked = []
+            for name, index in indexes.items():
+                hits = index.search(emb, params, text)
+                for h in hits:
+                    h.collection = name
+                ranked.append(hits)
+            if len(ranked) == 1:
+                return ranked[0]
+            return merge_hits(ranked, params.k, params.mode or "dense", params.lexical_weight or 0.0)
+
+        return await asyncio.to_thread(search)
 
     # ------------------------------------------------------------ generation
     def max_tokens(self, requested: int | None) -> int:
@@ -332,7 +372,7 @@ class SugarService:
             self.generations.release()
 
     # ------------------------------------------------------------ uploads (index.ingest)
-    def _ingestor(self, metadata: dict[str, Any] | None) -> Ingestor:
+    def _ingestor(self, metadata: dict[str, Any] | None, index: DocumentIndex) -> Ingestor:
         # images linked or named by an upload follow the input policy: the URL allow-list,
         # SUGAR_ALLOW_PATHS for paths in uploaded JSONL, the per-request pixel budget
         read = ReadOptions(limits=self.limits, resolve=self.policy.fetch_linked, resolve_path=self.policy.read_path,
@@ -340,14 +380,16 @@ class SugarService:
         config = IngestConfig.for_model(self.model, self.settings.max_slices, self.settings.retrieval_k,
                                         read=read, metadata=metadata or {},
                                         batch_size=self.settings.embed_max_batch)
-        return Ingestor(self.index, self._embed_sync, self.model.embedding_version, config)
+        return Ingestor(index, self._embed_sync, self.model.embedding_version, config)
 
-    async def upload(self, files: list[tuple[str, bytes]], metadata: dict[str, Any] | None) -> list[FileResult]:
+    async def upload(self, files: list[tuple[str, bytes]], metadata: dict[str, Any] | None,
+                     collection: str | None = None) -> list[FileResult]:
         """Read and chunk every file first (in an ingestion worker, `server.workers`); any
         unreadable file refuses the whole upload (`UploadRefused`, nothing stored). Then embed
         (through the shared batcher) and write everything in one transaction
         (`index.ingest.write`)."""
-        ing = self._ingestor(metadata)
+        index = self.collection(collection)
+        ing = self._ingestor(metadata, index)
         loop = asyncio.get_running_loop()
         sources = pair_uploads(files)
         if self.ingest_pool is not None:
@@ -375,24 +417,25 @@ class SugarService:
             return asyncio.run_coroutine_threadsafe(self.embed(samples), loop).result()
 
         try:
-            await asyncio.to_thread(write, self.index, plans, embed, self.model.embedding_version, True,
+            await asyncio.to_thread(write, index, plans, embed, self.model.embedding_version, True,
                                     self.settings.embed_max_batch)
         except KeyError as e:
             raise Conflict(f"document {e} changed during the upload; send it again") from None
         return [p.result for p in plans]  # type: ignore[misc]
 
     # ------------------------------------------------------------ documents
-    async def get_document(self, doc_id: str):
-        d = await asyncio.to_thread(self.index.get, doc_id)
+    async def get_document(self, doc_id: str, collection: str | None = None):
+        d = await asyncio.to_thread(self.collection(collection).get, doc_id)
         if d is None:
-            raise NotFound(f"no document {doc_id!r}")
+            raise NotFound(f"no document {doc_id!r}" + _in(collection))
         return d
 
-    async def delete_document(self, doc_id: str) -> None:
+    async def delete_document(self, doc_id: str, collection: str | None = None) -> None:
+        index = self.collection(collection)
         try:
-            await asyncio.to_thread(self.index.delete, [doc_id])
+            await asyncio.to_thread(index.delete, [doc_id])
         except KeyError:
-            raise NotFound(f"no document {doc_id!r}") from None
+            raise NotFound(f"no document {doc_id!r}" + _in(collection)) from None
 
     # ------------------------------------------------------------ readiness
     async def ready(self) -> dict[str, Any]:

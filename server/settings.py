@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     index_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_key: str | None = None  # the admin key: every route, every collection
+    # keys scoped to collections (server/auth.py): a JSON list of {"key_sha256", "collections", "access"}
+    api_keys_file: Path | None = None
     metrics_public: bool = False  # open /metrics to a scraper without the API key
     engine: str = "hf"  # "hf" (in-process transformers) | "vllm"
     vllm_url: str = "http://127.0.0.1:8001"
@@ -80,6 +82,8 @@ class Settings(BaseSettings):
     retrieval_lexical_weight: float = Field(default=0.6, ge=0.0, le=1.0)  # hybrid: BM25's share
     ready_cache_s: float = 5.0
     snapshot_every: int = Field(default=1000, ge=1)  # index writes between FAISS snapshots
+    # collections beside the default one (PUT /collections/{name}; index/collections.py)
+    max_collections: int = Field(default=100, ge=1, le=10_000)
     # POST /documents/upload (the whole request stays under max_body_bytes too)
     max_upload_files: int = 32
     max_upload_file_bytes: int = 16 * 1024 * 1024

@@ -118,6 +118,32 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class Catalog(Protocol):
+    """The collections of one location beside its default one (index/collections.py): listing,
+    opening, and creating and deleting each atomically (kill -9 safe)."""
+
+    @property
+    def kind(self) -> str: ...
+    def names(self) -> list[str]: ...  # the named collections (the default one is implicit)
+    def exists(self, name: str) -> bool: ...
+    def open(self, name: str | None) -> Backend: ...  # None: the default collection
+    def create(self, name: str, meta: dict[str, Any], dim: int) -> None: ...  # FileExistsError
+    def delete(self, name: str) -> None: ...  # FileNotFoundError
+
+
+def open_catalog(location: str | Path, settings: Any) -> Catalog:
+    """The collections catalog of `location` (a `postgresql://` URL or an index directory)."""
+    from ..pg import is_database_url
+
+    if is_database_url(location):
+        from .postgres import PostgresCatalog
+
+        return PostgresCatalog(str(location))
+    from .embedded import EmbeddedCatalog
+
+    return EmbeddedCatalog(Path(location), settings)
+
+
 def open_backend(location: str | Path, settings: Any) -> Backend:
     """The backend of `location`: a `postgresql://` URL or an index directory."""
     from ..pg import is_database_url
@@ -131,13 +157,15 @@ def open_backend(location: str | Path, settings: Any) -> Backend:
     return EmbeddedBackend(Path(location), settings)
 
 
-def _conforms(embedded: Any, postgres: Any) -> tuple[Backend, Backend, Store, Store, Vectors, Vectors]:
-    """mypy's check that both backends, their stores and their vector sides have the interface."""
+def _conforms(embedded: Any, postgres: Any, catalogs: Any
+              ) -> tuple[Backend, Backend, Store, Store, Vectors, Vectors, Catalog, Catalog]:
+    """mypy's check that both backends, their stores, their vector sides and their catalogs
+    have the interface."""
     from ..pg import PgStore, PgVectors
     from ..store import DocumentStore
     from ..vectors import VectorIndex
-    from .embedded import EmbeddedBackend
-    from .postgres import PostgresBackend
+    from .embedded import EmbeddedBackend, EmbeddedCatalog
+    from .postgres import PostgresBackend, PostgresCatalog
 
     e: EmbeddedBackend = embedded
     p: PostgresBackend = postgres
@@ -145,7 +173,9 @@ def _conforms(embedded: Any, postgres: Any) -> tuple[Backend, Backend, Store, St
     s2: PgStore = p.store
     v1: VectorIndex = e.vectors
     v2: PgVectors = p.vectors
-    return e, p, s1, s2, v1, v2
+    c1: EmbeddedCatalog = catalogs[0]
+    c2: PostgresCatalog = catalogs[1]
+    return e, p, s1, s2, v1, v2, c1, c2
 
 
-__all__ = ["Backend", "Store", "Vectors", "Written", "open_backend"]
+__all__ = ["Backend", "Catalog", "Store", "Vectors", "Written", "open_backend", "open_catalog"]

@@ -14,7 +14,10 @@ store's write lock; the snapshot is written every `snapshot_every` writes and on
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +30,7 @@ from ..vectors import VectorIndex, VectorSettings
 logger = logging.getLogger(__name__)
 
 STORE_FILE = "store.sqlite"
+COLLECTIONS_DIR = "collections"  # beside the default collection's files: one directory per other one
 
 
 class EmbeddedBackend:
@@ -136,3 +140,70 @@ class EmbeddedBackend:
 
     def close(self) -> None:
         self.store.close()
+
+
+class EmbeddedCatalog:
+    """The collections of an embedded index: `default` is the directory itself (today's index,
+    unchanged), every other one a directory under `collections/`. Creating one builds it under
+    a hidden name and renames it into place; deleting one renames it away, then removes it:
+    a rename is atomic, so after a crash (kill -9) a collection is either all there or all gone
+    (the hidden leftovers are swept at the next open)."""
+
+    kind = "embedded"
+
+    def __init__(self, root: Path, settings: VectorSettings) -> None:
+        self.root, self.settings = Path(root), settings
+        self.dir = self.root / COLLECTIONS_DIR
+        self.where = str(self.root)
+        if self.dir.is_dir():
+            for leftover in self.dir.glob(".*"):  # half-made or half-deleted: never a collection
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def names(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(d.name for d in self.dir.iterdir()
+                      if d.is_dir() and not d.name.startswith(".") and (d / STORE_FILE).is_file())
+
+    def exists(self, name: str) -> bool:
+        return (self.dir / name / STORE_FILE).is_file()
+
+    def open(self, name: str | None) -> EmbeddedBackend:
+        """The default collection (None) or a named one's backend."""
+        return EmbeddedBackend(self.root if name is None else self.dir / name, self.settings)
+
+    def create(self, name: str, meta: dict[str, object], dim: int) -> None:
+        """Build the collection (its store and meta) under a hidden name, then rename it into
+        place (FileExistsError when it is there already)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        staging = self.dir / f".new-{name}-{uuid.uuid4().hex}"
+        try:
+            backend = EmbeddedBackend(staging, self.settings)
+            backend.store.set_meta(meta)
+            backend.open_vectors(dim, str(meta.get("embedding_version", "")), False, False)  # an empty snapshot
+            backend.close()
+            if self.exists(name):
+                raise FileExistsError(name)
+            try:
+                os.rename(staging, self.dir / name)
+            except OSError:  # made by another request meanwhile (a rename never replaces a full directory)
+                raise FileExistsError(name) from None
+            _sync_dir(self.dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, name: str) -> None:
+        """Rename the collection away (atomic), then remove its files (FileNotFoundError: none)."""
+        gone = self.dir / f".deleted-{name}-{uuid.uuid4().hex}"
+        os.rename(self.dir / name, gone)
+        _sync_dir(self.dir)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def _sync_dir(path: Path) -> None:
+    """The directory's entries (a rename) on disk, not only in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,14 +5,25 @@ writes at once."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..pg import PgStore, PgVectors
-from ..store import IndexRefused
+from ..pg import (
+    REGISTRY,
+    REGISTRY_LOCK,
+    SCHEMA,
+    PgStore,
+    PgVectors,
+    collection_schema,
+    redact,
+)
+from ..store import IndexRefused, ThreadConnections
 
 
 class PostgresBackend:
@@ -61,3 +72,81 @@ class PostgresBackend:
 
     def close(self) -> None:
         self.store.close()
+
+
+class PostgresCatalog(ThreadConnections):
+    """The collections of a PostgreSQL index: `default` is the `public` schema's tables (today's
+    index, unchanged), every other one a schema of its own (`pg.collection_schema`), listed in
+    `public.sugar_collections`. Creating one (the registry row, the schema, its tables, its
+    meta, its HNSW index) and deleting one (the row and `DROP SCHEMA ... CASCADE`) are each one
+    transaction: after a crash a collection is all there or all gone, and every replica that
+    opens the database sees the same collections at once."""
+
+    kind = "postgres"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url, self.where = url, redact(url)
+        self._local = threading.local()
+        try:
+            c = self.conn
+        except psycopg.OperationalError as e:
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise IndexRefused(f"cannot connect to PostgreSQL at {self.where}: {reason}") from None
+        with c.transaction():
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
+            c.execute(REGISTRY)
+
+    @property
+    def conn(self) -> Any:
+        import psycopg
+
+        c = getattr(self._local, "conn", None)
+        if c is None or c.closed or c.broken:
+            c = psycopg.connect(self.url, autocommit=True, connect_timeout=10, prepare_threshold=None)
+            self._local.conn = c
+        return c
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM sugar_collections ORDER BY name").fetchall()]
+
+    def exists(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sugar_collections WHERE name = %s", (name,)).fetchone() is not None
+
+    def open(self, name: str | None) -> PostgresBackend:
+        if name is None:
+            return PostgresBackend(self.url)
+        row = self.conn.execute("SELECT schema FROM sugar_collections WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            raise FileNotFoundError(name)
+        return PostgresBackend(self.url, row[0])
+
+    def create(self, name: str, meta: dict[str, Any], dim: int) -> None:
+        """One transaction: the registry row, the schema, its tables and meta, the HNSW index."""
+        schema = collection_schema(name)
+        c = self.conn
+        with c.transaction():
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
+            if c.execute("SELECT 1 FROM sugar_collections WHERE name = %s", (name,)).fetchone():
+                raise FileExistsError(name)
+            c.execute("INSERT INTO sugar_collections (name, schema, created) VALUES (%s, %s, %s)",
+                      (name, schema, time.time()))
+            c.execute(f"CREATE SCHEMA {schema}")
+            c.execute(f"SET LOCAL search_path = {schema}, public")
+            for stmt in SCHEMA:
+                c.execute(stmt)
+            for k, v in meta.items():
+                c.execute("INSERT INTO meta (key, value) VALUES (%s, %s)", (k, str(v)))
+            c.execute(f"ALTER TABLE docs ALTER COLUMN summary TYPE vector({int(dim)})")
+            c.execute("CREATE INDEX docs_summary_hnsw ON docs USING hnsw (summary vector_ip_ops)"
+                      " WITH (m = 16, ef_construction = 64)")
+
+    def delete(self, name: str) -> None:
+        c = self.conn
+        with c.transaction():
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
+            row = c.execute("DELETE FROM sugar_collections WHERE name = %s RETURNING schema", (name,)).fetchone()
+            if row is None:
+                raise FileNotFoundError(name)
+            c.execute(f"DROP SCHEMA {row[0]} CASCADE")

@@ -2,7 +2,7 @@
 
     common      validators, samples and slices, retrieval options, usage, errors, health
     native      /embed, /retrieve, /generate (+ the builders its JSON and stream share)
-    documents   /documents, uploads, /index/stats
+    documents   /documents, uploads, /index/stats, /collections
     openai      /v1 (typed responses and stream chunks)
 
 Routers import this package as `P`; every name is re-exported here.
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from .common import (
     ASCII,
+    COLLECTION_PATTERN,
     ID_PATTERN,
     INT64,
     MAX_JSON_DEPTH,
     NON_BLANK,
     TEMPERATURE_FLOOR,
+    CollectionName,
     ErrorBody,
     Filters,
     Health,
@@ -39,6 +41,9 @@ from .common import (
     slices_out,
 )
 from .documents import (
+    CollectionAck,
+    CollectionInfo,
+    CollectionList,
     DocumentAck,
     DocumentIn,
     DocumentList,
@@ -104,6 +109,11 @@ __all__ = [
     "ChatMessage",
     "ChatResponseMessage",
     "ChatTextPart",
+    "COLLECTION_PATTERN",
+    "CollectionAck",
+    "CollectionInfo",
+    "CollectionList",
+    "CollectionName",
     "DocumentAck",
     "DocumentIn",
     "DocumentList",

@@ -246,14 +246,16 @@ class Health(BaseModel):
     checks: dict[str, Any] = Field(default_factory=dict)
 
 
-def slices_out(d: StoredDocument, images: str) -> list[SliceOut]:
-    """A stored document's slices on the wire: images as URLs of this server or inline base64."""
+def slices_out(d: StoredDocument, images: str, collection: str | None = None) -> list[SliceOut]:
+    """A stored document's slices on the wire: images as URLs of this server (of its collection)
+    or inline base64."""
     out = []
+    where = f"?collection={collection}" if collection and collection != DEFAULT_COLLECTION else ""
     for k, s in enumerate(d.slices):
         if s["type"] == "text":
             out.append(SliceOut(type="text", text=s["text"]))
         elif images == "base64":
             out.append(SliceOut(type="image", base64=base64.b64encode(d.images[s["hash"]]).decode()))
         else:
-            out.append(SliceOut(type="image", url=f"/documents/{d.id}/images/{k}"))
+            out.append(SliceOut(type="image", url=f"/documents/{d.id}/images/{k}{where}"))
     return out

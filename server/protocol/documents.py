@@ -55,6 +55,26 @@ class IndexStats(BaseModel):
     embedding_version: str
     embedding_versions: dict[str, int]
     size_bytes: int
+    collection: str = "default"
+    backend: str | None = None
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    count: int = Field(description="documents")
+    embedding_version: str
+    backend: Literal["embedded", "postgres"]
+    size_bytes: int
+    dim: int
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionInfo]
+
+
+class CollectionAck(BaseModel):
+    name: str
+    status: Literal["created", "exists", "deleted"]
 
 
 class DocumentOut(BaseModel):

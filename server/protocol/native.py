@@ -34,6 +34,7 @@ class EmbedRequest(Strict):
     samples: list[SampleIn] = Field(min_length=1)
     store: StrictBool = False
     upsert: StrictBool = False
+    collection: CollectionName | None = None  # with store: where the samples go (default: "default")
 
 
 class SliceEmbedding(BaseModel):
@@ -90,6 +91,7 @@ class RetrievedDocument(BaseModel):
     lexical_score: float | None = None  # hybrid, lexical: BM25 (absent: no query word matched)
     metadata: dict[str, Any]
     slices: list[SliceOut]
+    collection: str | None = None  # a search of several collections: where this one was found
 
 
 class RetrieveResponse(BaseModel):
@@ -145,10 +147,11 @@ def _str_or_none(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def retrieved(h: Hit, images: str) -> RetrievedDocument:
+def retrieved(h: Hit, images: str, multi: bool = False) -> RetrievedDocument:
     return RetrievedDocument(id=h.id, score=h.score, ann_score=h.ann_score, dense_score=h.dense_score,
                              lexical_score=h.lexical_score, metadata=h.metadata,
-                             slices=slices_out(h.document, images))  # type: ignore[arg-type]
+                             slices=slices_out(h.document, images, h.collection),  # type: ignore[arg-type]
+                             collection=h.collection if multi else None)
 
 
 def timings(plan: RagPlan, t0: float, t1: float) -> dict[str, float]:

@@ -12,20 +12,25 @@ from fastapi.responses import Response
 from index.ingest import SyncSummary
 
 from .. import protocol as P
-from ..deps import Svc
+from ..deps import Caller, Svc
 from ..errors import COMMON, responses
 from ..service import BadRequest, NotFound
 
 router = APIRouter(tags=["documents"])
 DocId = Annotated[str, Path(pattern=P.ID_PATTERN)]
+# the collection a documents route works on (index/collections.py)
+InCollection = Annotated[str, Query(pattern=P.COLLECTION_PATTERN, description="the collection (default: 'default')")]
 
 
 @router.post("/documents", response_model=P.DocumentAck, status_code=201,
-             responses=responses(*COMMON, 409, 422, 429))
-async def create_document(doc: P.DocumentIn, service: Svc) -> P.DocumentAck:
+             responses=responses(*COMMON, 403, 404, 409, 422, 429))
+async def create_document(doc: P.DocumentIn, service: Svc, caller: Caller,
+                          collection: InCollection = "default") -> P.DocumentAck:
+    caller.require(collection, "rw")
+    service.collection(collection)  # 404 before the embedding work
     sample = await asyncio.to_thread(service.parse, doc.raw(), "document")
     [e] = await service.embed([sample])
-    await service.store([sample], [e], upsert=False)
+    await service.store([sample], [e], upsert=False, collection=collection)
     return P.DocumentAck(id=doc.id, status="created")
 
 
@@ -50,14 +55,19 @@ def _upload_name(raw: str | None, k: int) -> str:
     return name
 
 
-@router.post("/documents/upload", response_model=P.UploadResponse, responses=responses(*COMMON, 409, 422, 429),
+@router.post("/documents/upload", response_model=P.UploadResponse,
+             responses=responses(*COMMON, 403, 404, 409, 422, 429),
              description=UPLOAD_DOC)
 async def upload_documents(
     service: Svc,
+    caller: Caller,
     files: Annotated[list[UploadFile], File(description="one or more files (repeat the part `files`)", min_length=1)],
     metadata: Annotated[str | None, Form(description="a JSON object added to every chunk's metadata")] = None,
+    collection: InCollection = "default",
 ) -> P.UploadResponse:
+    caller.require(collection, "rw")
     st = service.settings
+    service.collection(collection)  # 404 before reading anything
     if len(files) > st.max_upload_files:
         raise BadRequest("files", f"{len(files)} files exceed the limit of {st.max_upload_files}")
     meta = None
@@ -79,7 +89,7 @@ async def upload_documents(
         if any(n == name for n, _ in named):
             raise BadRequest(f"files[{k}]", f"{name}: the same file name twice in one upload")
         named.append((name, data))
-    results = await service.upload(named, meta)
+    results = await service.upload(named, meta, collection)
     out = [P.UploadedFile(file=r.source.removeprefix("upload:"),
                           **{k: v for k, v in r.to_dict().items() if k in P.UploadedFile.model_fields})
            for r in results]
@@ -88,49 +98,62 @@ async def upload_documents(
     return P.UploadResponse(ids=[i for f in out for i in f.ids], files=out, summary=summary)
 
 
-@router.put("/documents/{doc_id}", response_model=P.DocumentAck, responses=responses(*COMMON, 422, 429))
-async def put_document(doc_id: DocId, doc: P.SampleIn, service: Svc) -> P.DocumentAck:
+@router.put("/documents/{doc_id}", response_model=P.DocumentAck, responses=responses(*COMMON, 403, 404, 422, 429))
+async def put_document(doc_id: DocId, doc: P.SampleIn, service: Svc, caller: Caller,
+                       collection: InCollection = "default") -> P.DocumentAck:
+    caller.require(collection, "rw")
     if doc.id is not None and doc.id != doc_id:
         raise BadRequest("id", f"body id {doc.id!r} differs from the path id {doc_id!r}")
+    service.collection(collection)
     raw = {**doc.raw(), "id": doc_id}
     sample = await asyncio.to_thread(service.parse, raw, "document")
     [e] = await service.embed([sample])
-    await service.store([sample], [e], upsert=True)
+    await service.store([sample], [e], upsert=True, collection=collection)
     return P.DocumentAck(id=doc_id, status="updated")
 
 
-@router.get("/index/stats", response_model=P.IndexStats, responses=responses(401))
-async def index_stats(service: Svc) -> P.IndexStats:
-    return P.IndexStats(**await asyncio.to_thread(service.index.stats))
+@router.get("/index/stats", response_model=P.IndexStats, responses=responses(401, 403, 404, 422))
+async def index_stats(service: Svc, caller: Caller, collection: InCollection = "default") -> P.IndexStats:
+    caller.require(collection, "r")
+    stats = await asyncio.to_thread(service.collection(collection).stats)
+    return P.IndexStats(**{k: v for k, v in stats.items() if k in P.IndexStats.model_fields}, collection=collection)
 
 
-@router.get("/documents", response_model=P.DocumentList, responses=responses(401, 422))
+@router.get("/documents", response_model=P.DocumentList, responses=responses(401, 403, 404, 422))
 async def list_documents(service: Svc, offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> P.DocumentList:
-    ids = await asyncio.to_thread(service.index.list_ids, offset, limit)
-    return P.DocumentList(ids=ids, offset=offset, limit=limit, total=service.index.count())
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                         collection: InCollection = "default", *, caller: Caller) -> P.DocumentList:
+    caller.require(collection, "r")
+    index = service.collection(collection)
+    ids = await asyncio.to_thread(index.list_ids, offset, limit)
+    return P.DocumentList(ids=ids, offset=offset, limit=limit, total=index.count())
 
 
 @router.get("/documents/{doc_id}", response_model=P.DocumentOut, response_model_exclude_none=True,
-            responses=responses(401, 404, 422))
+            responses=responses(401, 403, 404, 422))
 async def get_document(doc_id: str, service: Svc,
-                       images: Annotated[str, Query(pattern="^(url|base64)$")] = "url") -> P.DocumentOut:
-    d = await service.get_document(doc_id)
-    return P.DocumentOut(id=d.id, metadata=d.metadata, slices=P.slices_out(d, images),
+                       images: Annotated[str, Query(pattern="^(url|base64)$")] = "url",
+                       collection: InCollection = "default", *, caller: Caller) -> P.DocumentOut:
+    caller.require(collection, "r")
+    d = await service.get_document(doc_id, collection)
+    return P.DocumentOut(id=d.id, metadata=d.metadata, slices=P.slices_out(d, images, collection),
                          embedding_version=d.embedding_version)
 
 
 @router.get("/documents/{doc_id}/images/{position}", response_class=Response, responses={
     200: {"content": {"image/png": {}}, "description": "the stored image (PNG)"},
-    **responses(401, 404, 422)})
-async def get_image(doc_id: str, position: int, service: Svc):
-    d = await service.get_document(doc_id)
+    **responses(401, 403, 404, 422)})
+async def get_image(doc_id: str, position: int, service: Svc, caller: Caller, collection: InCollection = "default"):
+    caller.require(collection, "r")
+    d = await service.get_document(doc_id, collection)
     if not 0 <= position < len(d.slices) or d.slices[position]["type"] != "image":
         raise NotFound(f"document {doc_id!r} has no image at position {position}")
     return Response(d.images[d.slices[position]["hash"]], media_type="image/png")
 
 
-@router.delete("/documents/{doc_id}", response_model=P.DocumentAck, responses=responses(401, 404))
-async def delete_document(doc_id: str, service: Svc) -> P.DocumentAck:
-    await service.delete_document(doc_id)
+@router.delete("/documents/{doc_id}", response_model=P.DocumentAck, responses=responses(401, 403, 404, 422))
+async def delete_document(doc_id: str, service: Svc, caller: Caller,
+                          collection: InCollection = "default") -> P.DocumentAck:
+    caller.require(collection, "rw")
+    await service.delete_document(doc_id, collection)
     return P.DocumentAck(id=doc_id, status="deleted")

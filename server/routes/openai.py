@@ -14,9 +14,10 @@ import uuid
 from fastapi import APIRouter
 
 from model.sample import Sample
+from model.search import DEFAULT_COLLECTION
 
 from .. import protocol as P
-from ..deps import Cfg, Mtr, Svc
+from ..deps import Caller, Cfg, Mtr, Svc
 from ..errors import COMMON, responses
 from ..service import BadRequest, NotFound, SugarService
 from ..settings import Settings
@@ -34,21 +35,36 @@ def log_ignored(route: str, req) -> None:
         logger.info("%s: ignoring fields %s", route, extra)
 
 
-def model_card(settings: Settings, service: SugarService) -> P.ModelCard:
-    return P.ModelCard(id=settings.served_model_name, max_model_len=service.engine.max_context(),
+def model_card(model_id: str, service: SugarService) -> P.ModelCard:
+    return P.ModelCard(id=model_id, max_model_len=service.engine.max_context(),
                        embedding_version=service.model.embedding_version)
 
 
+def model_ids(settings: Settings, service: SugarService, caller) -> list[str]:  # noqa: ANN001 - a Principal
+    """The served model, and `NAME@collection` for each other collection the key may read: a
+    chat names it to retrieve from that collection (the default one: the model's own name)."""
+    name = settings.served_model_name
+    return [name, *(f"{name}@{c}" for c in service.collections.names()
+                    if c != DEFAULT_COLLECTION and caller.may(c, "r"))]
+
+
+def collection_of(model_id: str | None, settings: Settings) -> str | None:
+    """The collection a chat's model id names (`NAME@collection`), None for the plain name."""
+    prefix = settings.served_model_name + "@"
+    return model_id[len(prefix):] if model_id and model_id.startswith(prefix) else None
+
+
 @router.get("/models", response_model=P.ModelList, responses=responses(401))
-async def models(service: Svc, settings: Cfg) -> P.ModelList:
-    return P.ModelList(data=[model_card(settings, service)])
+async def models(service: Svc, settings: Cfg, caller: Caller) -> P.ModelList:
+    ids = await asyncio.to_thread(model_ids, settings, service, caller)
+    return P.ModelList(data=[model_card(i, service) for i in ids])
 
 
 @router.get("/models/{model_id}", response_model=P.ModelCard, responses=responses(401, 404))
-async def model(model_id: str, service: Svc, settings: Cfg) -> P.ModelCard:
-    if model_id != settings.served_model_name:
+async def model(model_id: str, service: Svc, settings: Cfg, caller: Caller) -> P.ModelCard:
+    if model_id not in await asyncio.to_thread(model_ids, settings, service, caller):
         raise NotFound(f"model {model_id!r} is not served here (served: {settings.served_model_name!r})")
-    return model_card(settings, service)
+    return model_card(model_id, service)
 
 
 @router.post("/embeddings", response_model=P.EmbeddingsResponse, responses=responses(*COMMON, 422, 429))
@@ -97,12 +113,18 @@ async def chat_inputs(service: SugarService, req: P.ChatCompletionRequest):
 
 
 @router.post("/chat/completions", response_model=P.ChatCompletion,
-             responses={**SSE, **responses(*COMMON, 422, 429, 503)})
-async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metrics: Mtr):
+             responses={**SSE, **responses(*COMMON, 403, 404, 422, 429, 503)})
+async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metrics: Mtr, caller: Caller):
     log_ignored("/v1/chat/completions", req)
+    retrieval = req.retrieval or P.RetrievalOptions()
+    named = collection_of(req.model, settings)
+    if named is not None and retrieval.collection is None:  # "sugar@alpha": retrieve from alpha
+        retrieval = retrieval.model_copy(update={"collection": named})
+    if retrieval.enabled:
+        caller.require(retrieval.collection or DEFAULT_COLLECTION, "r")
     history, query = await chat_inputs(service, req)
     max_tokens = service.max_tokens(req.max_completion_tokens or req.max_tokens)
-    plan = await service.plan(history, query, max_tokens, req.retrieval)
+    plan = await service.plan(history, query, max_tokens, retrieval)
     temperature = 0.0 if req.temperature is None else req.temperature
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     retrieved_docs = [P.citation(h) for h in plan.used]
