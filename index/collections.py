@@ -156,5 +156,32 @@ class Collections:
             self._retired.clear()
 
 
+def open_collection(location: str | Path, name: str = DEFAULT_COLLECTION, *, dim: int | None = None,
+                    embedding_version: str | None = None, kernel: KernelSettings | None = None,
+                    create: bool = False, settings: VectorSettings | None = None, **kw: Any) -> DocumentIndex:
+    """One collection of `location` on its own (the CLI): the default one is the location
+    itself; a named one must exist unless `create` (which needs `dim`). `kw`: DocumentIndex's
+    (repair, inspect, snapshot_every)."""
+    settings = settings or VectorSettings()
+    if name == DEFAULT_COLLECTION:
+        return DocumentIndex(location, dim=dim, embedding_version=embedding_version, kernel=kernel,
+                             settings=settings, **kw)
+    check_name(name)
+    catalog = open_catalog(location, VectorSettings(**settings.__dict__))
+    if not catalog.exists(name):
+        if not create or dim is None:
+            raise CollectionNotFound(name)
+        try:
+            catalog.create(name, DocumentIndex.initial_meta(dim, embedding_version, kernel, settings), dim)
+        except FileExistsError:
+            pass  # made meanwhile
+    try:
+        backend = catalog.open(name)
+    except FileNotFoundError:
+        raise CollectionNotFound(name) from None
+    return DocumentIndex(None, dim=dim, embedding_version=embedding_version, kernel=kernel, settings=settings,
+                         backend=backend, **kw)
+
+
 __all__ = ["MAX_COLLECTIONS", "CollectionExists", "CollectionNotFound", "CollectionRefused", "Collections",
-           "check_name"]
+           "check_name", "open_collection"]

@@ -21,8 +21,14 @@ def embed_samples(model: SugarModel, samples: Sequence[Sample], batch_size: int 
     return [document_vectors(e, b) for b in range(len(samples))]
 
 
-def open_for_model(path, model: SugarModel, **kw) -> DocumentIndex:
-    """Open (or create) an index for this checkpoint: dimension and version must match."""
+def open_for_model(path, model: SugarModel, collection: str | None = None, **kw) -> DocumentIndex:
+    """Open (or create) an index for this checkpoint: dimension and version must match.
+    `collection`: a named collection of `path` (index/collections.py), created when missing."""
+    if collection is not None:
+        from .collections import open_collection
+
+        return open_collection(path, collection, dim=model.embed_dim, embedding_version=model.embedding_version,
+                               kernel=model.config.kernel, create=True, **kw)
     return DocumentIndex(path, dim=model.embed_dim, embedding_version=model.embedding_version,
                          kernel=model.config.kernel, **kw)
 

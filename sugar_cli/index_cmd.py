@@ -58,6 +58,8 @@ def _location(parser) -> None:
     g.add_argument("--index-url", dest="index", default=os.environ.get("SUGAR_INDEX_URL"),
                    help="a PostgreSQL database with pgvector (postgresql://user@host:port/db; default "
                    "$SUGAR_INDEX_URL): one index shared by every process and replica that opens it")
+    parser.add_argument("--collection", default="default",
+                        help="the collection (default: 'default', the index itself; `add` creates a missing one)")
 
 
 def _add_search(isub) -> None:
@@ -110,13 +112,19 @@ def _add_maintenance(isub) -> None:
     re.set_defaults(func=cmd_reembed)
 
 
-def _open(path: Path, repair: bool = False, inspect: bool = False):
-    from index import DocumentIndex, IndexRefused
+def _open(args: argparse.Namespace, repair: bool = False, inspect: bool = False):
+    from index import IndexRefused
+    from index.collections import CollectionNotFound, CollectionRefused, open_collection
 
     try:
-        return DocumentIndex(path, repair=repair, inspect=inspect)
-    except IndexRefused as e:
+        return open_collection(args.index, args.collection, repair=repair, inspect=inspect)
+    except (IndexRefused, CollectionNotFound, CollectionRefused) as e:
         raise SystemExit(f"sugar index: {e}") from None
+
+
+def _named(args: argparse.Namespace) -> str | None:
+    """The named collection of the command (None: the default one, the index itself)."""
+    return None if args.collection == "default" else args.collection
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -124,6 +132,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from index import IndexRefused, VectorSettings
+    from index.collections import CollectionRefused
     from index.embedding import embed_samples, open_for_model
     from index.ingest import IngestConfig, Ingestor, walk
     from index.ingest.readers import ReadOptions
@@ -134,8 +143,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     files, unreadable = walk(args.data)  # each file read once, here
     model = SugarModel.from_pretrained(args.checkpoint)
     try:
-        idx = open_for_model(args.index, model, settings=VectorSettings(type=args.type))
-    except IndexRefused as e:
+        idx = open_for_model(args.index, model, collection=_named(args), settings=VectorSettings(type=args.type))
+    except (IndexRefused, CollectionRefused) as e:
         raise SystemExit(f"sugar index: {e}") from None
     read, pixels = ReadOptions(pdf_page_images=args.pdf_page_images), 0
     if args.policy:  # the rules the server applies to uploads, each file one "request"
@@ -169,7 +178,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     model = SugarModel.from_pretrained(args.checkpoint)
     try:
-        idx = open_for_model(args.index, model)
+        idx = open_for_model(args.index, model) if _named(args) is None else _open(args)
     except IndexRefused as e:
         raise SystemExit(f"sugar index: {e}") from None
     parts: list = [args.query]
@@ -198,7 +207,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    st = _open(args.index).stats()
+    st = _open(args).stats()
     if args.json:
         print(json.dumps(st))
     else:
@@ -208,7 +217,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    ok, problems = _open(args.index, inspect=True).verify()
+    ok, problems = _open(args, inspect=True).verify()
     if ok:
         print("ok: FAISS, the text index and the store agree")
         return 0
@@ -218,7 +227,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    idx = _open(args.index)
+    idx = _open(args)
     try:
         idx.delete(args.ids)
     except KeyError as e:
@@ -229,7 +238,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    idx = _open(args.index, repair=True)  # the recovery command: rebuilds whatever the snapshot says
+    idx = _open(args, repair=True)  # the recovery command: rebuilds whatever the snapshot says
     idx.rebuild(args.type)
     idx.rebuild_lexical()
     idx.close()
@@ -238,7 +247,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    n = _open(args.index).export(args.out)
+    n = _open(args).export(args.out)
     print(f"exported {n} documents to {args.out}")
     return 0
 
@@ -251,7 +260,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     from model.sugar import SugarModel
 
     model = SugarModel.from_pretrained(args.checkpoint)
-    idx = _open(args.index)
+    idx = _open(args)
     bar = tqdm(total=idx.count(), desc="re-embedding", unit="doc")
 
     def progress(done: int, total: int) -> None:

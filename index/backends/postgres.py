@@ -96,6 +96,7 @@ class PostgresCatalog(ThreadConnections):
             raise IndexRefused(f"cannot connect to PostgreSQL at {self.where}: {reason}") from None
         with c.transaction():
             c.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
+            c.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")  # its types serve every schema
             c.execute(REGISTRY)
 
     @property

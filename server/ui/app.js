@@ -40,6 +40,35 @@ async function api(path, opts = {}) {
   return resp;
 }
 
+// ------------------------------------------------------------------ collections
+// the collection every tab works on: the picker lists those this API key may read
+const coll = () => $("collection").value || "default";
+// `path` with the chosen collection as a query parameter (the default one needs none)
+function inColl(path) {
+  const c = coll();
+  return c === "default" ? path : `${path}${path.includes("?") ? "&" : "?"}collection=${encodeURIComponent(c)}`;
+}
+
+async function refreshCollections() {
+  try {
+    const data = await (await api("/collections")).json();
+    const sel = $("collection");
+    const keep = sel.value;
+    sel.replaceChildren();
+    for (const c of data.collections) {
+      const o = document.createElement("option");
+      o.value = c.name;
+      o.textContent = `${c.name} (${c.count})`;
+      sel.append(o);
+    }
+    if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
+  } catch (_) { /* the status line says what is wrong */ }
+}
+$("collection").addEventListener("change", () => {
+  $("search-results").replaceChildren();
+  if (!$("library").hidden) refreshLibrary();
+});
+
 function askForKey(message) {
   $("key-form").hidden = false;
   $("key-error").textContent = message;
@@ -114,7 +143,7 @@ const sure = (id) => window.confirm(`Delete document ${id}? This cannot be undon
 $("doc-delete").addEventListener("click", async () => {
   if (!sure(openId)) return;
   try {
-    await api(`/documents/${encodeURIComponent(openId)}`, { method: "DELETE" });
+    await api(inColl(`/documents/${encodeURIComponent(openId)}`), { method: "DELETE" });
     $("doc-dialog").close();
     for (const card of document.querySelectorAll(".card")) if (card.dataset.id === openId) card.remove();
     if (!$("library").hidden) refreshLibrary();
@@ -131,7 +160,7 @@ async function openDocument(id) {
   const body = $("doc-dialog-body");
   body.replaceChildren();
   try {
-    const d = await (await api(`/documents/${encodeURIComponent(id)}`)).json();
+    const d = await (await api(inColl(`/documents/${encodeURIComponent(id)}`))).json();
     const m = document.createElement("pre");  // one key per line, long values wrapped (style.css)
     m.className = "muted meta";
     m.textContent = JSON.stringify(d.metadata, null, 2);
@@ -151,6 +180,7 @@ function showTab(name) {
     $(b.dataset.tab).hidden = !on;
   }
   if (name === "library") refreshLibrary();
+  refreshCollections();
 }
 for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => showTab(b.dataset.tab));
 
@@ -193,6 +223,7 @@ async function runSearch() {
   const prefix = $("search-source").value.trim();
   if (prefix) body.filters = { source: { $prefix: prefix } };
   if ($("search-mode").value) body.mode = $("search-mode").value;
+  if (coll() !== "default") body.collection = coll();
   const t0 = performance.now();
   try {
     const resp = await api("/retrieve", { method: "POST", body: JSON.stringify(body),
@@ -255,7 +286,7 @@ $("ask-form").addEventListener("submit", async (ev) => {
     const body = {
       query: await sampleFrom($("ask-text").value, $("ask-image").files[0]),
       max_tokens: Number($("ask-max").value) || 32, stream: true,
-      retrieval: { enabled: $("ask-retrieval").checked, k: Number($("ask-k").value) },
+      retrieval: { enabled: $("ask-retrieval").checked, k: Number($("ask-k").value), collection: coll() },
     };
     const resp = await api("/generate", { method: "POST", body: JSON.stringify(body),
                                           headers: { "content-type": "application/json" } });
@@ -343,7 +374,7 @@ function upload(form) {
   bar.hidden = false; bar.value = 0;
   $("upload-go").disabled = true;
   const xhr = new XMLHttpRequest();
-  xhr.open("POST", "/documents/upload");
+  xhr.open("POST", inColl("/documents/upload"));
   for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total; };
   xhr.onload = async () => {
@@ -379,8 +410,8 @@ async function refreshLibrary() {
   $("library-error").textContent = "";
   try {
     const [stats, list] = await Promise.all([
-      api("/index/stats").then((r) => r.json()),
-      api(`/documents?offset=${docOffset}&limit=${PAGE}`).then((r) => r.json()),
+      api(inColl("/index/stats")).then((r) => r.json()),
+      api(inColl(`/documents?offset=${docOffset}&limit=${PAGE}`)).then((r) => r.json()),
     ]);
     const dl = $("index-stats");
     dl.replaceChildren();
@@ -404,7 +435,7 @@ async function refreshLibrary() {
       del.setAttribute("aria-label", `delete ${id}`);
       del.addEventListener("click", async () => {
         if (!sure(id)) return;
-        try { await api(`/documents/${encodeURIComponent(id)}`, { method: "DELETE" }); refreshLibrary(); }
+        try { await api(inColl(`/documents/${encodeURIComponent(id)}`), { method: "DELETE" }); refreshLibrary(); }
         catch (e) { $("library-error").textContent = e.message; }
       });
       li.append(name, view, del);
@@ -434,3 +465,4 @@ async function refreshStatus() {
 }
 refreshStatus();
 setInterval(refreshStatus, 15000);
+refreshCollections();
