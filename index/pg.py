@@ -51,7 +51,6 @@ from .store import (
     StoredDocument,
     StoreUnavailable,
     ThreadConnections,
-    apply_write,
     filter_matches,
     is_prefix_filter,
     load_images,
@@ -267,7 +266,9 @@ class PgStore(ThreadConnections):
     def write(self, docs: Sequence[tuple[str, Sample, np.ndarray, np.ndarray]], version: str, replace: bool,
               delete_ids: Sequence[str] = (), metadata_updates: dict[str, dict[str, Any]] | None = None,
               ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
-        """One transaction, as `DocumentStore.write`."""
+        """One transaction, as `DocumentStore.write` (the same semantics as `store.apply_write`),
+        in bulk: one DELETE for the ids that go, the new rows' fids drawn from the sequence at
+        once, the documents and their BM25 postings sent with COPY."""
         import psycopg
 
         with self.write_lock:
@@ -276,13 +277,60 @@ class PgStore(ThreadConnections):
             try:
                 with c.transaction():
                     c.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
-                    return apply_write(
-                        docs, replace, delete_ids, metadata_updates, lambda i: self._delete(c, i),
-                        lambda d: self._insert(c, d[0], d[1], d[2], d[3], version),
-                        lambda i, meta: c.execute("UPDATE docs SET metadata = %s::jsonb WHERE id = %s",
-                                                  (json.dumps(meta, sort_keys=True), i)).rowcount == 1)
+                    return self._write_bulk(c, docs, version, replace, delete_ids, metadata_updates)
             except psycopg.OperationalError as e:
                 raise StoreUnavailable(f"PostgreSQL at {self.where}: {type(e).__name__}; nothing was written") from None
+
+    def _write_bulk(self, c, docs, version: str, replace: bool, delete_ids: Sequence[str],
+                    metadata_updates: dict[str, dict[str, Any]] | None) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+        deleted: list[int] = []
+        if delete_ids:
+            gone = dict(c.execute("DELETE FROM docs WHERE id = ANY(%s) RETURNING id, fid", (list(delete_ids),)).fetchall())
+            for doc_id in delete_ids:  # the first unknown id, as apply_write names it
+                if doc_id not in gone:
+                    raise KeyError(doc_id)
+            deleted += [int(gone[i]) for i in dict.fromkeys(delete_ids)]
+        ids = [d[0] for d in docs]
+        if ids and replace:
+            deleted += [int(r[0]) for r in c.execute("DELETE FROM docs WHERE id = ANY(%s) RETURNING fid", (ids,))]
+        elif ids:
+            taken = {r[0] for r in c.execute("SELECT id FROM docs WHERE id = ANY(%s)", (ids,))}
+            for doc_id in ids:
+                if doc_id in taken:
+                    raise KeyError(doc_id)
+        added: list[tuple[int, np.ndarray]] = []
+        if docs:
+            fids = [int(r[0]) for r in c.execute("SELECT nextval(pg_get_serial_sequence('docs', 'fid'))"
+                                                 " FROM generate_series(1, %s)", (len(docs),))]
+            blobs: dict[str, bytes] = {}
+            rows, postings, now = [], [], time.time()
+            for fid, (doc_id, sample, vectors, summary) in zip(fids, docs, strict=True):
+                slices = slice_rows(sample, blobs.__setitem__)
+                tokens = lexical_tokens("\n".join(s["text"] for s in slices if s["type"] == "text"))
+                summary = np.asarray(summary, np.float32)
+                rows.append((fid, doc_id, json.dumps(sample.metadata, sort_keys=True), json.dumps(slices), len(slices),
+                             np.ascontiguousarray(vectors, np.float32).tobytes(), vector_literal(summary),
+                             summary.tobytes(), version, len(tokens), now))
+                postings += [(t, fid, n) for t, n in Counter(tokens).items()]
+                added.append((fid, summary))
+            if blobs:
+                with c.cursor() as cur:
+                    cur.executemany("INSERT INTO blobs (hash, data) VALUES (%s, %s) ON CONFLICT (hash) DO NOTHING",
+                                    list(blobs.items()))
+            with c.cursor() as cur:
+                with cur.copy("COPY docs (fid, id, metadata, slices, n_slices, vectors, summary, summary_raw,"
+                              " embedding_version, n_tokens, created) FROM STDIN") as cp:
+                    for row in rows:
+                        cp.write_row(row)
+                if postings:
+                    with cur.copy("COPY postings (term, fid, tf) FROM STDIN") as cp:
+                        for posting in postings:
+                            cp.write_row(posting)
+        for doc_id, meta in (metadata_updates or {}).items():
+            if c.execute("UPDATE docs SET metadata = %s::jsonb WHERE id = %s",
+                         (json.dumps(meta, sort_keys=True), doc_id)).rowcount != 1:
+                raise KeyError(doc_id)
+        return added, deleted
 
     def _insert(self, c, doc_id: str, sample: Sample, vectors: np.ndarray, summary: np.ndarray,
                 version: str, created: float | None = None, slices: list | None = None,

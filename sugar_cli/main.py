@@ -58,6 +58,15 @@ def _add_bench(sub) -> None:
     ix.set_defaults(func=cmd_bench_index)
     _add_bench_ingest(bsub)
     _add_bench_server(bsub)
+    co = bsub.add_parser("collections", help="a small collection alone vs beside a large one (p50, recall), "
+                         "and on PostgreSQL the collection-column design beside the schema per collection")
+    co.add_argument("--backend", nargs="+", choices=["embedded", "postgres"], default=["embedded", "postgres"])
+    co.add_argument("--small", type=int, default=1000)
+    co.add_argument("--large", type=int, default=100_000)
+    co.add_argument("--dim", type=int, default=128)
+    co.add_argument("--queries", type=int, default=200)
+    co.add_argument("--json", type=Path)
+    co.set_defaults(func=cmd_bench_collections)
     _add_bench_train(bsub)
 
 
@@ -382,6 +391,15 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
         records = run_backends(max(args.sizes), args.dim, args.queries, args.index_url)
     else:
         records = run(args.sizes, args.dim, args.type, args.queries)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_collections(args: argparse.Namespace) -> int:
+    from .bench_collections import run
+
+    records = run(args.backend, args.small, args.large, args.dim, args.queries)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0
