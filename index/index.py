@@ -57,6 +57,8 @@ from .vectors import VectorSettings
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# group_by looks deeper (4x the candidates each time) until k groups are found, up to this many
+MAX_GROUP_CANDIDATES = 4096
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Hit:
     dense_score: float | None = None
     lexical_score: float | None = None
     collection: str | None = None  # the collection it was found in (a search of several)
+    explanation: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # /retrieve explain
 
     def to_dict(self) -> dict[str, Any]:
         out = {"id": self.id, "score": self.score, "ann_score": self.ann_score, "metadata": self.metadata}
@@ -247,6 +250,45 @@ class DocumentIndex:
     def list_ids(self, offset: int = 0, limit: int = 100) -> list[str]:
         return self.store.ids(offset, limit)
 
+    def get_many(self, ids: Sequence[str]) -> dict[str, StoredDocument]:
+        """The stored documents of `ids` that exist (vectors and slices, no image bytes)."""
+        return self.store.get_by_ids(ids, self.dim)
+
+    def scroll(self, filters: dict[str, Any] | None, offset: int, limit: int,
+               with_images: bool = False) -> tuple[list[StoredDocument], int | None]:
+        """The documents that match `filters` (all without), in the order they were stored:
+        `limit` from `offset`, and the offset of the next page (None: none left)."""
+        fids = sorted(self.store.matching_fids(filters)) if filters else sorted(self.store.fids())
+        page = fids[offset : offset + limit]
+        docs = self.store.get_by_fids(page, self.dim, with_images)
+        out = [docs[f] for f in page if f in docs]
+        return out, (offset + limit if offset + limit < len(fids) else None)
+
+    def count_matching(self, filters: dict[str, Any] | None) -> int:
+        return self.store.count_matching(filters)
+
+    def delete_matching(self, filters: dict[str, Any] | None = None, ids: Sequence[str] | None = None) -> int:
+        """Delete the documents that match `filters`, or of `ids` (unknown ones skipped), in one
+        transaction; returns how many went."""
+        for attempt in range(3):  # a replica may delete one of them between the read and the write
+            with self.store.write_lock:
+                if ids is not None:
+                    targets = list(self.store.get_by_ids(list(ids), self.dim))
+                else:
+                    fids = self.store.matching_fids(filters) if filters else sorted(self.store.fids())
+                    targets = [d.id for d in self.store.get_by_fids(fids, self.dim).values()]
+                if not targets:
+                    return 0
+                try:
+                    added, deleted = self.store.write([], self.embedding_version, replace=False, delete_ids=targets)
+                except KeyError:
+                    if attempt == 2:
+                        raise
+                    continue
+                self._apply(added, deleted)
+                return len(targets)
+        return 0
+
     def count(self) -> int:
         return self.store.count()
 
@@ -291,14 +333,35 @@ class DocumentIndex:
         weight = self._check_query(query, mode, params.lexical_weight)
         if params.k <= 0:
             return []
-        k, k_prime = params.k, params.candidates
+        k_prime = params.candidates + len(params.exclude_ids)
+        while True:
+            ranked = self._ranked(query, params, text, mode, weight, k_prime, rerank, exact_filter_limit)
+            hits = [h for h in ranked if h.id not in params.exclude_ids]
+            if params.group_by is not None:
+                hits = one_per_group(hits, params.group_by)
+            # grouping may leave fewer than k: look deeper while there is more to see
+            if len(hits) >= params.k or len(ranked) < k_prime or k_prime >= MAX_GROUP_CANDIDATES:
+                break
+            k_prime = min(4 * k_prime, MAX_GROUP_CANDIDATES)
+        hits = [h for h in hits[: params.k] if params.score_threshold is None or h.score >= params.score_threshold]
+        if params.with_images:
+            for h in hits:
+                self.store.load_images(h.document)  # type: ignore[arg-type]
+        return hits
+
+    def _ranked(self, query: DocumentVectors, params: SearchParams, text: str, mode: str, weight: float,
+                k_prime: int, rerank: bool, exact_filter_limit: int) -> list[Hit]:
+        """Every candidate of the two stages, ranked (`k_prime` of each side)."""
         allowed: set[int] | None = None
         if params.filters:
             allowed = set(self.store.matching_fids(params.filters))
             if not allowed:
                 return []
-        ann = dict(self._dense_candidates(query.summary, allowed, k_prime, exact_filter_limit)
-                   if mode != "lexical" else [])
+        ann: dict[int, float] = {}
+        if mode != "lexical":
+            pushed = self.backend.filtered_candidates(query.summary, params.filters, k_prime) if params.filters else None
+            ann = dict(pushed if pushed is not None else
+                       self._dense_candidates(query.summary, allowed, k_prime, exact_filter_limit))
         lexical: dict[int, float] = {}
         if mode != "dense":
             lexical = dict(self.store.lexical(text, k_prime, self.embedding_version, allowed))
@@ -313,10 +376,6 @@ class DocumentIndex:
         hits = self._scored(query, fids, docs, ann, lexical, mode, rerank, weight)
         # equal fused scores keep the dense order (lexical hits carry no dense score)
         hits.sort(key=lambda h: (-h.score, -(h.dense_score or 0.0)))
-        hits = hits[:k]
-        if params.with_images:
-            for h in hits:
-                self.store.load_images(h.document)  # type: ignore[arg-type]
         return hits
 
     def _scored(self, query: DocumentVectors, fids: list[int], docs: dict[int, StoredDocument], ann: dict[int, float],
@@ -370,8 +429,9 @@ class DocumentIndex:
                 return out[:k]
             want *= 4
 
-    def rerank(self, query: DocumentVectors, docs: Sequence[StoredDocument]) -> list[float]:
-        """s̄(q, d) for each candidate (batched GA kernel)."""
+    def rerank(self, query: DocumentVectors, docs: Sequence[StoredDocument | DocumentVectors]) -> list[float]:
+        """s̄(q, d) for each candidate (batched GA kernel): stored documents, or vectors just
+        embedded (/v1/rerank, /score)."""
         cand, mask = pad_sequences([torch.tensor(d.vectors) for d in docs])
         with torch.no_grad():
             s = self.kernel.similarity(torch.from_numpy(query.vectors[None].astype(np.float32)), cand, None, mask)
@@ -447,6 +507,20 @@ class DocumentIndex:
             added, _ = self.store.update_vectors(
                 [(s.id, e.vectors, e.summary) for s, e in docs], version)  # type: ignore[misc]
             self._apply(added, [])
+
+
+def one_per_group(hits: list[Hit], key: str) -> list[Hit]:
+    """The best-ranked hit of each value of metadata `key` (a hit without it is its own group),
+    in rank order; groups are per collection."""
+    seen: set[Any] = set()
+    out = []
+    for h in hits:
+        value = h.metadata.get(key)
+        group = (h.collection, "value", json.dumps(value, sort_keys=True)) if value is not None else ("id", h.collection, h.id)
+        if group not in seen:
+            seen.add(group)
+            out.append(h)
+    return out
 
 
 def merge_hits(ranked: list[list[Hit]], k: int, mode: str, weight: float) -> list[Hit]:

@@ -366,6 +366,19 @@ class DocumentStore(ThreadConnections):
         row = self.conn.execute(f"SELECT {self._COLS} FROM docs WHERE id = ?", (doc_id,)).fetchone()
         return self._row_to_doc(row, dim, with_images) if row else None
 
+    def get_by_ids(self, ids: Sequence[str], dim: int) -> dict[str, StoredDocument]:
+        """The stored documents of `ids` that exist, by id (one query per 500)."""
+        out: dict[str, StoredDocument] = {}
+        ids = list(dict.fromkeys(ids))
+        for a in range(0, len(ids), 500):
+            chunk = ids[a : a + 500]
+            rows = self.conn.execute(f"SELECT {self._COLS} FROM docs WHERE id IN ({','.join('?' * len(chunk))})",
+                                     chunk).fetchall()
+            for r in rows:
+                d = self._row_to_doc(r, dim, False)
+                out[d.id] = d
+        return out
+
     def get_by_fids(self, fids: Sequence[int], dim: int, with_images: bool = False) -> dict[int, StoredDocument]:
         out: dict[int, StoredDocument] = {}
         fids = list(fids)
@@ -464,27 +477,17 @@ class DocumentStore(ThreadConnections):
         return list(self.conn.execute("SELECT seq, op, fid FROM changes WHERE seq > ? ORDER BY seq", (seq,)))
 
     def matching_fids(self, filters: dict[str, Any]) -> list[int]:
-        """fids whose metadata matches `filters` on every key: JSON equality, or for a value
-        `{"$prefix": "..."}` a string that starts with it (see `filter_matches`)."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        for k, v in filters.items():
-            path = "$." + json.dumps(k)
-            if is_prefix_filter(v):
-                clauses.append("substr(json_extract(metadata, ?), 1, ?) = ?")
-                args += [path, len(v[PREFIX]), v[PREFIX]]
-            elif isinstance(v, (dict, list)):
-                continue  # compared in Python below (JSON text formatting may differ)
-            else:
-                clauses.append("json_extract(metadata, ?) IS ?")
-                args += [path, _sql_value(v)]
-        where = " AND ".join(clauses) or "1"
-        sql = f"SELECT fid, metadata FROM docs WHERE {where}"
+        """fids whose metadata matches `filters` (model/filters.py): compiled into SQL
+        (index/filters.py), each row checked with the reference `filter_matches`."""
+        where, args = compile_filter(filters)
         out = []
-        for fid, meta in self.conn.execute(sql, args):
-            if filter_matches(json.loads(meta), filters):  # exact JSON types
+        for fid, meta in self.conn.execute(f"SELECT fid, metadata FROM docs WHERE {where}", args):
+            if filter_matches(json.loads(meta), filters):
                 out.append(fid)
         return out
+
+    def count_matching(self, filters: dict[str, Any] | None) -> int:
+        return len(self.matching_fids(filters)) if filters else self.count()
 
     # ---------------------------------------------------------------- sources (index.ingest)
     def source_documents(self, source: str) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
@@ -528,23 +531,20 @@ def _immediate(c: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-PREFIX = "$prefix"
+def compile_filter(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`filters` as a SQLite WHERE clause (index/filters.py)."""
+    from model.filters import parse
 
+    from .filters import sqlite
 
-def is_prefix_filter(v: Any) -> bool:
-    return isinstance(v, dict) and len(v) == 1 and isinstance(v.get(PREFIX), str)
+    return sqlite(parse(filters))
 
 
 def filter_matches(metadata: dict[str, Any], filters: dict[str, Any]) -> bool:
-    for k, v in filters.items():
-        if k not in metadata:
-            return False
-        if is_prefix_filter(v):
-            if not (isinstance(metadata[k], str) and metadata[k].startswith(v[PREFIX])):
-                return False
-        elif metadata[k] != v:
-            return False
-    return True
+    """The reference evaluation of a filter on a document's metadata (model/filters.py)."""
+    from model.filters import matches, parse
+
+    return matches(parse(filters), metadata)
 
 
 def slices_equal(stored: list[dict[str, Any]], sample: Sample) -> bool:
@@ -561,5 +561,3 @@ def slices_equal(stored: list[dict[str, Any]], sample: Sample) -> bool:
     return True
 
 
-def _sql_value(v: Any) -> Any:
-    return int(v) if isinstance(v, bool) else v

@@ -374,6 +374,27 @@ class KernelSettings:
         return sugar_similarity(x, y, x_mask, y_mask, self.sigma, self.gamma, self.normalization, impl=impl)
 
 
+def soft_alignment(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.0, gamma: float = 1.0) -> torch.Tensor:
+    """[m, n]: how much of the global alignment of x [m, D] and y [n, D] passes through each
+    cell — ∂ log K / ∂ log κ(i, j), the probability that the path visits (i, j) when paths
+    weigh exp(their summed log κ / γ) (at γ = 0: 1 on the best path, 0 elsewhere). The kernel
+    `ga_log_kernel` computes, explained: which slice of one sample aligns with which of the other."""
+    with torch.enable_grad():
+        d2 = ((x.double()[:, None, :] - y.double()[None, :, :]) ** 2).sum(-1)
+        lk = local_log_kernel(d2, sigma).detach().requires_grad_(True)
+        m, n = lk.shape
+        neg = torch.tensor(float("-inf"), dtype=lk.dtype)
+        R: list[list[torch.Tensor]] = [[neg] * (n + 1) for _ in range(m + 1)]
+        R[0][0] = torch.zeros((), dtype=lk.dtype)
+        for i in range(1, m + 1):
+            for j in range(1, n + 1):
+                prev = torch.stack([R[i - 1][j], R[i][j - 1], R[i - 1][j - 1]])
+                step = prev.max() if gamma == 0 else gamma * torch.logsumexp(prev / gamma, 0)
+                R[i][j] = lk[i - 1, j - 1] + step
+        (grad,) = torch.autograd.grad(R[m][n], lk)
+    return grad.to(x.dtype)
+
+
 # ----------------------------------------------------------------- references
 
 
@@ -440,5 +461,6 @@ __all__ = [
     "local_log_kernel",
     "pad_sequences",
     "sequence_lengths",
+    "soft_alignment",
     "sugar_similarity",
 ]

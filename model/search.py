@@ -25,6 +25,8 @@ LEXICAL_WEIGHT = 0.6
 # the ANN candidates per result when a request does not say (k_prime = K_PRIME_FACTOR x k)
 K_PRIME_FACTOR = 5
 DEFAULT_COLLECTION = "default"
+# group_by: the metadata keys results can be grouped by (one result per value)
+GROUP_KEYS = ("source",)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class SearchParams:
     lexical_weight: float | None = None
     collections: tuple[str, ...] = (DEFAULT_COLLECTION,)
     with_images: bool = False
+    # results whose `score` (the mode's ranking score) is below it are left out
+    score_threshold: float | None = None
+    # one result per value of this metadata key (documents without it: each its own group)
+    group_by: str | None = None
+    # documents never returned (more-like-this leaves out the document it starts from)
+    exclude_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in SEARCH_MODES:
@@ -46,6 +54,8 @@ class SearchParams:
             raise ValueError(f"lexical_weight must lie in [0, 1], got {self.lexical_weight}")
         if not self.collections:
             raise ValueError("a search needs at least one collection")
+        if self.group_by is not None and self.group_by not in GROUP_KEYS:
+            raise ValueError(f"group_by must be one of {', '.join(GROUP_KEYS)}, got {self.group_by!r}")
 
     @property
     def collection(self) -> str:
@@ -66,4 +76,4 @@ class SearchParams:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["DEFAULT_COLLECTION", "DEFAULT_MODE", "K_PRIME_FACTOR", "LEXICAL_WEIGHT", "SEARCH_MODES", "SearchParams"]
+__all__ = ["DEFAULT_COLLECTION", "DEFAULT_MODE", "GROUP_KEYS", "K_PRIME_FACTOR", "LEXICAL_WEIGHT", "SEARCH_MODES", "SearchParams"]

@@ -24,8 +24,8 @@ from .auth import KeyRing
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import install_guard
-from .protocol import apply_limits
-from .routes import collections, documents, native, openai, probes, ui
+from .openapi import apply_limits
+from .routes import collections, documents, native, openai, probes, rerank, ui
 from .service import SugarService
 from .settings import Settings
 
@@ -58,14 +58,16 @@ def create_app(settings: Settings, service_factory=None, batching: bool = True) 
     app.state.keys = keys
     install_guard(app, settings, metrics, keys)
     install_error_handlers(app)
-    for router in (probes.router, native.router, documents.router, collections.router, openai.router, ui.router):
+    for router in (probes.router, native.router, documents.router, collections.router, rerank.router, openai.router,
+                   ui.router):
         app.include_router(router)
 
     def openapi() -> dict:
         if app.openapi_schema is None:
+            service = getattr(app.state, "service", None)  # the embedding dimension, once loaded
             app.openapi_schema = apply_limits(get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes),
-                settings)
+                settings, dim=service.index.dim if service is not None else None)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -6,7 +6,9 @@ forward pass on a worker thread. A micro-batch takes samples from the waiting
 requests in turn (one from each, round after round, in arrival order), up to
 `max_batch` samples and `max_cost` (estimated tokens times the batch's
 longest sample: what a padded forward pass costs), and waits at most
-`max_wait_ms` for company. A request's future resolves when its last sample
+`max_wait_ms` for company — only while requests arrive closer together than that (the
+median of the last eight gaps): a lone client's request is embedded at once, never held
+for company that is not coming. A request's future resolves when its last sample
 is embedded. So a big request is split into micro-batches and a small one
 that arrives behind it rides in the next micro-batch instead of waiting for
 the whole big one. A full queue raises `Overloaded` (a 429) instead of
@@ -58,6 +60,9 @@ class EmbeddingBatcher:
         self.on_batch = on_batch
         self.cost, self.max_cost = cost, max_cost  # max_cost 0: samples are the only bound
         self.queued = 0  # samples waiting
+        self._gaps: deque[float] = deque(maxlen=8)  # seconds between the last requests' arrivals
+        self._last_arrival: float | None = None
+        self.waited = 0  # times the worker waited for company (tests, metrics)
         self._jobs: deque[_Job] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -90,9 +95,20 @@ class EmbeddingBatcher:
         assert self._wake is not None, "batcher not started"
         fut = loop.create_future()
         self.queued += len(samples)
-        self._jobs.append(_Job(samples, fut, time.perf_counter()))
+        now = time.perf_counter()
+        if self._last_arrival is not None:
+            self._gaps.append(now - self._last_arrival)
+        self._last_arrival = now
+        self._jobs.append(_Job(samples, fut, now))
         self._wake.set()
         return await fut
+
+    def _busy(self) -> bool:
+        """Requests arrive closer together than the wait for company (the median of the last
+        gaps; too few yet to tell: busy, the wait is short)."""
+        if len(self._gaps) < 2:
+            return True
+        return sorted(self._gaps)[len(self._gaps) // 2] <= self.max_wait
 
     def _pending(self) -> int:
         return sum(len(j.samples) - j.taken for j in self._jobs)
@@ -138,8 +154,11 @@ class EmbeddingBatcher:
             if not any(j.taken < len(j.samples) for j in self._jobs):
                 self._wake.clear()
                 await self._wake.wait()
-                # a moment for company, unless a full micro-batch is already waiting
-                deadline = loop.time() + self.max_wait
+                # a moment for company, unless a full micro-batch is already waiting or no
+                # company is coming (requests arrive further apart than the wait)
+                deadline = loop.time() + (self.max_wait if self._busy() else 0.0)
+                if self._pending() < self.max_batch and deadline > loop.time():
+                    self.waited += 1
                 while self._pending() < self.max_batch and (left := deadline - loop.time()) > 0:
                     self._wake.clear()
                     try:

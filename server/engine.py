@@ -46,11 +46,18 @@ class GenerationResult:
         self.text = self.text.strip().rstrip("\ufffd").strip()
 
 
-async def complete_chars(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+Streamed = AsyncIterator["str | GenerationResult"]  # text deltas, then the final result
+
+
+async def complete_chars(stream: Streamed) -> Streamed:
     """Hold back a trailing U+FFFD (a multi-byte character not complete yet) until the
-    next delta completes it; at the end drop it, as the final text does."""
+    next delta completes it; at the end drop it, as the final text does. The final result
+    passes through."""
     held = ""
-    async for d in deltas:
+    async for d in stream:
+        if isinstance(d, GenerationResult):
+            yield d
+            continue
         d = held + d
         kept = d.rstrip("\ufffd")
         held = d[len(kept):]
@@ -108,10 +115,10 @@ class Engine(ABC):
 
     @abstractmethod
     def stream(self, messages: Messages, max_tokens: int, temperature: float,
-               result: list[GenerationResult], prepared: Prepared | None = None,
-               abstain: Abstain | None = None) -> AsyncIterator[str]:
-        """Yield text deltas; append the final GenerationResult to `result` at the end (an
-        abstention streams its fixed text as one delta)."""
+               prepared: Prepared | None = None, abstain: Abstain | None = None) -> Streamed:
+        """Yield text deltas, then the final GenerationResult (vLLM's RequestOutput style: the
+        last item carries finish_reason and counts); an abstention streams its fixed text as
+        one delta. A stream closed early yields no result (decoding stops)."""
 
     @abstractmethod
     async def check(self) -> None:
@@ -199,8 +206,7 @@ class HFEngine(Engine):
             raise
 
     async def stream(self, messages: Messages, max_tokens: int, temperature: float,
-                     result: list[GenerationResult], prepared: Prepared | None = None,
-                     abstain: Abstain | None = None) -> AsyncIterator[str]:
+                     prepared: Prepared | None = None, abstain: Abstain | None = None) -> Streamed:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.backbone.tokenizer, skip_prompt=True, skip_special_tokens=True,
@@ -227,7 +233,7 @@ class HFEngine(Engine):
             res = await fut
             if res.abstained:
                 yield res.text
-            result.append(res)
+            yield res
         finally:
             cancel.set()  # a disconnected client stops the decoding
 
@@ -352,13 +358,12 @@ class VLLMEngine(Engine):
                                 usage.get("completion_tokens", 0), choice.get("finish_reason") or "stop")
 
     async def stream(self, messages: Messages, max_tokens: int, temperature: float,
-                     result: list[GenerationResult], prepared: Prepared | None = None,
-                     abstain: Abstain | None = None) -> AsyncIterator[str]:
+                     prepared: Prepared | None = None, abstain: Abstain | None = None) -> Streamed:
         import httpx
 
         if abstain is not None and (res := await self._abstains(messages, abstain)) is not None:
             yield res.text
-            result.append(res)
+            yield res
             return
         body = await self._body(messages, max_tokens, temperature, True, abstain)
         usage: dict[str, Any] = {}
@@ -383,8 +388,7 @@ class VLLMEngine(Engine):
                                 yield delta
         except httpx.HTTPError as e:
             raise EngineError(f"vLLM at {self.url} unreachable ({type(e).__name__})") from None
-        result.append(GenerationResult(text.strip(), usage.get("prompt_tokens", 0),
-                                       usage.get("completion_tokens", 0), reason))
+        yield GenerationResult(text.strip(), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), reason)
 
     async def check(self) -> None:
         import httpx

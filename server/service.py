@@ -42,7 +42,7 @@ from model.sugar import SugarModel, abstain_token
 
 from .batching import EmbeddingBatcher, GenerationLimiter
 from .embedder import Embedder, InProcessEmbedder
-from .engine import Abstain, Engine, EngineError, GenerationResult, Prepared
+from .engine import Abstain, Engine, EngineError, GenerationResult, Prepared, Streamed
 from .policy import InputPolicy
 from .protocol import RetrievalOptions
 from .settings import Settings
@@ -53,6 +53,11 @@ logger = logging.getLogger(__name__)
 
 class NotFound(KeyError):
     pass
+
+
+def _words(slices: list[dict[str, Any]]) -> str:
+    """The text a query's lexical side reads: its text slices."""
+    return "\n".join(s["text"] for s in slices if s["type"] == "text")
 
 
 def _in(collection: str | None) -> str:
@@ -255,10 +260,19 @@ class SugarService:
             raise Conflict(f"document {e} already exists (use PUT /documents/{{id}} to replace it)") from None
 
     # ------------------------------------------------------------ retrieval
-    async def retrieve(self, query: Sample, params: SearchParams, where: str = "") -> list[Hit]:
+    async def retrieve(self, query: Sample | str, params: SearchParams, where: str = "",
+                       explain: bool = False) -> list[Hit]:
         """Ranked hits, each with its stored document (one read, inside the search); an unset
         mode and lexical weight are the server's (retrieval_mode, retrieval_lexical_weight), the
-        lexical side reads the query's text slices. `where`: the request's field prefix."""
+        lexical side reads the query's text slices. `where`: the request's field prefix. A query
+        given as a stored document's id (more like this) searches with its stored vectors and
+        words, and leaves that document out."""
+        [hits] = await self.retrieve_many([query], params, where, explain)
+        return hits
+
+    async def retrieve_many(self, queries: Sequence[Sample | str], params: SearchParams, where: str = "",
+                            explain: bool = False) -> list[list[Hit]]:
+        """`retrieve` for each query (the new ones embedded together): one ranking each."""
         if params.k > self.settings.max_k:
             raise BadRequest(f"{where}k", f"{params.k} exceeds the limit of {self.settings.max_k}")
         if params.k_prime is not None and params.k_prime > 10 * self.settings.max_k:
@@ -266,21 +280,53 @@ class SugarService:
         params = params.with_defaults(self.settings.retrieval_mode, self.settings.retrieval_lexical_weight)
         field = f"{where}collection" + ("s" if len(params.collections) > 1 else "")
         indexes = {name: self.collection(name, field) for name in params.collections}
-        [emb] = await self.embed([query])
-        text = "\n".join(s.text for s in query.slices if s.type == "text")  # type: ignore[misc]
+        stored = await asyncio.to_thread(self._stored_queries, [q for q in queries if isinstance(q, str)], indexes)
+        new = [q for q in queries if not isinstance(q, str)]
+        fresh = iter(await self.embed(new) if new else [])
+        asked: list[tuple[str | None, DocumentVectors, str, str | None]] = []
+        for q in queries:  # (the home collection of a stored query, its vectors, its words, its id)
+            if isinstance(q, str):
+                home, d = stored[q]
+                asked.append((home, DocumentVectors(d.vectors, d.summary), _words(d.slices), q))
+            else:
+                asked.append((None, next(fresh), _words([{"type": s.type, "text": s.text} for s in q.slices]), None))
+        multi = len(indexes) > 1
 
-        def search() -> list[Hit]:
+        def search_one(home: str | None, emb: DocumentVectors, text: str, own: str | None) -> list[Hit]:
             ranked = []
             for name, index in indexes.items():
-                hits = index.search(emb, params, text)
+                p = params.replace(exclude_ids=(own,) if own is not None and name == home else (),
+                                   score_threshold=None if multi else params.score_threshold)
+                hits = index.search(emb, p, text)
                 for h in hits:
                     h.collection = name
                 ranked.append(hits)
-            if len(ranked) == 1:
-                return ranked[0]
-            return merge_hits(ranked, params.k, params.mode or "dense", params.lexical_weight or 0.0)
+            hits = ranked[0] if not multi else merge_hits(ranked, params.k, params.mode or "dense",
+                                                          params.lexical_weight or 0.0)
+            if multi and params.score_threshold is not None:
+                hits = [h for h in hits if h.score >= params.score_threshold]
+            if explain:
+                for h in hits:
+                    assert h.document is not None
+                    dense = h.dense_score if h.dense_score is not None else h.score
+                    h.explanation = self._explain(emb, h.document, dense)
+            return hits
 
-        return await asyncio.to_thread(search)
+        return await asyncio.to_thread(lambda: [search_one(*a) for a in asked])
+
+    def _stored_queries(self, ids: list[str], indexes: dict[str, DocumentIndex]) -> dict[str, tuple[str, Any]]:
+        """Each more-like-this id's collection and stored document (the first collection holding
+        it); NotFound naming an id none of them holds."""
+        out: dict[str, tuple[str, Any]] = {}
+        for name, index in indexes.items():
+            missing = [i for i in dict.fromkeys(ids) if i not in out]
+            for i, d in index.get_many(missing).items() if missing else ():
+                out[i] = (name, d)
+        for i in ids:
+            if i not in out:
+                raise NotFound(f"no document {i!r}" + _in(next(iter(indexes)) if len(indexes) == 1 else None)
+                               + " to find more like it")
+        return out
 
     # ------------------------------------------------------------ generation
     def max_tokens(self, requested: int | None) -> int:
@@ -371,6 +417,10 @@ class SugarService:
         finally:
             self.generations.release()
 
+    def stream(self, plan: RagPlan, max_tokens: int, temperature: float) -> Streamed:
+        """Text deltas, then the final GenerationResult (the caller holds a generation slot)."""
+        return self.engine.stream(plan.messages, max_tokens, temperature, plan.prepared, plan.abstain)
+
     # ------------------------------------------------------------ uploads (index.ingest)
     def _ingestor(self, metadata: dict[str, Any] | None, index: DocumentIndex) -> Ingestor:
         # images linked or named by an upload follow the input policy: the URL allow-list,
@@ -436,6 +486,52 @@ class SugarService:
             await asyncio.to_thread(index.delete, [doc_id])
         except KeyError:
             raise NotFound(f"no document {doc_id!r}" + _in(collection)) from None
+
+    # ------------------------------------------------------------ scoring (/v1/rerank, /score)
+    async def score(self, queries: list[Sample], documents: list[Sample | str], collection: str | None,
+                    pairwise: bool, explain: bool = False, field: str = "documents"
+                    ) -> list[tuple[float, dict[str, Any] | None]]:
+        """s̄ of each query against each document (or pairwise), by the alignment kernel over
+        slice vectors: new samples embedded together, stored documents (ids) scored on their
+        stored vectors. With `explain`, the soft alignment of each pair."""
+        stored_ids = [d for d in documents if isinstance(d, str)]
+        index = self.collection(collection) if stored_ids else self.index
+        stored = await asyncio.to_thread(index.get_many, stored_ids) if stored_ids else {}
+        for k, d in enumerate(documents):
+            if isinstance(d, str) and d not in stored:
+                raise NotFound(f"no document {d!r}{_in(collection)} ({field}[{k}])")
+        new = [d for d in documents if not isinstance(d, str)]
+        vectors = await self.embed([*queries, *new])
+        q_vecs, fresh = vectors[: len(queries)], iter(vectors[len(queries):])
+        docs = [stored[d] if isinstance(d, str) else next(fresh) for d in documents]
+        pairs = ([(i, i) for i in range(len(queries))] if pairwise
+                 else [(0, j) for j in range(len(docs))])
+
+        def run() -> list[tuple[float, dict[str, Any] | None]]:
+            out = []
+            for qi in sorted({i for i, _ in pairs}):
+                js = [j for i, j in pairs if i == qi]
+                scores = index.rerank(q_vecs[qi], [docs[j] for j in js])
+                for j, sc in zip(js, scores, strict=True):
+                    out.append((sc, self._explain(q_vecs[qi], docs[j], sc) if explain else None))
+            return out
+
+        return await asyncio.to_thread(run)
+
+    def _explain(self, q: DocumentVectors, d: Any, score: float) -> dict[str, Any]:
+        """For each query slice, the document slice its soft alignment goes through most."""
+        import torch
+
+        from model.kernels import soft_alignment
+
+        k = self.model.config.kernel
+        x, y = torch.from_numpy(q.vectors.astype("float32")), torch.from_numpy(d.vectors.astype("float32"))
+        a = soft_alignment(x, y, k.sigma, k.gamma)
+        cos = x @ y.T
+        best = a.argmax(1).tolist()
+        return {"score": float(score), "alignment": [
+            {"query_slice": i, "document_slice": j, "weight": round(float(a[i, j]), 6),
+             "similarity": round(float(cos[i, j]), 6)} for i, j in enumerate(best)]}
 
     # ------------------------------------------------------------ readiness
     async def ready(self) -> dict[str, Any]:

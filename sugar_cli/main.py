@@ -68,6 +68,16 @@ def _add_bench(sub) -> None:
     co.add_argument("--json", type=Path)
     co.set_defaults(func=cmd_bench_collections)
     _add_bench_train(bsub)
+    rr = bsub.add_parser("rerank", help="/v1/rerank: 50 stored ids (p50), 50 new texts against /embed of them, "
+                         "and the same order as /retrieve's second stage")
+    rr.add_argument("--url", help="an already running server (default: start our own)")
+    rr.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
+    rr.add_argument("--index", type=Path, help="default: the built-in default index")
+    rr.add_argument("--documents", type=int, default=50, help="documents per rerank request")
+    rr.add_argument("--rounds", type=int, default=40, help="measured rounds (the cells alternate)")
+    rr.add_argument("--api-key")
+    rr.add_argument("--json", type=Path)
+    rr.set_defaults(func=cmd_bench_rerank)
 
 
 def _add_bench_ingest(bsub) -> None:
@@ -431,6 +441,19 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
                   args.rounds, args.cache or sugar_home() / "cache" / "teachers")
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_rerank(args: argparse.Namespace) -> int:
+    from .bench_rerank import run
+
+    ckpt, index = args.checkpoint, args.index
+    if ckpt is None or index is None:
+        ckpt, index = ensure_default(sugar_home())
+    record = run(checkpoint=ckpt, index=index, url=args.url, n=args.documents, rounds=args.rounds,
+                 api_key=args.api_key)
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

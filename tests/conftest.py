@@ -43,3 +43,19 @@ def tiny_ckpt(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     tiny_model.save_pretrained(path, training={"note": "random init, tests"})
     return path
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A throwaway PostgreSQL with pgvector (sugar_cli.postgres); skipped where it cannot start,
+    unless SUGAR_REQUIRE_POSTGRES=1 (CI), where that is a failure."""
+    from tests.pg_fixtures import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as e:
+        if os.environ.get("SUGAR_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"PostgreSQL cannot start here: {e}")
+    yield server
+    server.close()

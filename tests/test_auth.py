@@ -77,6 +77,16 @@ ROUTES = [
     ("post", "/documents/upload?collection=alpha", "upload", "rw"),
     ("get", "/index/stats?collection=alpha", None, "r"),
     ("get", "/collections/alpha", None, "r"),
+    ("post", "/v1/rerank", {"query": "x", "documents": ["a red circle", "a blue square"]}, "any"),
+    ("post", "/v1/rerank", {"query": "x", "documents": [{"id": "a1"}], "collection": "alpha"}, "r"),
+    ("post", "/rerank", {"query": "x", "texts": ["a red circle"]}, "any"),
+    ("post", "/v2/rerank", {"query": "x", "documents": [{"id": "a1"}], "collection": "alpha"}, "r"),
+    ("post", "/score", {"text_1": "x", "text_2": [{"id": "a1"}], "collection": "alpha"}, "r"),
+    ("post", "/retrieve", {"query": {"id": "a1"}, "k": 1, "collection": "alpha"}, "r"),
+    ("post", "/retrieve", {"queries": [TEXT, {"id": "a1"}], "k": 1, "collection": "alpha"}, "r"),
+    ("post", "/documents/scroll?collection=alpha", {"filters": {"n": {"$exists": False}}}, "r"),
+    ("post", "/documents/count?collection=alpha", {}, "r"),
+    ("post", "/documents/delete?collection=alpha", {"ids": ["not-there"]}, "rw"),
     ("delete", "/documents/victim?collection=alpha", None, "rw"),
     ("put", "/collections/alpha2", None, "admin"),
     ("delete", "/collections/gamma", None, "admin"),
@@ -127,6 +137,19 @@ def test_every_route_for_every_kind_of_key(app, principal, caplog):
     for secret in SECRETS:  # never in the logs
         assert secret not in caplog.text and sha(secret) not in caplog.text
     assert len(seen) == len(ROUTES)
+
+
+def test_the_matrix_covers_every_route(app):
+    """A new route cannot land without its row above (what each kind of key gets)."""
+    c, _ = app
+    served = {(m.lower(), r.path) for r in c.app.routes if hasattr(r, "methods")
+              for m in r.methods - {"HEAD"} if not r.path.startswith(("/ui", "/docs", "/redoc"))}
+    covered = {(m, p.split("?")[0]) for m, p, _, _ in ROUTES}
+    templated = {(m, p) for m, p in served if "{" in p}
+    assert served - templated <= covered | {("get", "/")}, sorted(served - templated - covered)
+    for m, p in templated:  # a path template is covered by a row of that shape
+        head = p.split("{")[0]
+        assert any(cm == m and cp.startswith(head) and cp.count("/") == p.count("/") for cm, cp in covered), (m, p)
 
 
 def test_listings_show_only_what_a_key_may_read(app):

@@ -78,7 +78,12 @@ def driver():
 
 
 def wait(d, cond, timeout=60):
-    return WebDriverWait(d, timeout, poll_frequency=0.05).until(lambda _: cond())
+    """Until `cond()` is truthy; an element that a re-render replaced while `cond` read it
+    (a search answered in between) is read again at the next poll."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    return WebDriverWait(d, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(lambda _: cond())
 
 
 def api(url, method, path, body=None):
@@ -109,6 +114,19 @@ def search(d, text, prefix=""):
     if prefix:
         src.send_keys(prefix)
     d.find_element(By.ID, "search-go").click()
+
+
+def library_page_with(d, selector: str) -> None:
+    """Open the library (its list is read when the tab opens) and page on to `selector`: the
+    newest documents are on the last page."""
+    d.find_element(By.ID, "tab-search").click()
+    d.find_element(By.ID, "tab-library").click()
+    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#doc-list li"))
+    while not d.find_elements(By.CSS_SELECTOR, selector):
+        page = d.find_element(By.ID, "doc-page").text
+        assert d.find_element(By.ID, "doc-next").is_enabled(), page
+        d.find_element(By.ID, "doc-next").click()
+        wait(d, lambda page=page: d.find_element(By.ID, "doc-page").text != page)
 
 
 def shoot(d, name):
@@ -285,15 +303,8 @@ def test_6_upload_markdown_with_image_search_it_then_delete(server, driver, tmp_
 def test_6b_the_library_list_asks_before_delete(server, driver):
     d = driver
     api(server, "POST", "/documents", {"id": "aaa-to-delete", "slices": [{"type": "text", "text": "Delete me."}]})
-    d.find_element(By.ID, "tab-search").click()
-    d.find_element(By.ID, "tab-library").click()  # the list is read when the tab opens
     button = "#doc-list button[aria-label='delete aaa-to-delete']"
-    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#doc-list li"))
-    while not d.find_elements(By.CSS_SELECTOR, button):  # the newest document is on the last page
-        page = d.find_element(By.ID, "doc-page").text
-        assert d.find_element(By.ID, "doc-next").is_enabled(), page
-        d.find_element(By.ID, "doc-next").click()
-        wait(d, lambda page=page: d.find_element(By.ID, "doc-page").text != page)
+    library_page_with(d, button)
     d.find_element(By.CSS_SELECTOR, button).click()
     wait(d, lambda: not no_alert(d))
     d.switch_to.alert.dismiss()
@@ -308,16 +319,51 @@ def test_6b_the_library_list_asks_before_delete(server, driver):
     d.find_element(By.ID, "tab-search").click()  # where the next test starts
 
 
+def test_6c_the_library_deletes_a_whole_source_after_saying_how_many(server, driver):
+    d = driver
+    for i in range(3):
+        api(server, "PUT", f"/documents/zz-chunk-{i}", {"slices": [{"type": "text", "text": f"Chunk {i}."}],
+                                                        "metadata": {"source": "upload:zz-notes.md"}})
+    button = "#doc-list button[aria-label='delete source upload:zz-notes.md']"
+    library_page_with(d, button)
+    d.find_elements(By.CSS_SELECTOR, button)[0].click()
+    wait(d, lambda: not no_alert(d))
+    assert "Delete all 3 documents of upload:zz-notes.md?" in d.switch_to.alert.text
+    d.switch_to.alert.dismiss()
+    assert api(server, "POST", "/documents/count", {"filters": {"source": "upload:zz-notes.md"}})["count"] == 3
+    d.find_elements(By.CSS_SELECTOR, button)[0].click()
+    wait(d, lambda: not no_alert(d))
+    d.switch_to.alert.accept()
+    wait(d, lambda: not d.find_elements(By.CSS_SELECTOR, button))
+    assert api(server, "POST", "/documents/count", {"filters": {"source": "upload:zz-notes.md"}})["count"] == 0
+    assert d.find_element(By.ID, "doc-page").get_attribute("data-last-deleted") == "3"
+    d.find_element(By.ID, "tab-search").click()
+
+
+def test_6d_explain_shows_which_slices_aligned(server, driver):
+    d = driver
+    d.find_element(By.ID, "tab-search").click()
+    d.find_element(By.ID, "search-explain").click()
+    try:
+        search(d, "What colour is the banner of House Vyd?")
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#search-results .card .explanation li"))
+        card = d.find_element(By.CSS_SELECTOR, "#search-results .card")
+        [line] = card.find_elements(By.CSS_SELECTOR, ".explanation li")  # one query slice
+        assert line.text.startswith("query slice 1 → ") and "weight" in line.text and "cosine" in line.text
+        shoot(d, "explain")
+    finally:
+        d.find_element(By.ID, "search-explain").click()
+
+
 def test_7_document_text_with_markup_renders_inert(server, driver):
     d = driver
     evil = 'Quokka <script>alert("x")</script> <img src=x onerror=alert(1)> end'
     api(server, "POST", "/documents", {"id": "evil-doc", "slices": [{"type": "text", "text": evil}],
                                        "metadata": {"title": "<b onmouseover=alert(2)>t</b>"}})
     search(d, "Quokka script alert", prefix="")
-    wait(d, lambda: any(c.get_attribute("data-id") == "evil-doc"
-                        for c in d.find_elements(By.CSS_SELECTOR, "#search-results .card")))
-    card = next(c for c in d.find_elements(By.CSS_SELECTOR, "#search-results .card")
-                if c.get_attribute("data-id") == "evil-doc")
+    card = wait(d, lambda: d.find_element(By.CSS_SELECTOR, "#search-results .card[data-id='evil-doc']"))
+    wait(d, lambda: "<b onmouseover" in d.find_element(By.CSS_SELECTOR, "#search-results .card[data-id='evil-doc']").text)
+    card = d.find_element(By.CSS_SELECTOR, "#search-results .card[data-id='evil-doc']")
     assert evil in card.text and "<b onmouseover=alert(2)>t</b>" in card.text  # shown as text
     assert not d.find_elements(By.CSS_SELECTOR, "#search-results script, #search-results img[src='x'], #search-results b")
     time.sleep(0.5)

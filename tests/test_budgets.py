@@ -263,6 +263,29 @@ def test_micro_batches_take_one_sample_of_each_request_in_turn():
     assert at["c1"] < at["b3"] and at["c1"] <= at["b2"]  # c waits for one round, not for all of b
 
 
+def test_a_lone_client_is_not_held_for_company_a_burst_is():
+    """One request at a time, further apart than max_wait: embedded at once (the wait for company
+    would only add latency: /v1/rerank of stored ids embeds just the query). A burst: waited for."""
+    from server.batching import EmbeddingBatcher
+
+    async def run():
+        b = EmbeddingBatcher(lambda s: [x.upper() for x in s], max_batch=16, max_wait_ms=20)
+        b.start()
+        try:
+            for i in range(6):
+                assert await b.submit([f"q{i}"]) == [f"Q{i}"]
+                await asyncio.sleep(0.05)
+            lone = b.waited
+            out = await asyncio.gather(*(b.submit([f"s{i}"]) for i in range(8)))
+            return lone, b.waited - lone, out
+        finally:
+            await b.stop()
+
+    lone, burst, out = asyncio.run(run())
+    assert lone <= 2  # the first two, before the gaps tell
+    assert burst == 1 and out == [[f"S{i}"] for i in range(8)]
+
+
 def test_a_sample_over_the_cost_budget_is_embedded_alone():
     out, batches, _ = run_batcher([["z" * 100, "a"]], max_cost=40)
     assert out == [["Z" * 100, "A"]]

@@ -19,22 +19,9 @@ from index import DocumentVectors
 from index.collections import CollectionNotFound, CollectionRefused, Collections, open_collection
 from model.sample import Sample
 from model.search import SearchParams
-from tests.pg_fixtures import PostgresServer, PostgresUnavailable
 from tests.test_index import D, rand_emb
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def pg():
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as e:
-        if os.environ.get("SUGAR_REQUIRE_POSTGRES") == "1":
-            raise
-        pytest.skip(f"PostgreSQL cannot start here: {e}")
-    yield server
-    server.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -106,12 +106,15 @@ def test_filter_values_beyond_int64_are_a_422(client):
 
 
 def test_filter_operators_are_refused_and_described_by_the_schema(client):
-    # an object value whose keys start with "$" must be exactly {"$prefix": string}; the
-    # published schema says so too (schemathesis once generated {"$x": ...} as schema-valid)
-    for bad in ({"$x": 1}, {"$prefix": 3}, {"$prefix": "a", "b": 1}):
-        assert_422(client.post("/retrieve", json={"query": text_sample("x"), "filters": {"k": bad}}),
-                   "filters", "the only operator")
-    for good in ({"$prefix": "a"}, {"nested": {"plain": 1}}):
+    # an object value whose keys start with "$" is an object of known operators, each with its
+    # argument's type; the published schema says so too (schemathesis once generated {"$x": ...})
+    for bad, words in (({"$x": 1}, "unknown operator '$x'"), ({"$prefix": 3}, "'k' $prefix takes a string"),
+                       ({"$prefix": "a", "b": 1}, "unknown operator 'b'"), ({"$in": "a"}, "'k' $in takes a list"),
+                       ({"$gt": True}, "'k' $gt takes a number or a string"), ({"$exists": 1}, "takes true or false")):
+        assert_422(client.post("/retrieve", json={"query": text_sample("x"), "filters": {"k": bad}}), "filters", words)
+    for bad, words in (({"$or": []}, "$or takes a non-empty list"), ({"$not": [{"k": 1}]}, "unknown operator '$not'")):
+        assert_422(client.post("/retrieve", json={"query": text_sample("x"), "filters": bad}), "filters", words)
+    for good in ({"$prefix": "a"}, {"nested": {"plain": 1}}, {"$gte": 1, "$lt": 3}, {"$in": [1, "a", None]}):
         r = client.post("/retrieve", json={"query": text_sample("x"), "filters": {"k": good}})
         assert r.status_code == 200, r.text
     # the published schema, read by a JSON Schema validator, admits what the server admits
@@ -119,11 +122,15 @@ def test_filter_operators_are_refused_and_described_by_the_schema(client):
 
     spec = client.get("/openapi.json").json()
     value = spec["components"]["schemas"]["RetrieveRequest"]["properties"]["filters"]
-    schema = value.get("anyOf", [value])[0]
+    assert value.get("anyOf", [value])[0] == {"$ref": "#/components/schemas/Filters"}
+    # the component, with the document's components beside it for its $and/$or references
+    schema = {**spec["components"]["schemas"]["Filters"], "components": spec["components"]}
     # a double beyond the bound is a whole number, an "integer" to JSON Schema: refused by both
-    for bad in ({"$x": 1}, {"$prefix": 3}, {"$prefix": "a", "b": 1}, 2**63, -(2**63) - 1, 1e19, -9.5e18):
+    for bad in ({"$x": 1}, {"$prefix": 3}, {"$prefix": "a", "b": 1}, 2**63, -(2**63) - 1, 1e19, -9.5e18,
+                {"$in": "a"}, {"$gt": True}, {"$exists": 1}, {"$eq": 1e19}):
         assert not jsonschema_rs.Draft202012Validator(schema).is_valid({"k": bad}), bad
-    for good in ({"$prefix": "a"}, {"nested": {"plain": 1}}, 9 * 10**18, 1.5, "s", True, None, [1, {"$x": 2}]):
+    for good in ({"$prefix": "a"}, {"nested": {"plain": 1}}, 9 * 10**18, 1.5, "s", True, None, [1, {"$x": 2}],
+                 {"$gte": 1, "$lt": "z"}, {"$nin": [1, None]}, {"$exists": False}):
         assert jsonschema_rs.Draft202012Validator(schema).is_valid({"k": good}), good
         assert client.post("/retrieve", json={"query": text_sample("x"), "filters": {"k": good}}).status_code == 200
 

@@ -127,3 +127,23 @@ def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert "model.tiny" in graph["model.sugar"]  # build_tiny_model imports it in its body
     assert "index.ingest" in graph["index.embedding"]  # add_samples imports it in its body
+
+
+def test_the_wire_models_are_a_leaf_of_plain_pydantic():
+    """Issue #32: server/protocol/ imports nothing from the service, the engines, the serving
+    layer or the index — type-checking imports included (no circle hidden behind them)."""
+    banned = ("server.service", "server.engine", "server.serving", "server.streaming", "index")
+    found = []
+    for path in sorted((ROOT / "server" / "protocol").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):  # every import, TYPE_CHECKING ones too
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative to server/protocol/
+                    parent = ["server", "protocol"][: 3 - node.level]
+                    base = ".".join(parent + ([base] if base else []))
+                names = [base]
+            found += [f"{path.name}: {n}" for n in names if n.startswith(banned)]
+    assert found == []

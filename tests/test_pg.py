@@ -9,22 +9,7 @@ import pytest
 
 from index import DocumentIndex, DocumentVectors, IndexRefused
 from model.sample import Sample
-from tests.pg_fixtures import PostgresServer, PostgresUnavailable
 from tests.test_index import D, bm25_reference, check_contract, rand_emb, word_docs
-
-
-@pytest.fixture(scope="module")
-def pg():
-    import os
-
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as e:
-        if os.environ.get("SUGAR_REQUIRE_POSTGRES") == "1":
-            raise
-        pytest.skip(f"PostgreSQL cannot start here: {e}")
-    yield server
-    server.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

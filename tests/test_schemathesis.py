@@ -7,8 +7,9 @@ refused, schema-valid requests accepted. Two refusals are legitimate and
 listed here because JSON Schema cannot express them: image bytes that do not
 decode (any string can be "base64"), uploaded files that are not readable
 documents (any bytes can be a "binary" part), an upload `metadata` part that
-is not a JSON object, the same file name twice in one upload, and a PUT whose
-body id differs from its path id. `SUGAR_SCHEMATHESIS_EXAMPLES` sets examples per operation and mode
+is not a JSON object, the same file name twice in one upload, a PUT whose
+body id differs from its path id, /score's pairwise lists of two lengths, and /v1/embeddings'
+`messages` whose parts together exceed max_slices. `SUGAR_SCHEMATHESIS_EXAMPLES` sets examples per operation and mode
 (default 12; `.ci/run` runs more). Every draw is seeded: `SUGAR_SCHEMATHESIS_SEED` (default 0) seeds
 hypothesis for every operation and mode, so a run is reproducible and `make test` cannot fail by
 chance; another seed explores other requests (a failure prints the seed that found it).
@@ -34,7 +35,11 @@ SEED = int(os.environ.get("SUGAR_SCHEMATHESIS_SEED", "0"))
 # (status, text in the response) of refusals a schema cannot express
 LEGITIMATE = [(422, '.base64"'), (422, "invalid base64"), (422, "cannot decode image"),
               (422, "differs from the path id"), (422, '"invalid_files"'), (422, '"field":"metadata"'),
-              (422, "the same file name twice")]
+              (422, "the same file name twice"),
+              # /score's pairwise form: as many queries as documents (JSON Schema cannot compare lengths)
+              (422, "as many queries as documents"),
+              # /v1/embeddings' messages form is one sample: the parts of all messages within max_slices
+              (422, '"field":"messages.slices"')]
 
 
 @pytest.fixture(scope="module")

@@ -445,16 +445,26 @@ def test_stream_cancellation_stops_decoding(app_and_client):
 
     engine = app_and_client[0].state.service.engine
 
+    from server.engine import GenerationResult
+
     async def run():
-        result = []
-        gen = engine.stream([("user", ["count to a hundred"])], 200, 0.0, result)
-        async for _ in gen:
+        gen = engine.stream([("user", ["count to a hundred"])], 200, 0.0)
+        first = None
+        async for item in gen:
+            first = item
             break
         await gen.aclose()  # what a disconnect does to the response generator
         await asyncio.sleep(0.5)
-        return result
+        return first
 
-    assert asyncio.run(run()) == []  # no completed result: decoding was stopped
+    # a delta came, then the stream closed: no final result, decoding stopped
+    assert isinstance(asyncio.run(run()), str)
+
+    async def whole():
+        return [item async for item in engine.stream([("user", ["hi"])], 3, 0.0)]
+
+    items = asyncio.run(whole())  # the stream ends with its final result (no out-parameter)
+    assert isinstance(items[-1], GenerationResult) and all(isinstance(x, str) for x in items[:-1])
 
 
 def test_startup_refuses_mismatch(tiny_ckpt, tmp_path):

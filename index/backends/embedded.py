@@ -122,6 +122,9 @@ class EmbeddedBackend:
     def switch_version(self, dim: int, version: str, current_dim: int) -> None:
         self.vectors = self._rebuild_from_store(dim, version, None)
 
+    def filtered_candidates(self, q: np.ndarray, filters: dict, k: int) -> list[tuple[int, float]] | None:
+        return None  # FAISS cannot filter: the index scans the allowed documents (or an ANN loop)
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
 

@@ -57,6 +57,15 @@ class PostgresBackend:
                                "supported on PostgreSQL: export, and import into a new database")
         self._version = version
 
+    def filtered_candidates(self, q: np.ndarray, filters: dict[str, Any], k: int) -> list[tuple[int, float]] | None:
+        """Stage 1 with the filter inside pgvector's HNSW scan (iterative: k rows that pass it)."""
+        from model.filters import parse
+
+        from ..filters import postgres
+
+        scores, fids = self.vectors.search(q[None, :], k, postgres(parse(filters)))
+        return [(int(f), float(s)) for f, s in zip(fids[0], scores[0], strict=True) if f >= 0]
+
     def size_bytes(self) -> int:
         return self.store.size_bytes()
 

@@ -4,6 +4,10 @@
     native      /embed, /retrieve, /generate (+ the builders its JSON and stream share)
     documents   /documents, uploads, /index/stats, /collections
     openai      /v1 (typed responses and stream chunks)
+    rerank      /v1/rerank, /score
+
+Plain pydantic: nothing here imports the service, the engines or the index (the builders of
+responses live in server/serving/).
 
 Routers import this package as `P`; every name is re-exported here.
 """
@@ -18,8 +22,10 @@ from .common import (
     MAX_JSON_DEPTH,
     NON_BLANK,
     TEMPERATURE_FLOOR,
+    AlignedSlices,
     CollectionName,
     ErrorBody,
+    Explanation,
     Filters,
     Health,
     ImageSlice,
@@ -31,6 +37,7 @@ from .common import (
     SearchMode,
     SliceIn,
     SliceOut,
+    StoredRef,
     Strict,
     Temperature,
     Text,
@@ -38,17 +45,22 @@ from .common import (
     Usage,
     Wire,
     check_json,
-    slices_out,
 )
 from .documents import (
     CollectionAck,
     CollectionInfo,
     CollectionList,
+    CountRequest,
+    CountResponse,
+    DeleteRequest,
+    DeleteResponse,
     DocumentAck,
     DocumentIn,
     DocumentList,
     DocumentOut,
     IndexStats,
+    ScrollRequest,
+    ScrollResponse,
     UploadedFile,
     UploadResponse,
     UploadSummary,
@@ -63,12 +75,8 @@ from .native import (
     RetrievedDocument,
     RetrieveRequest,
     RetrieveResponse,
+    RetrieveResults,
     SliceEmbedding,
-    citation,
-    generate_response,
-    retrieved,
-    timings,
-    usage,
 )
 from .openai import (
     ChatChoice,
@@ -91,10 +99,33 @@ from .openai import (
     ModelCard,
     ModelList,
     StreamOptions,
-    finish_reason,
+)
+from .rerank import (
+    ContentDocument,
+    RerankedDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+    ScoreData,
+    ScoreRequest,
+    ScoreResponse,
+    TextDocument,
 )
 
 __all__ = [
+    "AlignedSlices",
+    "ContentDocument",
+    "Explanation",
+    "RerankedDocument",
+    "RerankRequest",
+    "RerankResponse",
+    "RerankResult",
+    "RerankUsage",
+    "ScoreData",
+    "ScoreRequest",
+    "ScoreResponse",
+    "StoredRef",
     "check_json",
     "ASCII",
     "ChatChoice",
@@ -114,6 +145,12 @@ __all__ = [
     "CollectionInfo",
     "CollectionList",
     "CollectionName",
+    "CountRequest",
+    "CountResponse",
+    "DeleteRequest",
+    "DeleteResponse",
+    "ScrollRequest",
+    "ScrollResponse",
     "DocumentAck",
     "DocumentIn",
     "DocumentList",
@@ -147,6 +184,7 @@ __all__ = [
     "RetrieveRequest",
     "RetrieveResponse",
     "RetrievedDocument",
+    "RetrieveResults",
     "SampleIn",
     "SearchMode",
     "SliceEmbedding",
@@ -157,79 +195,11 @@ __all__ = [
     "TEMPERATURE_FLOOR",
     "Temperature",
     "Text",
+    "TextDocument",
     "TextSlice",
     "UploadResponse",
     "UploadSummary",
     "UploadedFile",
     "Usage",
     "Wire",
-    "citation",
-    "finish_reason",
-    "generate_response",
-    "retrieved",
-    "slices_out",
-    "timings",
-    "usage",
-    "apply_limits",
 ]
-
-
-def apply_limits(schema: dict, settings) -> dict:
-    """Write the operator's runtime limits into the OpenAPI document, so what the schema
-    admits is what the server accepts (maxItems, maxLength, maximum)."""
-    comps = schema.get("components", {}).get("schemas", {})
-
-    def prop(model: str, name: str) -> dict:
-        return comps.get(model, {}).get("properties", {}).get(name, {})
-
-    def arrays(node: dict):
-        yield node
-        yield from node.get("anyOf", [])
-
-    # url and path sources exist only where the operator allow-listed them
-    image = comps.get("ImageSlice", {})
-    offered = {"base64"} | ({"url"} if settings.allow_urls else set()) | (
-        {"path"} if settings.allow_paths else set())
-    image["oneOf"] = [{"required": [k]} for k in ("base64", "url", "path") if k in offered]
-    for k in {"url", "path"} - offered:
-        image.get("properties", {}).pop(k, None)
-    if not settings.allow_urls:  # chat images: data URLs only
-        comps.get("ChatImageURL", {}).get("properties", {}).get("url", {})["pattern"] = "^data:"
-    for model in ("SampleIn", "DocumentIn"):
-        prop(model, "slices")["maxItems"] = settings.max_slices
-    prop("TextSlice", "text")["maxLength"] = settings.max_text_chars
-    prop("EmbedRequest", "samples")["maxItems"] = settings.max_samples_per_request
-    for node in arrays(prop("EmbeddingsRequest", "input")):
-        if node.get("type") == "array":
-            node["maxItems"] = settings.max_samples_per_request
-        elif node.get("type") == "string":
-            node["maxLength"] = settings.max_text_chars
-    prop("RetrieveRequest", "k")["maximum"] = settings.max_k
-    prop("RetrieveRequest", "k_prime")["maximum"] = 10 * settings.max_k
-    for model in ("GenerateRequest", "ChatCompletionRequest"):
-        for name in ("max_tokens", "max_completion_tokens"):
-            for node in arrays(prop(model, name)):
-                if node.get("type") == "integer":
-                    node["maximum"] = settings.max_tokens_limit
-    for node in arrays(prop("RetrievalOptions", "k")):
-        if node.get("type") == "integer":
-            node["maximum"] = settings.max_k
-    _upload_limits(schema, settings)
-    return schema
-
-
-def _upload_limits(schema: dict, settings) -> None:
-    """The multipart upload's limits: the number of files and each file's bytes (JSON Schema
-    cannot bound the sum of the parts; the request as a whole stays under max_body_bytes, which
-    the description states)."""
-    op = schema.get("paths", {}).get("/documents/upload", {}).get("post")
-    if op is None:
-        return
-    ref = op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
-    body = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
-    files = body["properties"]["files"]
-    files["maxItems"] = settings.max_upload_files
-    files["items"]["maxLength"] = settings.max_upload_file_bytes
-    op["description"] = (op.get("description", "") + f"\n\nLimits: at most {settings.max_upload_files} files, "
-                         f"each at most {settings.max_upload_file_bytes} bytes, the whole request at most "
-                         f"{settings.max_body_bytes} bytes (413 beyond it).").lstrip()

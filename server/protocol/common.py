@@ -9,9 +9,9 @@ routes accept and log them (`openai.Loose`). The sample schema is the training J
 
 from __future__ import annotations
 
-import base64
 import math
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -24,16 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from model.filters import INT64, FilterError  # noqa: F401 - INT64: re-exported (server.protocol)
+from model.filters import parse as parse_filter
 from model.sample import BLANK, DOCUMENT_ID
 from model.search import DEFAULT_COLLECTION, SEARCH_MODES, SearchParams
 
-if TYPE_CHECKING:
-    from index.store import StoredDocument
-
 ID_PATTERN = DOCUMENT_ID  # model.sample: the one grammar, also for ids inside uploaded JSONL
-# filter integers: inside SQLite's int64, with a bound that reads the same as a double (so
-# /openapi.json means the same to clients that parse JSON numbers as floats)
-INT64 = (-9 * 10**18, 9 * 10**18)
+
 # below this a temperature is greedy decoding (vLLM's sampling epsilon): logits / 1e-100
 # overflow to inf/nan, and no sampler tells such temperatures apart from 0
 TEMPERATURE_FLOOR = 1e-5
@@ -77,17 +74,13 @@ def check_json(value: Any) -> Any:
 
 
 def _check_filters(value: dict[str, Any]) -> dict[str, Any]:
-    """Filters: as metadata, and scalar numbers within SQLite's int64 (they are compared
-    in SQL; nested values are compared in Python). Floats too: beyond the bound every double
-    is a whole number, which JSON Schema calls an integer (schemathesis sent {"k": 1e19})."""
+    """Filters: as metadata (UTF-8, finite, bounded depth), then the filter grammar
+    (model/filters.py: operators, types, numbers within SQLite's int64)."""
     check_json(value)
-    for k, v in value.items():
-        if isinstance(v, int | float) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
-            raise ValueError(f"number {v} of filter {k!r} is out of the int64 range")
-        if isinstance(v, dict) and any(isinstance(op, str) and op.startswith("$") for op in v):
-            if set(v) != {"$prefix"} or not isinstance(v["$prefix"], str):
-                raise ValueError(f"filter {k!r}: the only operator is {{\"$prefix\": string}} "
-                                 f"(got {sorted(v)})")
+    try:
+        parse_filter(value)
+    except FilterError as e:
+        raise ValueError(str(e)) from None
     return value
 
 
@@ -102,20 +95,9 @@ def _no_bools_for_ints(cls, data: Any) -> Any:
 
 Text = Annotated[str, AfterValidator(_check_text)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(check_json)]
-# an object value is either plain metadata (no key starts with "$") or the one operator
-# {"$prefix": string}: the schema says what `_check_filters` enforces (schemathesis found a
-# schema-valid {"$x": ...} object refused with 422 when the schema allowed any object)
-# Written as "any value except these": an anyOf over the value types would let a generator
-# mutate one branch's type into another branch's (an object "becoming" a number) and call the
-# still valid result invalid (schemathesis did, at random)
-_BAD_FILTER_VALUE = {"anyOf": [
-    {"type": "integer", "anyOf": [{"exclusiveMaximum": INT64[0]}, {"exclusiveMinimum": INT64[1]}]},
-    {"type": "object", "allOf": [
-        {"not": {"propertyNames": {"not": {"pattern": "^[$]"}}}},  # some key starts with "$"
-        {"not": {"properties": {"$prefix": {"type": "string"}}, "required": ["$prefix"],
-                 "additionalProperties": False}}]}]}
-Filters = Annotated[dict[str, Any], AfterValidator(_check_filters), WithJsonSchema({
-    "type": "object", "additionalProperties": {"not": _BAD_FILTER_VALUE}})]
+# the grammar's JSON Schema is published once, as the component `Filters` (server/openapi.py)
+Filters = Annotated[dict[str, Any], AfterValidator(_check_filters),
+                    WithJsonSchema({"$ref": "#/components/schemas/Filters"})]
 
 
 def _temperature_floor(value: float | None) -> float | None:
@@ -160,6 +142,28 @@ NonBlankText = Annotated[str, AfterValidator(_check_non_blank),
 
 
 ASCII = r"^[\x21-\x7e]+$"  # base64, data URLs and URLs: printable ASCII, no spaces
+
+
+def given(name: str) -> dict[str, Any]:
+    """JSON Schema: the field is sent, and not as null (a null reads as left out)."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def missing(name: str) -> dict[str, Any]:
+    """JSON Schema: the field is left out, or sent as null."""
+    return {"anyOf": [{"not": {"required": [name]}}, {"properties": {name: {"type": "null"}}}]}
+
+
+def one_of(*branches: dict[str, Any], **rules: Any) -> Callable[[dict[str, Any]], None]:
+    """A `json_schema_extra` publishing what a model validator enforces: exactly one of
+    `branches` holds (and `rules`: more top-level keywords, e.g. `not`, `allOf`), so what the
+    schema admits is what the server accepts."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["oneOf"] = list(branches)
+        schema.update(rules)
+
+    return extra
 
 
 class TextSlice(Strict):
@@ -224,6 +228,27 @@ class RetrievalOptions(Strict):
                             collections=(self.collection or DEFAULT_COLLECTION,))
 
 
+class StoredRef(Strict):
+    """A stored document by id: its stored slice vectors are used, nothing is embedded again."""
+
+    id: str = Field(pattern=ID_PATTERN)
+
+
+class AlignedSlices(BaseModel):
+    query_slice: int
+    document_slice: int
+    weight: float = Field(description="the share of the soft alignment through this pair of slices")
+    similarity: float = Field(description="the cosine of their slice vectors")
+
+
+class Explanation(BaseModel):
+    """`explain: true`: for each query slice, the document slice its soft alignment (the
+    alignment kernel's posterior over monotone alignments) goes through most."""
+
+    alignment: list[AlignedSlices]
+    score: float = Field(description="s̄, the length-normalised log alignment kernel (relevance = exp(s̄))")
+
+
 class SliceOut(BaseModel):
     type: Literal["text", "image"]
     text: str | None = None
@@ -244,18 +269,3 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, Any] = Field(default_factory=dict)
-
-
-def slices_out(d: StoredDocument, images: str, collection: str | None = None) -> list[SliceOut]:
-    """A stored document's slices on the wire: images as URLs of this server (of its collection)
-    or inline base64."""
-    out = []
-    where = f"?collection={collection}" if collection and collection != DEFAULT_COLLECTION else ""
-    for k, s in enumerate(d.slices):
-        if s["type"] == "text":
-            out.append(SliceOut(type="text", text=s["text"]))
-        elif images == "base64":
-            out.append(SliceOut(type="image", base64=base64.b64encode(d.images[s["hash"]]).decode()))
-        else:
-            out.append(SliceOut(type="image", url=f"/documents/{d.id}/images/{k}{where}"))
-    return out

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from .common import ID_PATTERN, SampleIn, SliceOut
+from .common import ID_PATTERN, Filters, SampleIn, SliceOut, Strict, given, one_of
 
 
 class DocumentIn(SampleIn):
@@ -94,3 +94,51 @@ class DocumentList(BaseModel):
 class DocumentAck(BaseModel):
     id: str
     status: Literal["created", "updated", "deleted"]
+
+
+class ScrollRequest(Strict):
+    """POST /documents/scroll: the documents that match `filters` (all without), in the order
+    they were stored, a page at a time."""
+
+    filters: Filters | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=2**63 - 1)
+    images: Literal["url", "base64"] = "url"
+
+
+class ScrollResponse(BaseModel):
+    documents: list[DocumentOut]
+    next_offset: int | None = Field(default=None, description="the offset of the next page; absent: the last page")
+
+
+class CountRequest(Strict):
+    filters: Filters | None = None
+
+
+class CountResponse(BaseModel):
+    count: int
+
+
+class DeleteRequest(Strict):
+    """POST /documents/delete: by `filters`, by `ids` (unknown ones skipped), or `all: true`;
+    one transaction. Empty filters are refused: every document goes only when asked by name."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of(
+        given("filters"), given("ids"), {"required": ["all"], "properties": {"all": {"const": True}}},
+        allOf=[{"properties": {"filters": {"anyOf": [{"type": "null"}, {"type": "object", "minProperties": 1}]}}}]))
+
+    filters: Filters | None = None
+    ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = Field(default=None, min_length=1, max_length=10_000)
+    all: StrictBool = Field(default=False, description="delete every document of the collection")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> DeleteRequest:
+        if sum((self.filters is not None, self.ids is not None, self.all)) != 1:
+            raise ValueError("give one of 'filters', 'ids' or 'all': true")
+        if self.filters is not None and not self.filters:
+            raise ValueError("empty filters would delete every document; to mean that, send 'all': true")
+        return self
+
+
+class DeleteResponse(BaseModel):
+    deleted: int

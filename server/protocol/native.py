@@ -1,33 +1,38 @@
-"""Native inference: /embed, /retrieve, /generate — requests, responses, and the builders the
-JSON answer and the stream's final event share."""
+"""Native inference: /embed, /retrieve, /generate — requests and responses."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 
 from model.search import DEFAULT_COLLECTION, SearchParams
 
 from .common import (
     CollectionName,
+    Explanation,
     Filters,
     LexicalWeight,
     RetrievalOptions,
     SampleIn,
     SearchMode,
     SliceOut,
+    StoredRef,
     Strict,
     Temperature,
     Usage,
-    slices_out,
+    given,
+    missing,
+    one_of,
 )
-
-if TYPE_CHECKING:
-    from index import Hit
-
-    from ..engine import GenerationResult
-    from ..service import RagPlan
 
 
 class EmbedRequest(Strict):
@@ -55,7 +60,14 @@ class EmbedResponse(BaseModel):
 
 
 class RetrieveRequest(Strict):
-    query: SampleIn
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of(
+        {"allOf": [given("query"), missing("queries")]}, {"allOf": [given("queries"), missing("query")]},
+        **{"not": {"allOf": [given("collection"), given("collections")]}}))
+    query: SampleIn | StoredRef | None = Field(default=None, description=(
+        "a sample, or `{\"id\"}` of a stored document: more like it (its stored vectors and words; "
+        "the document itself is left out)"))
+    queries: list[SampleIn | StoredRef] | None = Field(default=None, min_length=1, description=(
+        "the batch form (instead of `query`): one ranking per query, in `batch`"))
     k: int = Field(default=5, ge=1)
     k_prime: int | None = Field(default=None, ge=1)
     filters: Filters | None = None
@@ -69,18 +81,32 @@ class RetrieveRequest(Strict):
     collections: list[CollectionName] | None = Field(default=None, min_length=1, description=(
         "search several collections at once (instead of `collection`): one ranking, each result "
         "naming its collection"))
+    score_threshold: StrictFloat | StrictInt | None = Field(default=None, description=(
+        "leave out results whose `score` (the mode's ranking score) is below it"))
+    group_by: Literal["source"] | None = Field(default=None, description=(
+        "one result per `metadata.source` (the best-ranked chunk of each file; a document without "
+        "a source is its own group), looking deeper than k_prime when needed"))
+    explain: StrictBool = Field(default=False, description=(
+        "each result carries `explanation`: which query slice aligned with which document slice and "
+        "how strongly (the alignment kernel's soft alignment)"))
 
     @model_validator(mode="after")
     def _one_way_to_name_collections(self) -> RetrieveRequest:
         if self.collection is not None and self.collections is not None:
             raise ValueError("give either 'collection' or 'collections', not both")
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give 'query' or 'queries' (the batch form), one of them")
         return self
 
     def to_search_params(self) -> SearchParams:
         names = self.collections or [self.collection or DEFAULT_COLLECTION]
         return SearchParams(k=self.k, k_prime=self.k_prime, filters=self.filters, mode=self.mode,
                             lexical_weight=self.lexical_weight, with_images=self.images == "base64",
-                            collections=tuple(dict.fromkeys(names)))
+                            collections=tuple(dict.fromkeys(names)), group_by=self.group_by,
+                            score_threshold=None if self.score_threshold is None else float(self.score_threshold))
+
+    def all_queries(self) -> list[SampleIn | StoredRef]:
+        return list(self.queries) if self.queries is not None else [self.query]  # type: ignore[list-item]
 
 
 class RetrievedDocument(BaseModel):
@@ -92,10 +118,16 @@ class RetrievedDocument(BaseModel):
     metadata: dict[str, Any]
     slices: list[SliceOut]
     collection: str | None = None  # a search of several collections: where this one was found
+    explanation: Explanation | None = None  # explain: true
+
+
+class RetrieveResults(BaseModel):
+    results: list[RetrievedDocument]
 
 
 class RetrieveResponse(BaseModel):
-    results: list[RetrievedDocument]
+    results: list[RetrievedDocument] | None = Field(default=None, description="the ranking of `query`")
+    batch: list[RetrieveResults] | None = Field(default=None, description="`queries`: a ranking each, in order")
 
 
 class GenerateRequest(Strict):
@@ -127,43 +159,3 @@ class GenerateResponse(BaseModel):
                                'documents cannot answer (the checkpoint\'s calibrated abstention), `text` is then '
                                'the fixed answer "not in the documents"')
     abstained: bool = False
-
-
-def usage(res: GenerationResult) -> Usage:
-    return Usage(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-                 total_tokens=res.prompt_tokens + res.completion_tokens)
-
-
-def citation(h: Hit) -> DocumentScore:
-    """A used document as the generation responses carry it (id, score, source, title, page)."""
-    m = h.metadata
-    page = m.get("page")
-    return DocumentScore(id=h.id, score=h.score, source=_str_or_none(m.get("source")),
-                         title=_str_or_none(m.get("title")),
-                         page=page if isinstance(page, int) and not isinstance(page, bool) else None)
-
-
-def _str_or_none(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
-
-
-def retrieved(h: Hit, images: str, multi: bool = False) -> RetrievedDocument:
-    return RetrievedDocument(id=h.id, score=h.score, ann_score=h.ann_score, dense_score=h.dense_score,
-                             lexical_score=h.lexical_score, metadata=h.metadata,
-                             slices=slices_out(h.document, images, h.collection),  # type: ignore[arg-type]
-                             collection=h.collection if multi else None)
-
-
-def timings(plan: RagPlan, t0: float, t1: float) -> dict[str, float]:
-    """Milliseconds: retrieval, generation (since `t1`), total (since `t0`); perf_counter times."""
-    import time
-
-    now = time.perf_counter()
-    return {"retrieval_ms": plan.retrieval_ms, "generation_ms": (now - t1) * 1e3, "total_ms": (now - t0) * 1e3}
-
-
-def generate_response(plan: RagPlan, res: GenerationResult, timings: dict[str, float]) -> GenerateResponse:
-    """The answer of /generate: the JSON response, and (with "done": true) the stream's last event."""
-    return GenerateResponse(text=res.text, documents=[citation(h) for h in plan.used],
-                            dropped_documents=[citation(h) for h in plan.dropped], usage=usage(res),
-                            timings=timings, finish_reason=res.finish_reason, abstained=res.abstained)

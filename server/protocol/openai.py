@@ -1,17 +1,23 @@
 """OpenAI-compatible routes: /v1/models, /v1/embeddings, /v1/chat/completions — requests,
-typed responses and stream chunks, with their builders."""
+typed responses and stream chunks."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from .common import NonBlankText, RetrievalOptions, SampleIn, Temperature, Usage, Wire
+from .common import (
+    NonBlankText,
+    RetrievalOptions,
+    SampleIn,
+    Temperature,
+    Usage,
+    Wire,
+    given,
+    one_of,
+)
 from .native import DocumentScore
-
-if TYPE_CHECKING:
-    from ..engine import GenerationResult
 
 
 class Loose(Wire):
@@ -61,10 +67,34 @@ class ChatCompletionRequest(Loose):
 
 
 class EmbeddingsRequest(Loose):
+    """OpenAI's `input` (strings or Sugar samples); vLLM's chat-style `messages` (their content
+    parts, text and `image_url`, embedded as one interleaved sample); Infinity's
+    `modality: "image"` (each input string a data URI or an allow-listed image URL)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=one_of(
+        given("input"), given("messages"),
+        **{"if": {"required": ["modality"], "properties": {"modality": {"const": "image"}}},
+           "then": {"properties": {"input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}}}))
+
     model: str | None = None
     input: NonBlankText | Annotated[list[NonBlankText], Field(min_length=1)] | Annotated[
-        list[SampleIn], Field(min_length=1)]
+        list[SampleIn], Field(min_length=1)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = Field(default=None, description=(
+        "vLLM's form: one embedding of the messages' content, in order"))
+    modality: Literal["text", "image"] = Field(default="text", description=(
+        "Infinity's form: \"image\" reads each input string as an image (a data URI or an allow-listed URL)"))
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, description=(
+        "only the checkpoint's own dimension: it is not trained for truncated (Matryoshka) vectors"))
+
+    @model_validator(mode="after")
+    def _one_input(self) -> EmbeddingsRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("give 'input' or 'messages' (vLLM's chat form), one of them")
+        if self.modality == "image" and (self.input is None or not all(isinstance(x, str) for x in
+                                                                          ([self.input] if isinstance(self.input, str) else self.input))):
+            raise ValueError("modality 'image' takes 'input' as image URLs or data URIs (strings)")
+        return self
 
 
 class ModelCard(BaseModel):
@@ -145,19 +175,3 @@ class ChatCompletionChunk(BaseModel):
     retrieved: list[DocumentScore] | None = None
     usage: Usage | None = None
     abstained: bool | None = None  # on the last choice's chunk of an abstention
-
-    def event(self) -> str:
-        """The server-sent event: None fields of the delta and absent extras left out, as
-        OpenAI's stream does (a choice's `finish_reason` stays, null until the last)."""
-        body = self.model_dump(exclude={k for k in ("retrieved", "abstained") if getattr(self, k) is None})
-        if self.usage is None:
-            body.pop("usage")
-        for c in body["choices"]:
-            c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
-        import json
-
-        return f"data: {json.dumps(body)}\n\n"
-
-
-def finish_reason(res: GenerationResult) -> Literal["stop", "length"]:
-    return "length" if res.finish_reason == "length" else "stop"

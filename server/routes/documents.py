@@ -1,4 +1,4 @@
-"""Document routes: create, upsert, list, get, images, delete."""
+"""Document routes: create, upsert, list, get, images, delete; scroll, count and delete by filter."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .. import protocol as P
 from ..deps import Caller, Svc
 from ..errors import COMMON, responses
 from ..service import BadRequest, NotFound
+from ..serving.common import slices_out
 
 router = APIRouter(tags=["documents"])
 DocId = Annotated[str, Path(pattern=P.ID_PATTERN)]
@@ -129,6 +130,42 @@ async def list_documents(service: Svc, offset: Annotated[int, Query(ge=0, le=2**
     return P.DocumentList(ids=ids, offset=offset, limit=limit, total=index.count())
 
 
+@router.post("/documents/scroll", response_model=P.ScrollResponse, response_model_exclude_none=True,
+             responses=responses(*COMMON, 403, 404, 422))
+async def scroll_documents(req: P.ScrollRequest, service: Svc, caller: Caller,
+                           collection: InCollection = "default") -> P.ScrollResponse:
+    """The documents that match `filters` (all without), in the order they were stored: `limit`
+    from `offset`, and `next_offset` for the next page (absent: none left)."""
+    caller.require(collection, "r")
+    index = service.collection(collection)
+    docs, nxt = await asyncio.to_thread(index.scroll, req.filters, req.offset, req.limit, req.images == "base64")
+    return P.ScrollResponse(documents=[P.DocumentOut(id=d.id, metadata=d.metadata,
+                                                     slices=slices_out(d, req.images, collection),
+                                                     embedding_version=d.embedding_version) for d in docs],
+                            next_offset=nxt)
+
+
+@router.post("/documents/count", response_model=P.CountResponse, responses=responses(*COMMON, 403, 404, 422))
+async def count_documents(req: P.CountRequest, service: Svc, caller: Caller,
+                          collection: InCollection = "default") -> P.CountResponse:
+    """How many documents match `filters` (all without)."""
+    caller.require(collection, "r")
+    index = service.collection(collection)
+    return P.CountResponse(count=await asyncio.to_thread(index.count_matching, req.filters))
+
+
+@router.post("/documents/delete", response_model=P.DeleteResponse, responses=responses(*COMMON, 403, 404, 422))
+async def delete_documents(req: P.DeleteRequest, service: Svc, caller: Caller,
+                           collection: InCollection = "default") -> P.DeleteResponse:
+    """Delete the documents that match `filters`, those of `ids` (unknown ones skipped), or with
+    `all: true` every one, in one transaction; `deleted`: how many went. Empty filters are
+    refused (they would match every document)."""
+    caller.require(collection, "rw")
+    index = service.collection(collection)
+    n = await asyncio.to_thread(index.delete_matching, {} if req.all else req.filters, req.ids)
+    return P.DeleteResponse(deleted=n)
+
+
 @router.get("/documents/{doc_id}", response_model=P.DocumentOut, response_model_exclude_none=True,
             responses=responses(401, 403, 404, 422))
 async def get_document(doc_id: str, service: Svc,
@@ -136,7 +173,7 @@ async def get_document(doc_id: str, service: Svc,
                        collection: InCollection = "default", *, caller: Caller) -> P.DocumentOut:
     caller.require(collection, "r")
     d = await service.get_document(doc_id, collection)
-    return P.DocumentOut(id=d.id, metadata=d.metadata, slices=P.slices_out(d, images, collection),
+    return P.DocumentOut(id=d.id, metadata=d.metadata, slices=slices_out(d, images, collection),
                          embedding_version=d.embedding_version)
 
 

@@ -13,9 +13,10 @@ from model.search import DEFAULT_COLLECTION
 from .. import protocol as P
 from ..deps import Caller, Mtr, Svc
 from ..errors import COMMON, responses
-from ..streaming import native_stream as _native_stream
-from ..streaming import sse
-from .wire import parse_samples
+from ..service import BadRequest
+from ..serving.common import parse_samples
+from ..serving.native import generate_response, generate_stream, retrieved, timings
+from ..serving.sse import sse
 
 router = APIRouter(tags=["native"])
 SSE: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}, "text/event-stream": {}},
@@ -45,9 +46,20 @@ async def retrieve(req: P.RetrieveRequest, service: Svc, caller: Caller) -> P.Re
     params = req.to_search_params()
     for name in params.collections:
         caller.require(name, "r")
-    query = await asyncio.to_thread(service.parse, req.query.raw(), "query")
-    hits = await service.retrieve(query, params)
-    return P.RetrieveResponse(results=[P.retrieved(h, req.images, len(params.collections) > 1) for h in hits])
+    asked = req.all_queries()
+    limit = service.settings.max_samples_per_request
+    if len(asked) > limit:
+        raise BadRequest("queries", f"{len(asked)} queries exceed the limit of {limit}")
+    where = "query" if req.query is not None else "queries"
+    queries = [q.id if isinstance(q, P.StoredRef) else
+               await asyncio.to_thread(service.parse, q.raw(), where if req.query is not None else f"{where}[{i}]")
+               for i, q in enumerate(asked)]
+    rankings = await service.retrieve_many(queries, params, explain=req.explain)
+    multi = len(params.collections) > 1
+    out = [[retrieved(h, req.images, multi) for h in hits] for hits in rankings]
+    if req.query is not None:
+        return P.RetrieveResponse(results=out[0])
+    return P.RetrieveResponse(batch=[P.RetrieveResults(results=r) for r in out])
 
 
 @router.post("/generate", response_model=P.GenerateResponse,
@@ -60,8 +72,8 @@ async def generate(req: P.GenerateRequest, service: Svc, metrics: Mtr, caller: C
     t0 = time.perf_counter()
     plan = await service.plan([], query, max_tokens, req.retrieval)
     if req.stream:
-        return sse(service, lambda: _native_stream(service, plan, max_tokens, req.temperature, t0, metrics))
+        return sse(service, lambda: generate_stream(service, plan, max_tokens, req.temperature, t0, metrics))
     t1 = time.perf_counter()
     res = await service.generate(plan, max_tokens, req.temperature)
     metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
-    return P.generate_response(plan, res, P.timings(plan, t0, t1))
+    return generate_response(plan, res, timings(plan, t0, t1))

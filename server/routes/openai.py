@@ -13,17 +13,17 @@ import uuid
 
 from fastapi import APIRouter
 
-from model.sample import Sample
 from model.search import DEFAULT_COLLECTION
 
 from .. import protocol as P
 from ..deps import Caller, Cfg, Mtr, Svc
 from ..errors import COMMON, responses
 from ..service import BadRequest, NotFound, SugarService
+from ..serving.common import citation, encode_vector
+from ..serving.openai import chat_completion, chat_inputs, chat_stream, embedding_inputs
+from ..serving.sse import sse
 from ..settings import Settings
-from ..streaming import openai_stream, sse
 from .native import SSE
-from .wire import encode_vector
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -70,46 +70,20 @@ async def model(model_id: str, service: Svc, settings: Cfg, caller: Caller) -> P
 @router.post("/embeddings", response_model=P.EmbeddingsResponse, responses=responses(*COMMON, 422, 429))
 async def embeddings(req: P.EmbeddingsRequest, service: Svc, settings: Cfg) -> P.EmbeddingsResponse:
     log_ignored("/v1/embeddings", req)
-    items: list[str | P.SampleIn] = [req.input] if isinstance(req.input, str) else list(req.input)
-    if not items:
-        raise BadRequest("input", "no input")
-    if len(items) > settings.max_samples_per_request:
-        raise BadRequest("input", f"{len(items)} inputs exceed the limit of {settings.max_samples_per_request}")
-    raws = [{"slices": [{"type": "text", "text": x}]} if isinstance(x, str) else x.raw() for x in items]
-    samples = [await asyncio.to_thread(service.parse, r, f"input[{i}]") for i, r in enumerate(raws)]
+    dim = service.index.dim
+    if req.dimensions is not None and req.dimensions != dim:
+        raise BadRequest("dimensions", f"{req.dimensions} dimensions asked, the checkpoint gives {dim}: it is not "
+                         "trained for truncated (Matryoshka) vectors, and a cut vector would rank wrongly")
+    raws, where = embedding_inputs(req)
+    if len(raws) > settings.max_samples_per_request:
+        raise BadRequest("input", f"{len(raws)} inputs exceed the limit of {settings.max_samples_per_request}")
+    samples = [await asyncio.to_thread(service.parse, r, w) for r, w in zip(raws, where, strict=True)]
     embs = await service.embed(samples)
     n_tok = await asyncio.to_thread(service.count_text_tokens, samples)
     data = [P.EmbeddingData(index=i, embedding=encode_vector(e.summary, req.encoding_format))
             for i, e in enumerate(embs)]
     return P.EmbeddingsResponse(data=data, model=settings.served_model_name,
                                 usage=P.EmbeddingsUsage(prompt_tokens=n_tok, total_tokens=n_tok))
-
-
-async def chat_inputs(service: SugarService, req: P.ChatCompletionRequest):
-    """(history as (role, parts), the last user message as the retrieval query)."""
-    converted: list[tuple[str, Sample]] = []
-    for i, m in enumerate(req.messages):
-        where = f"messages[{i}].content"
-        if isinstance(m.content, str):
-            raw = {"slices": [{"type": "text", "text": m.content}]}
-        else:
-            slices = []
-            for part in m.content:
-                if isinstance(part, P.ChatTextPart):
-                    slices.append({"type": "text", "text": part.text})
-                else:
-                    url = part.image_url.url
-                    slices.append({"type": "image", "base64": url} if url.startswith("data:")
-                                  else {"type": "image", "url": url})
-            raw = {"slices": slices}
-        role = "system" if m.role == "developer" else m.role
-        converted.append((role, await asyncio.to_thread(service.parse, raw, where)))
-    last_user = max((i for i, (r, _) in enumerate(converted) if r == "user"), default=None)
-    if last_user is None:
-        raise BadRequest("messages", "no user message")
-    history = [(r, [s.text if s.type == "text" else s.image for s in smp.slices])
-               for r, smp in converted[:last_user]]
-    return history, converted[last_user][1]
 
 
 @router.post("/chat/completions", response_model=P.ChatCompletion,
@@ -127,15 +101,12 @@ async def chat(req: P.ChatCompletionRequest, service: Svc, settings: Cfg, metric
     plan = await service.plan(history, query, max_tokens, retrieval)
     temperature = 0.0 if req.temperature is None else req.temperature
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    retrieved_docs = [P.citation(h) for h in plan.used]
+    retrieved_docs = [citation(h) for h in plan.used]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return sse(service, lambda: openai_stream(service, plan, max_tokens, temperature, cid, created,
-                                                  retrieved_docs, include_usage, metrics))
+        return sse(service, lambda: chat_stream(service, plan, max_tokens, temperature, cid, created,
+                                                retrieved_docs, include_usage, metrics))
     t1 = time.perf_counter()
     res = await service.generate(plan, max_tokens, temperature)
     metrics.tokens(res.completion_tokens, time.perf_counter() - t1)
-    return P.ChatCompletion(id=cid, created=created, model=settings.served_model_name,
-                            choices=[P.ChatChoice(message=P.ChatResponseMessage(content=res.text),
-                                                  finish_reason=P.finish_reason(res))],
-                            usage=P.usage(res), retrieved=retrieved_docs, abstained=res.abstained)
+    return chat_completion(cid, created, settings.served_model_name, res, retrieved_docs)

@@ -49,9 +49,13 @@ function inColl(path) {
   return c === "default" ? path : `${path}${path.includes("?") ? "&" : "?"}collection=${encodeURIComponent(c)}`;
 }
 
+// read without asking for a key: the prompt comes when the user's own request needs one,
+// and the list is read again once a key is entered
 async function refreshCollections() {
   try {
-    const data = await (await api("/collections")).json();
+    const resp = await fetch("/collections", { headers: headers() });
+    if (!resp.ok) return;
+    const data = await resp.json();
     const sel = $("collection");
     const keep = sel.value;
     sel.replaceChildren();
@@ -82,6 +86,7 @@ $("key-form").addEventListener("submit", (ev) => {
   $("key-input").value = "";
   $("key-form").hidden = true;
   for (const go of waiting.splice(0)) go();
+  refreshCollections();
 });
 
 function fileToBase64(file) {
@@ -224,6 +229,7 @@ async function runSearch() {
   if (prefix) body.filters = { source: { $prefix: prefix } };
   if ($("search-mode").value) body.mode = $("search-mode").value;
   if (coll() !== "default") body.collection = coll();
+  if ($("search-explain").checked) body.explain = true;
   const t0 = performance.now();
   try {
     const resp = await api("/retrieve", { method: "POST", body: JSON.stringify(body),
@@ -263,12 +269,31 @@ function renderResults(results) {
     sc.textContent = `score ${r.score.toFixed(4)} · ANN ${r.ann_score.toFixed(4)}${sides}` + (label(r.metadata) ? ` · ${label(r.metadata)}` : "");
     const slices = document.createElement("div");
     slices.className = "slices";
-    card.append(h, sc, slices);
+    card.append(h, sc);
+    if (r.explanation) card.append(explanationList(r.explanation, r.slices));
+    card.append(slices);
     out.append(card);
     renderSlices(slices, r.id, r.slices);
     card.addEventListener("click", () => openDocument(r.id));
     card.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); openDocument(r.id); } });
   });
+}
+
+// explain: for each query slice, the document slice its soft alignment goes through most
+function explanationList(e, docSlices) {
+  const ol = document.createElement("ol");
+  ol.className = "explanation";
+  ol.setAttribute("aria-label", "alignment of the query's slices");
+  const what = (s, k) => (s && s.type === "text" ? `text ${k + 1} “${s.text.slice(0, 40)}${s.text.length > 40 ? "…" : ""}”`
+                                                : `image ${k + 1}`);
+  for (const a of e.alignment) {
+    const li = document.createElement("li");
+    li.dataset.documentSlice = String(a.document_slice);
+    li.textContent = `query slice ${a.query_slice + 1} → ${what(docSlices[a.document_slice], a.document_slice)}` +
+      ` · weight ${a.weight.toFixed(2)} · cosine ${a.similarity.toFixed(3)}`;
+    ol.append(li);
+  }
+  return ol;
 }
 
 // ------------------------------------------------------------------ ask (SSE from /generate)
@@ -409,9 +434,11 @@ function upload(form) {
 async function refreshLibrary() {
   $("library-error").textContent = "";
   try {
-    const [stats, list] = await Promise.all([
+    const post = (path, body) => api(inColl(path), { method: "POST", body: JSON.stringify(body),
+                                                     headers: { "content-type": "application/json" } }).then((r) => r.json());
+    const [stats, page] = await Promise.all([
       api(inColl("/index/stats")).then((r) => r.json()),
-      api(inColl(`/documents?offset=${docOffset}&limit=${PAGE}`)).then((r) => r.json()),
+      post("/documents/scroll", { offset: docOffset, limit: PAGE }),
     ]);
     const dl = $("index-stats");
     dl.replaceChildren();
@@ -423,10 +450,15 @@ async function refreshLibrary() {
     }
     const ul = $("doc-list");
     ul.replaceChildren();
-    for (const id of list.ids) {
+    for (const doc of page.documents) {
+      const id = doc.id;
+      const source = typeof doc.metadata.source === "string" ? doc.metadata.source : null;
       const li = document.createElement("li");
       const name = document.createElement("span");
       name.textContent = id;
+      const from = document.createElement("span");
+      from.className = "muted";
+      from.textContent = source ? ` ${source}` : "";
       const view = document.createElement("button");
       view.type = "button"; view.textContent = "Open";
       view.addEventListener("click", () => openDocument(id));
@@ -438,12 +470,30 @@ async function refreshLibrary() {
         try { await api(inColl(`/documents/${encodeURIComponent(id)}`), { method: "DELETE" }); refreshLibrary(); }
         catch (e) { $("library-error").textContent = e.message; }
       });
-      li.append(name, view, del);
+      li.append(name, from, view, del);
+      if (source) {  // every chunk of the file at once: /documents/delete by filter
+        const delSource = document.createElement("button");
+        delSource.type = "button"; delSource.textContent = "Delete source";
+        delSource.setAttribute("aria-label", `delete source ${source}`);
+        delSource.addEventListener("click", async () => {
+          try {
+            const filters = { source };
+            const { count } = await post("/documents/count", { filters });
+            if (!window.confirm(`Delete all ${count} documents of ${source}? This cannot be undone.`)) return;
+            const { deleted } = await post("/documents/delete", { filters });
+            $("library-error").textContent = "";
+            $("doc-page").dataset.lastDeleted = String(deleted);
+            refreshLibrary();
+          } catch (e) { $("library-error").textContent = e.message; }
+        });
+        li.append(delSource);
+      }
       ul.append(li);
     }
-    $("doc-page").textContent = `${list.total ? docOffset + 1 : 0}–${docOffset + list.ids.length} of ${list.total}`;
+    const total = stats.count;
+    $("doc-page").textContent = `${total ? docOffset + 1 : 0}–${docOffset + page.documents.length} of ${total}`;
     $("doc-prev").disabled = docOffset === 0;
-    $("doc-next").disabled = docOffset + PAGE >= list.total;
+    $("doc-next").disabled = page.next_offset == null;
   } catch (e) {
     $("library-error").textContent = e.message;
   }
