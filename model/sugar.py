@@ -39,14 +39,22 @@ logger = logging.getLogger(__name__)
 
 # the checkpoint shipped inside the package (trained by `sugar train --preset shipped`)
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default_checkpoint"
-# the shipped checkpoint is the shipped preset's 4,000 steps, resumed to 8,000 (docs/METHOD.md §11.4)
-DEFAULT_CHECKPOINT_COMMAND = (f"sugar train --preset shipped --out {DEFAULT_CHECKPOINT} && sugar train --preset "
-                              f"shipped --steps 8000 --set threads=1 --resume --out {DEFAULT_CHECKPOINT}")
 
 BACKBONE_DIR = "backbone"
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "sugar_config.json"
 TRAINING_FILE = "training.json"
+
+
+def rebuild_commands(checkpoint: Path = DEFAULT_CHECKPOINT) -> list[str]:
+    """The runs that made `checkpoint`, in order, as its training.json `history` records them
+    (DIR: the checkpoint being built; a warm start writes DIR2, which then becomes DIR)."""
+    path = checkpoint / TRAINING_FILE
+    try:
+        history = json.loads(path.read_text()).get("history") or []
+    except (OSError, ValueError) as e:
+        return [f"(the recipe is recorded in {path}, which cannot be read: {e}; git checkout it)"]
+    return [run["command"] for run in history]
 
 
 class CheckpointError(Exception):

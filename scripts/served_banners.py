@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from server.app import create_app
     from server.settings import Settings
-    from sugar_cli.main import ensure_default
+    from sugar_cli.home import ensure_default
     from tests.test_first_session import asked_house, first_session_requests
     from training.data import builtin_houses
 

@@ -49,7 +49,7 @@ def test_bench_kernels_quick_writes_json(tmp_path, capsys):
 def test_serve_default_home_indexes_the_builtin_collection(tiny_ckpt, tmp_path, monkeypatch):
     from index import DocumentIndex
     from model.sugar import read_sugar_config
-    from sugar_cli.main import ensure_default
+    from sugar_cli.home import ensure_default
 
     home = tmp_path / "home"
     ckpt, index = ensure_default(home, tiny_ckpt)
@@ -67,7 +67,7 @@ def test_default_checkpoint_damage_is_an_error_naming_the_file_and_the_rebuild(
         tiny_ckpt, tmp_path, damage):
     import shutil
 
-    from sugar_cli.main import ensure_default
+    from sugar_cli.home import ensure_default
 
     ck = tmp_path / "ck"
     shutil.copytree(tiny_ckpt, ck)
@@ -134,3 +134,43 @@ def test_startup_logs_no_faiss_loader_lines(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert "faiss.loader" not in proc.stderr and "Could not load library" not in proc.stderr
     assert proc.returncode != 0 and "no index here" in proc.stderr
+
+
+def test_the_rebuild_recipe_of_a_damaged_shipped_checkpoint_is_its_recorded_history(tmp_path, monkeypatch):
+    """What `sugar serve` prints to rebuild the shipped checkpoint is every run of its own
+    training.json history, in order, as recorded (not a summary that builds another model)."""
+    import json
+    import shutil
+
+    import model.sugar as ms
+    from sugar_cli.home import ensure_default
+
+    history = json.loads((ms.DEFAULT_CHECKPOINT / "training.json").read_text())["history"]
+    assert len(history) >= 2 and all(run["command"].startswith("sugar train ") for run in history)
+    assert ms.rebuild_commands() == [run["command"] for run in history]
+    ck = tmp_path / "shipped"
+    shutil.copytree(ms.DEFAULT_CHECKPOINT, ck, ignore=shutil.ignore_patterns("eval", "*.png"))
+    (ck / "heads.safetensors").unlink()
+    monkeypatch.setattr(ms, "DEFAULT_CHECKPOINT", ck)
+    with pytest.raises(SystemExit) as e:
+        ensure_default(tmp_path / "home")
+    msg = str(e.value)
+    assert str(ck / "heads.safetensors") in msg
+    at = [msg.index(run["command"]) for run in history]  # every run, in the recorded order
+    assert at == sorted(at)
+
+
+def test_the_cli_is_one_module_per_command_and_its_help_loads_no_torch():
+    import subprocess
+    import sys
+
+    from sugar_cli import bench, main
+    from sugar_cli.commands import embed, eval, index, serve, train
+
+    assert main.COMMANDS == (embed, train, eval, serve, index, bench)
+    for module in (*main.COMMANDS, *bench.BENCHES):  # each adds its own parser
+        assert callable(module.add_parser)
+    code = ("import sys; from sugar_cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'faiss', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # `sugar --help`, `sugar index stats` start without the heavy imports

@@ -214,7 +214,8 @@ def test_sugar_train_base_dir_with_lora_then_serve(family, tmp_path):
 
     from model.tiny import build_tiny
     from server.app import create_app
-    from sugar_cli.main import ensure_default, main
+    from sugar_cli.home import ensure_default
+    from sugar_cli.main import main
     from tests.server_fixtures import b64_image, settings_for
 
     base = tmp_path / "base"

@@ -34,7 +34,7 @@ def asked_house(body: dict) -> str:
 @pytest.fixture(scope="module")
 def shipped_client(tmp_path_factory):
     from server.app import create_app
-    from sugar_cli.main import ensure_default
+    from sugar_cli.home import ensure_default
     from tests.server_fixtures import settings_for
 
     ckpt, index = ensure_default(tmp_path_factory.mktemp("home"))

@@ -128,7 +128,7 @@ def test_bench_index_small(tmp_path, capsys):
 
 def test_the_parsers_search_modes_are_the_index_ones():
     from index.index import SEARCH_MODES
-    from sugar_cli.index_cmd import SEARCH_MODES as cli_modes
+    from sugar_cli.commands.index import SEARCH_MODES as cli_modes
 
     assert sorted(cli_modes) == sorted(SEARCH_MODES)
 

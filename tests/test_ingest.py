@@ -333,7 +333,7 @@ def _page_has_text(path: Path, page: int) -> bool:
 def test_thousand_page_pdf_chunks_every_page_in_order():
     from index.ingest.chunking import chunk
     from index.ingest.readers import read
-    from sugar_cli.bench_ingest import text_pdf
+    from sugar_cli.bench.ingest import text_pdf
 
     p = read(text_pdf(1000, lines=6), "/m.pdf")
     samples = chunk(p, "/m.pdf", "h")
@@ -343,9 +343,9 @@ def test_thousand_page_pdf_chunks_every_page_in_order():
 
 
 def test_bench_ingest_small(tiny_ckpt, capsys):
-    from sugar_cli.bench_ingest import run
+    from sugar_cli.bench.ingest import run
 
-    rec = run(tiny_ckpt, pages=5, files=5, embed_sample=4)
+    rec = run(checkpoint=tiny_ckpt, pages=5, files=5, embed_sample=4)
     assert rec["sync"]["rerun"]["unchanged"] == 6 and rec["sync"]["rerun"]["embedded"] == 0
     assert rec["pdf"]["chunks"] >= 5 and rec["md"]["chunks"] >= 10
     assert "first / re-run:" in capsys.readouterr().out

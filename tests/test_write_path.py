@@ -75,7 +75,8 @@ def test_every_server_writer_goes_through_write(tiny_ckpt, tmp_path, writes):
 def test_add_samples_and_the_cli_writers_go_through_write(tiny_ckpt, tmp_path, writes, monkeypatch):
     import training.data
     from model.sample import Sample
-    from sugar_cli.main import ensure_default, main
+    from sugar_cli.home import ensure_default
+    from sugar_cli.main import main
 
     seed_index(tmp_path / "ix", tiny_ckpt, n=3)  # index.embedding.add_samples
     _through_write(writes)

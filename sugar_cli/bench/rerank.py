@@ -13,6 +13,7 @@ cells alternating round by round so that the machine's noise falls on all of the
 
 from __future__ import annotations
 
+import argparse
 import math
 import shutil
 import tempfile
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_server import QUERIES, _free_port, _start_server, _stop
+from ..home import default_pair, write_json
+from .server import QUERIES, _free_port, _start_server, _stop
 
 ID_GOAL_MS = 10.0
 NEW_GOAL_RATIO = 1.2
@@ -104,3 +106,23 @@ def run(*, checkpoint: Path, index: Path, url: str | None = None, n: int = 50, r
 
 
 __all__ = ["run"]
+
+
+def add_parser(bsub) -> None:
+    rr = bsub.add_parser("rerank", help="/v1/rerank: 50 stored ids (p50), 50 new texts against /embed of them, "
+                         "and the same order as /retrieve's second stage")
+    rr.add_argument("--url", help="an already running server (default: start our own)")
+    rr.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
+    rr.add_argument("--index", type=Path, help="default: the built-in default index")
+    rr.add_argument("--documents", type=int, default=50, help="documents per rerank request")
+    rr.add_argument("--rounds", type=int, default=40, help="measured rounds (the cells alternate)")
+    rr.add_argument("--api-key")
+    rr.add_argument("--json", type=Path)
+    rr.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    checkpoint, index = default_pair(args.checkpoint, args.index)
+    write_json(args.json, run(checkpoint=checkpoint, index=index, url=args.url, n=args.documents,
+                              rounds=args.rounds, api_key=args.api_key))
+    return 0

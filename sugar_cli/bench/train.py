@@ -14,6 +14,7 @@ timer reports only its total. `--set` overrides apply to the new side only
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from ..home import teacher_cache, write_json
 from .baseline import REPO, env_for, worktree
 
 DRIVER = r"""
@@ -68,7 +70,7 @@ def _side(root: Path, preset: str, overrides: list[str], threads: int, warmup: i
     return json.loads(lines[-1][len("BENCH "):])
 
 
-def run(preset: str, overrides: list[str], baseline: str | None, threads: int, warmup: int, steps: int,
+def run(*, preset: str, overrides: list[str], baseline: str | None, threads: int, warmup: int, steps: int,
         start: int, rounds: int, cache: Path) -> list[dict]:
     with ExitStack() as stack:
         sides = [("new", REPO, overrides)]
@@ -99,3 +101,27 @@ def print_table(records: list[dict]) -> None:
     if len(names) == 2:
         print(f"\nspeed-up (steps/s, new / old, best rounds): "
               f"{best[names[0]]['s_per_step'] / best[names[1]]['s_per_step']:.2f}x")
+
+
+def add_parser(bsub) -> None:
+    tr = bsub.add_parser("train", help="training steps/s of a recipe, per phase; old revision beside new")
+    tr.add_argument("--preset", default="shipped", help="the training preset (default: shipped)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field on the new side (repeatable)")
+    tr.add_argument("--baseline", metavar="REV", help="a git revision timed beside this checkout")
+    tr.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    tr.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    tr.add_argument("--steps", type=int, default=8, help="timed steps per round (default 8)")
+    tr.add_argument("--start", type=int, default=0,
+                    help="the first step's index: a step past the preset's read_steps times the joint phase")
+    tr.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    tr.add_argument("--cache", type=Path, help="teacher feature cache (default: $SUGAR_HOME/cache/teachers)")
+    tr.add_argument("--json", type=Path)
+    tr.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    write_json(args.json, run(preset=args.preset, overrides=args.set, baseline=args.baseline, threads=args.threads,
+                              warmup=args.warmup, steps=args.steps, start=args.start, rounds=args.rounds,
+                              cache=teacher_cache(args.cache)))
+    return 0

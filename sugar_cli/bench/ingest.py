@@ -19,9 +19,12 @@ the bottleneck) and first run / unchanged re-run (goal ≥ 50).
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
+
+from ..home import write_json
 
 WORDS = ("harbour ferry tide lantern market bridge storm river orchard mill stone north winter "
          "boat trade weather lighthouse square baker dusk").split()
@@ -75,7 +78,7 @@ def markdown_files(root: Path, n: int) -> None:
             f"- {_sentence(i + 3)}\n\n{_sentence(i + 4)} {_sentence(i + 5)}\n")
 
 
-def run(checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: int = 256,
+def run(*, checkpoint: Path, pages: int = 1000, files: int = 1000, embed_sample: int = 256,
         batch_size: int = 32, sync_pages: int | None = None, sync_files: int | None = None) -> dict:
     from index.embedding import embed_samples, open_for_model
     from index.ingest import IngestConfig, Ingestor
@@ -147,7 +150,7 @@ COMPARED = (("pdf read+chunk s", ("pdf", "read_chunk_s")), ("md read+chunk s", (
             ("first sync s", ("sync", "first_s")), ("unchanged re-run s", ("sync", "rerun_s")))
 
 
-def run_against(baseline: str, rounds: int, cli_args: list[str]) -> dict:
+def run_against(*, baseline: str, rounds: int, cli_args: list[str]) -> dict:
     """This bench at `baseline` (a worktree) and here, each in a process of its own, alternating
     for `rounds` rounds; prints the best of each side and new/old."""
     import json
@@ -174,3 +177,36 @@ def run_against(baseline: str, rounds: int, cli_args: list[str]) -> dict:
     for label, _ in COMPARED:
         print(f"| {label} | {old_best[label]:.2f} | {new_best[label]:.2f} | {new_best[label] / old_best[label]:.2f} |")
     return {"runs": runs, "best": best}
+
+
+def add_parser(bsub) -> None:
+    ig = bsub.add_parser("ingest", help="reading + chunking vs embedding; unchanged re-run vs first run")
+    ig.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
+    ig.add_argument("--pages", type=int, default=1000, help="pages of the text PDF")
+    ig.add_argument("--files", type=int, default=1000, help="Markdown files")
+    ig.add_argument("--embed-sample", type=int, default=256,
+                    help="chunks embedded to measure the embedding rate (evenly spaced)")
+    ig.add_argument("--sync-pages", type=int, help="PDF pages of the sync corpus (default: --pages)")
+    ig.add_argument("--sync-files", type=int, help="Markdown files of the sync corpus (default: --files)")
+    ig.add_argument("--baseline", metavar="REV",
+                    help="a git revision run beside this checkout (alternating rounds), with the ratios")
+    ig.add_argument("--rounds", type=int, default=2, help="with --baseline: alternating rounds (default 2)")
+    ig.add_argument("--json", type=Path)
+    ig.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from model.sugar import DEFAULT_CHECKPOINT
+
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    if args.baseline:
+        passed = ["--checkpoint", str(checkpoint.resolve()), "--pages", str(args.pages),
+                  "--files", str(args.files), "--embed-sample", str(args.embed_sample)]
+        passed += ["--sync-pages", str(args.sync_pages)] if args.sync_pages is not None else []
+        passed += ["--sync-files", str(args.sync_files)] if args.sync_files is not None else []
+        records = run_against(baseline=args.baseline, rounds=args.rounds, cli_args=passed)
+    else:
+        records = run(checkpoint=checkpoint, pages=args.pages, files=args.files, embed_sample=args.embed_sample,
+                      sync_pages=args.sync_pages, sync_files=args.sync_files)
+    write_json(args.json, records)
+    return 0

@@ -13,13 +13,16 @@ does). Prints the ratios; `--json` keeps the records.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 
-from .bench_index import M_SLICES, VOCAB, _clustered, _pct, _unit
+from ..home import write_json
+from .index import M_SLICES, VOCAB, _clustered, _pct, _unit
 
 
 def _docs(rng, summaries: np.ndarray, prefix: str, a: int, b: int):
@@ -153,7 +156,7 @@ def _column_design(url: str, small: np.ndarray, large: np.ndarray, queries) -> d
             "column_recall@10": float(np.mean(recall))}
 
 
-def run(backends: list[str], n_small: int, n_large: int, d: int, nq: int, url: str | None = None) -> dict:
+def run(*, backends: list[str], n_small: int, n_large: int, d: int, nq: int, url: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(2)
@@ -177,3 +180,21 @@ def run(backends: list[str], n_small: int, n_large: int, d: int, nq: int, url: s
                   f"{x['column_stage1_p50_ms']:.2f} ms, p99 {x['column_stage1_p99_ms']:.2f} ms, recall@10 "
                   f"{x['column_recall@10']:.3f}")
     return records
+
+
+def add_parser(bsub) -> None:
+    co = bsub.add_parser("collections", help="a small collection alone vs beside a large one (p50, recall), "
+                         "and on PostgreSQL the collection-column design beside the schema per collection")
+    co.add_argument("--backend", nargs="+", choices=["embedded", "postgres"], default=["embedded", "postgres"])
+    co.add_argument("--small", type=int, default=1000)
+    co.add_argument("--large", type=int, default=100_000)
+    co.add_argument("--dim", type=int, default=128)
+    co.add_argument("--queries", type=int, default=200)
+    co.add_argument("--json", type=Path)
+    co.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    write_json(args.json, run(backends=args.backend, n_small=args.small, n_large=args.large, d=args.dim,
+                              nq=args.queries))
+    return 0

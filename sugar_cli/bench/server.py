@@ -15,6 +15,7 @@ it starts get a copy of the index.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..home import default_pair, write_json
 from .baseline import env_for, worktree
 
 QUERIES = ["a large red circle on the left", "What colour is the banner of House Vyd?",
@@ -408,10 +410,10 @@ def _variants(extra: list[str], engines: list[str], compare_batching: bool, base
     return out
 
 
-def run(checkpoint: Path, index: Path, url: str | None, endpoints: list[str], concurrency: list[int],
+def run(*, checkpoint: Path, index: Path, url: str | None, endpoints: list[str], concurrency: list[int],
         seconds: float, max_requests: int, soak: float, api_key: str | None, engines: list[str] | None,
         vllm_url: str | None, compare_batching: bool, health: float = 0.0, costs: bool = False,
-        baseline: str | None = None, *, embed_engines: list[str] | None = None,
+        baseline: str | None = None, embed_engines: list[str] | None = None,
         vllm_embed_url: str | None = None) -> dict:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     extra = (["--api-key", api_key] if api_key else []) + (["--vllm-url", vllm_url] if vllm_url else []) + (
@@ -529,3 +531,45 @@ def _batching_gain(checkpoint: Path, out: dict) -> None:
           f"batch-32/batch-1 gain: {gain['gain']:.2f}x ({gain['batch1_per_s']:.0f} -> "
           f"{gain['batch32_per_s']:.0f} samples/s); fraction of the model gain reached: "
           f"{out['batching_gain']['fraction_of_model_gain']:.2f}")
+
+
+def add_parser(bsub) -> None:
+    sv = bsub.add_parser("server", help="load generator on loopback: /embed /retrieve /generate")
+    sv.add_argument("--url", help="an already running server (default: start our own)")
+    sv.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
+    sv.add_argument("--index", type=Path, help="default: the built-in default index")
+    sv.add_argument("--endpoints", nargs="+", default=["embed", "retrieve", "generate"],
+                    choices=["embed", "retrieve", "generate"])
+    sv.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    sv.add_argument("--seconds", type=float, default=10.0, help="per endpoint and concurrency level")
+    sv.add_argument("--max-requests", type=int, default=2000, help="per endpoint and concurrency level")
+    sv.add_argument("--soak", type=float, default=0.0, help="seconds of /embed at concurrency 64 (RSS, errors)")
+    sv.add_argument("--engine", nargs="+", choices=["hf", "vllm"],
+                    help="one engine, or several to compare side by side (e.g. --engine vllm hf)")
+    sv.add_argument("--vllm-url")
+    sv.add_argument("--embed-engine", nargs="+", choices=["hf", "vllm"],
+                    help="embedding engines side by side (e.g. --embed-engine hf vllm: /embed throughput of each)")
+    sv.add_argument("--vllm-embed-url", help="the vLLM pooling server (embed engine vllm)")
+    sv.add_argument("--api-key")
+    sv.add_argument("--no-compare", action="store_true", help="skip the --no-batching server")
+    sv.add_argument("--health", type=float, default=0.0,
+                    help="seconds of /health probing (p50/p99/max) while 32 clients embed and retrieve and 4 "
+                    "send hostile uploads (60k-deep HTML, 200k '[', a 14,400 pt PDF page, 32 4096^2 images)")
+    sv.add_argument("--costs", action="store_true",
+                    help="requests at the limits (the hostile uploads too), one at a time: status, seconds, "
+                    "the serving process's CPU seconds and RSS rise; a 1-sample /embed behind a 32-sample one")
+    sv.add_argument("--baseline", metavar="REV", help="a server of this git revision beside this checkout's "
+                    "(both up, the cells alternate), with the new/old ratios")
+    sv.add_argument("--json", type=Path)
+    sv.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    checkpoint, index = default_pair(args.checkpoint, args.index)
+    write_json(args.json, run(
+        checkpoint=checkpoint, index=index, url=args.url, endpoints=args.endpoints, concurrency=args.concurrency,
+        seconds=args.seconds, max_requests=args.max_requests, soak=args.soak, api_key=args.api_key,
+        engines=args.engine, vllm_url=args.vllm_url, compare_batching=not args.no_compare, health=args.health,
+        costs=args.costs, baseline=args.baseline, embed_engines=args.embed_engine,
+        vllm_embed_url=args.vllm_embed_url))
+    return 0

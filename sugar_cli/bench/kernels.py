@@ -12,13 +12,19 @@ throughput of a tiny model at batch 1 vs 32.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from ..home import write_json
+
+if TYPE_CHECKING:
+    import torch
 
 FULL_GRID = [
     # (pairs per side, length, D)
@@ -35,6 +41,7 @@ QUICK_GRID = [(16, 4, 16), (32, 8, 32)]
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
+
     best = math.inf
     for _ in range(repeat):
         t = time.perf_counter()
@@ -46,6 +53,7 @@ def _best(fn: Callable[[], object], repeat: int) -> float:
 def _tslearn(x: torch.Tensor, y: torch.Tensor, sigma: float, budget_s: float) -> tuple[np.ndarray, int, float]:
     """tslearn's cdist_gak (the reference): on a subsample of rows when the full run would
     exceed the budget; (kernel values, rows computed, seconds scaled to all rows)."""
+
     from tslearn.metrics import cdist_gak
 
     B = len(x)
@@ -59,6 +67,9 @@ def _tslearn(x: torch.Tensor, y: torch.Tensor, sigma: float, budget_s: float) ->
 
 
 def _case(B: int, L: int, D: int, repeat: int, sigma: float, budget_s: float) -> dict:
+    import torch
+    import torch.nn.functional as F
+
     from model.kernels import ga_log_kernel_naive, ga_similarity
 
     g = torch.Generator().manual_seed(B * 1000 + L * 10 + D)
@@ -103,6 +114,7 @@ def _case(B: int, L: int, D: int, repeat: int, sigma: float, budget_s: float) ->
 
 
 def _embed_throughput(quick: bool) -> dict:
+
     from PIL import Image
 
     from model.config import SugarConfig, TinyConfig
@@ -123,7 +135,9 @@ def _embed_throughput(quick: bool) -> dict:
     return {"batch1_samples_per_s": 1 / t1, "batch32_samples_per_s": 1 / t32, "gain": t1 / t32}
 
 
-def run(quick: bool = False, threads: int = 2) -> dict:
+def run(*, quick: bool = False, threads: int = 2) -> dict:
+    import torch
+
     torch.set_num_threads(threads)
     try:
         import numba
@@ -160,3 +174,16 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         f"batch 32 {emb['batch32_samples_per_s']:.1f} samples/s (gain {emb['gain']:.1f}x)"
     )
     return {"kernels": records, "embedding": emb, "threads": threads}
+
+
+def add_parser(bsub) -> None:
+    k = bsub.add_parser("kernels", help="GA kernel vs tslearn vs naive loop vs bare matmul")
+    k.add_argument("--json", type=Path, help="also write the records to this file")
+    k.add_argument("--quick", action="store_true", help="a small grid (seconds), for smoke tests")
+    k.add_argument("--threads", type=int, default=2, help="torch/numba threads (default 2)")
+    k.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    write_json(args.json, run(quick=args.quick, threads=args.threads))
+    return 0
