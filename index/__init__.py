@@ -4,4 +4,5 @@ from .index import DocumentIndex, DocumentVectors, Hit, IndexRefused, KernelSett
 from .store import StoreUnavailable
 from .vectors import VectorSettings
 
-__all__ = ["DocumentIndex", "DocumentVectors", "Hit", "IndexRefused", "KernelSettings", "StoreUnavailable", "VectorSettings"]
+__all__ = ["DocumentIndex", "DocumentVectors", "Hit", "IndexRefused", "KernelSettings", "StoreUnavailable",
+           "VectorSettings"]

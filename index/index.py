@@ -359,7 +359,8 @@ class DocumentIndex:
                 return []
         ann: dict[int, float] = {}
         if mode != "lexical":
-            pushed = self.backend.filtered_candidates(query.summary, params.filters, k_prime) if params.filters else None
+            pushed = (self.backend.filtered_candidates(query.summary, params.filters, k_prime)
+                      if params.filters else None)
             ann = dict(pushed if pushed is not None else
                        self._dense_candidates(query.summary, allowed, k_prime, exact_filter_limit))
         lexical: dict[int, float] = {}
@@ -516,7 +517,8 @@ def one_per_group(hits: list[Hit], key: str) -> list[Hit]:
     out = []
     for h in hits:
         value = h.metadata.get(key)
-        group = (h.collection, "value", json.dumps(value, sort_keys=True)) if value is not None else ("id", h.collection, h.id)
+        group = ((h.collection, "value", json.dumps(value, sort_keys=True)) if value is not None
+                 else ("id", h.collection, h.id))
         if group not in seen:
             seen.add(group)
             out.append(h)

@@ -282,10 +282,12 @@ class PgStore(ThreadConnections):
                 raise StoreUnavailable(f"PostgreSQL at {self.where}: {type(e).__name__}; nothing was written") from None
 
     def _write_bulk(self, c, docs, version: str, replace: bool, delete_ids: Sequence[str],
-                    metadata_updates: dict[str, dict[str, Any]] | None) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+                    metadata_updates: dict[str, dict[str, Any]] | None
+                    ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
         deleted: list[int] = []
         if delete_ids:
-            gone = dict(c.execute("DELETE FROM docs WHERE id = ANY(%s) RETURNING id, fid", (list(delete_ids),)).fetchall())
+            gone = dict(c.execute("DELETE FROM docs WHERE id = ANY(%s) RETURNING id, fid",
+                                  (list(delete_ids),)).fetchall())
             for doc_id in delete_ids:  # the first unknown id, as apply_write names it
                 if doc_id not in gone:
                     raise KeyError(doc_id)

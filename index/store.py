@@ -292,7 +292,8 @@ class DocumentStore(ThreadConnections):
             cur = c.execute(
                 "INSERT INTO docs (id, metadata, slices, n_slices, vectors, summary,"
                 " embedding_version, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (doc_id, json.dumps(sample.metadata, sort_keys=True), json.dumps(slices), len(slices), np.ascontiguousarray(vectors, np.float32).tobytes(),
+                (doc_id, json.dumps(sample.metadata, sort_keys=True), json.dumps(slices), len(slices),
+                 np.ascontiguousarray(vectors, np.float32).tobytes(),
                  np.ascontiguousarray(summary, np.float32).tobytes(), version, time.time()),
             )
         except sqlite3.IntegrityError:

@@ -193,7 +193,8 @@ def iter_records(lines: Iterable[str], resolve: PathResolver, limits: SampleLimi
             yield lineno, SampleError("line", f"invalid JSON ({e.msg} at column {e.colno})")
             continue
         except (ValueError, RecursionError) as e:
-            yield lineno, SampleError("line", f"invalid JSON ({e if isinstance(e, ValueError) else 'nested too deeply'})")
+            why = e if isinstance(e, ValueError) else "nested too deeply"
+            yield lineno, SampleError("line", f"invalid JSON ({why})")
             continue
         try:
             yield lineno, parse_record(obj, resolve, limits)

@@ -76,4 +76,5 @@ class SearchParams:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["DEFAULT_COLLECTION", "DEFAULT_MODE", "GROUP_KEYS", "K_PRIME_FACTOR", "LEXICAL_WEIGHT", "SEARCH_MODES", "SearchParams"]
+__all__ = ["DEFAULT_COLLECTION", "DEFAULT_MODE", "GROUP_KEYS", "K_PRIME_FACTOR", "LEXICAL_WEIGHT", "SEARCH_MODES",
+           "SearchParams"]

@@ -10,7 +10,7 @@ banners told in words.
 
     python scripts/rag_probe.py --steps 0                  # the checkpoint as it is
     python scripts/rag_probe.py --steps 300 --lr 1e-3 --gold-first 0.9 --context-order best_last \
-        --kinds '{"rag": 0.7, "vqa": 0.3}'                 # lever H of docs/METHOD.md §11.6
+        --kinds '{"rag": 0.7, "vqa": 0.3}'                 # lever H of docs/EXPERIMENTS.md §11.6
 
 `--suite world` (issue #30) measures instead, over the same houses, every banner attribute
 (`attr:<attribute>`: the canonical question, the house ranked first of three documents, as the

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     for r in first:
         by_rank.setdefault(str(r["rank"]), []).append(r["right"])
     vyd = next(r for r in rows if r["house"] == readme_house)
-    result = {"checkpoint": str(a.checkpoint), "context_order": a.context_order or "as saved", "right": sum(r["right"] for r in first), "of": len(first),
+    result = {"checkpoint": str(a.checkpoint), "context_order": a.context_order or "as saved",
+              "right": sum(r["right"] for r in first), "of": len(first),
               "by_rank_of_the_asked_house": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_rank.items())},
               "readme": {"house": readme_house, "colour": vyd["colour"], "answer": vyd["answer"]},
               "seconds": round(time.time() - t0, 1)}

@@ -65,7 +65,8 @@ def pooling_request(sample: Sample, model_name: str) -> dict[str, Any]:
         if isinstance(part, str):
             content.append({"type": "text", "text": part})
         else:
-            content.append({"type": "image_url", "image_url": {"url": "data:image/png;base64," + encode_png_base64(part)}})
+            url = "data:image/png;base64," + encode_png_base64(part)
+            content.append({"type": "image_url", "image_url": {"url": url}})
     return {"model": model_name, "task": "token_embed", "add_generation_prompt": False,
             "messages": [{"role": "user", "content": content}]}
 

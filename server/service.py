@@ -550,5 +550,6 @@ class SugarService:
                 self._ready_error = f"{type(e).__name__}: {e}"
         lm = self.model.vlm
         return {"model": self.model.embedding_version, "index_documents": self.index.count(),
-                "engine": self.engine.name, "embed_engine": self.embedder.name, "device": str(self.model.backbone.device),
+                "engine": self.engine.name, "embed_engine": self.embedder.name,
+                "device": str(self.model.backbone.device),
                 "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "error": self._ready_error}

@@ -240,7 +240,9 @@ def test_5_ask_streams_and_lists_cited_documents(server, driver, tmp_path):
         .observe(el, {childList: true, characterData: true, subtree: true});""")
     d.execute_script("""
       window.__bodies = []; const f = window.fetch;
-      window.fetch = (url, opts) => { if (opts && opts.body) window.__bodies.push(opts.body); return f(url, opts); };""")
+      window.fetch = (url, opts) => {
+        if (opts && opts.body) window.__bodies.push(opts.body);
+        return f(url, opts); };""")
     d.find_element(By.ID, "ask-retrieval").click()  # off: the model captions the image (many tokens)
     d.find_element(By.ID, "ask-go").click()
     wait(d, lambda: "tokens/s" in d.find_element(By.ID, "ask-timings").text, timeout=120)
@@ -362,10 +364,12 @@ def test_7_document_text_with_markup_renders_inert(server, driver):
                                        "metadata": {"title": "<b onmouseover=alert(2)>t</b>"}})
     search(d, "Quokka script alert", prefix="")
     card = wait(d, lambda: d.find_element(By.CSS_SELECTOR, "#search-results .card[data-id='evil-doc']"))
-    wait(d, lambda: "<b onmouseover" in d.find_element(By.CSS_SELECTOR, "#search-results .card[data-id='evil-doc']").text)
-    card = d.find_element(By.CSS_SELECTOR, "#search-results .card[data-id='evil-doc']")
+    evil_card = "#search-results .card[data-id='evil-doc']"
+    wait(d, lambda: "<b onmouseover" in d.find_element(By.CSS_SELECTOR, evil_card).text)
+    card = d.find_element(By.CSS_SELECTOR, evil_card)
     assert evil in card.text and "<b onmouseover=alert(2)>t</b>" in card.text  # shown as text
-    assert not d.find_elements(By.CSS_SELECTOR, "#search-results script, #search-results img[src='x'], #search-results b")
+    assert not d.find_elements(By.CSS_SELECTOR,
+                               "#search-results script, #search-results img[src='x'], #search-results b")
     time.sleep(0.5)
     assert no_alert(d)
     api(server, "DELETE", "/documents/evil-doc")

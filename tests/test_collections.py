@@ -131,7 +131,8 @@ def test_a_deletion_killed_midway_leaves_it_all_there_or_all_gone(location):
     cs.close()
     kind = "postgres" if location.startswith("postgres") else "embedded"
     script = _DELETE_THEN_DIE.format(dim=D)
-    r = subprocess.run([sys.executable, "-c", script, location, kind], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run([sys.executable, "-c", script, location, kind], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 9
     again = Collections(location, dim=D, embedding_version="v1")
     if kind == "embedded":  # renamed away before the kill: gone, and its leftovers swept
@@ -223,7 +224,8 @@ def test_collection_errors_over_http(client):
     c = client
     r = c.get("/documents?collection=nope")
     assert r.status_code == 404 and r.json()["error"]["message"] == "no collection 'nope'"
-    r = c.post("/retrieve", json={"query": {"slices": [{"type": "text", "text": "x"}]}, "collections": ["default", "nope"]})
+    r = c.post("/retrieve", json={"query": {"slices": [{"type": "text", "text": "x"}]},
+                                  "collections": ["default", "nope"]})
     assert r.status_code == 404 and "'nope'" in r.json()["error"]["message"]
     assert c.put("/collections/.hidden").status_code == 422
     assert c.get("/documents?collection=a%2Fb").status_code == 422

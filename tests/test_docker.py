@@ -29,7 +29,10 @@ def test_compose_embeds_through_a_vllm_pooling_runner_of_the_same_backbone():
     api, gen, emb = s["api"], s["vllm"], s["vllm-embed"]
     assert api["environment"]["SUGAR_VLLM_EMBED_URL"] == "http://vllm-embed:8000"
     assert api["depends_on"]["vllm-embed"]["condition"] == "service_healthy"
-    assert [a for a in emb["command"] if a.startswith("--model")] == [a for a in gen["command"] if a.startswith("--model")]
+    def model_flags(service):
+        return [a for a in service["command"] if a.startswith("--model")]
+
+    assert model_flags(emb) == model_flags(gen)
     flags = " ".join(emb["command"])
     assert "--runner=pooling" in flags and "--convert=embed" in flags and '"task": "token_embed"' in flags
     for svc in (gen, emb):  # the checkpoint's own PIL image processor in vLLM too

@@ -155,7 +155,8 @@ def test_scroll_count_and_delete_by_filter(client):
     r = client.post("/documents/delete", json={"filters": {"source": "upload:book1.pdf"}})
     assert r.status_code == 200 and r.json() == {"deleted": 3}
     assert client.get("/documents/chunk-1").status_code == 404
-    assert client.post("/documents/count", json={"filters": {"source": {"$prefix": "upload:book"}}}).json()["count"] == 6
+    books = {"filters": {"source": {"$prefix": "upload:book"}}}
+    assert client.post("/documents/count", json=books).json()["count"] == 6
     r = client.post("/documents/delete", json={"ids": ["chunk-0", "nope"]})
     assert r.json() == {"deleted": 1}
     assert client.post("/documents/delete", json={"filters": {"source": "none"}}).json() == {"deleted": 0}
@@ -183,10 +184,11 @@ def test_retrieve_threshold_group_by_batch_and_more_like_this(client):
     q = text("Chapter of book 2")
     everything = client.post("/retrieve", json={"query": q, "k": 20, "mode": "dense"}).json()["results"]
     cut = everything[len(everything) // 2]["score"]
-    kept = client.post("/retrieve", json={"query": q, "k": 20, "mode": "dense", "score_threshold": cut}).json()["results"]
+    dense = {"query": q, "k": 20, "mode": "dense"}
+    kept = client.post("/retrieve", json={**dense, "score_threshold": cut}).json()["results"]
     assert [h["id"] for h in kept] == [h["id"] for h in everything if h["score"] >= cut]
     # one chunk per source: the best-ranked of each, in rank order; documents without a source each count
-    grouped = client.post("/retrieve", json={"query": q, "k": 20, "mode": "dense", "group_by": "source"}).json()["results"]
+    grouped = client.post("/retrieve", json={**dense, "group_by": "source"}).json()["results"]
     best: dict = {}
     for h in everything:
         best.setdefault(h["metadata"].get("source", h["id"]), h["id"])
@@ -228,4 +230,5 @@ def test_delete_all_empties_the_collection_and_it_stays_usable(client):
     assert client.post("/documents/count", json={}).json()["count"] == 0
     assert client.post("/retrieve", json={"query": text("anything")}).json()["results"] == []
     assert client.put("/documents/again", json=text("Back again")).status_code == 200
-    assert [h["id"] for h in client.post("/retrieve", json={"query": text("Back again")}).json()["results"]] == ["again"]
+    found = client.post("/retrieve", json={"query": text("Back again")}).json()["results"]
+    assert [h["id"] for h in found] == ["again"]

@@ -108,7 +108,8 @@ def test_reembed_with_another_checkpoint(tiny_ckpt, corpus, tmp_path, capsys):
 
 
 def test_bad_lines_and_non_documents_are_refused(tiny_ckpt, tmp_path, capsys):
-    (tmp_path / "d.jsonl").write_text('{"task": "vqa", "slices": [{"type":"text","text":"q"}], "answer": "a"}\n{"id": 3}\n')
+    (tmp_path / "d.jsonl").write_text('{"task": "vqa", "slices": [{"type":"text","text":"q"}], "answer": "a"}\n'
+                                      '{"id": 3}\n')
     assert main(["index", "add", "--index", str(tmp_path / "ix"), "--checkpoint", str(tiny_ckpt),
                  "--data", str(tmp_path / "d.jsonl")]) == 1
     out = capsys.readouterr().out

@@ -261,7 +261,8 @@ def test_source_filters_with_prefix_and_citations_in_answers(upload_client):
     q = {"slices": [{"type": "text", "text": "ferry"}]}
     r = upload_client.post("/retrieve", json={"query": q, "k": 10, "filters": {"source": "upload:travel/ferry.md"}})
     assert [h["metadata"]["source"] for h in r.json()["results"]] == ["upload:travel/ferry.md"]
-    r = upload_client.post("/retrieve", json={"query": q, "k": 10, "filters": {"source": {"$prefix": "upload:travel/"}}})
+    travel = {"source": {"$prefix": "upload:travel/"}}
+    r = upload_client.post("/retrieve", json={"query": q, "k": 10, "filters": travel})
     assert sorted(h["metadata"]["source"] for h in r.json()["results"]) == ["upload:travel/fares.pdf",
                                                                            "upload:travel/ferry.md"]
     r = upload_client.post("/retrieve", json={"query": q, "filters": {"source": {"$regex": "x"}}})

@@ -123,7 +123,8 @@ def test_two_servers_on_one_database_serve_one_collection(pg, tiny_ckpt, round_)
         assert up.status_code == 200, up.text
         [chunk] = up.json()["ids"]
         assert b.get(f"/documents/{chunk}").status_code == 200
-        again = b.post("/documents/upload", files=[("files", ("qel.md", b"# Qel\n\nQel sails at dawn.", "text/markdown"))])
+        qel = ("qel.md", b"# Qel\n\nQel sails at dawn.", "text/markdown")
+        again = b.post("/documents/upload", files=[("files", qel)])
         assert again.json()["files"][0]["status"] == "unchanged"  # B sees what A stored
         assert b.delete(f"/documents/{chunk}").status_code == 200
         assert b.delete("/documents/house-qel").status_code == 200

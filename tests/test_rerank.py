@@ -173,7 +173,8 @@ def test_score_vllm_body_and_pairwise(client, app_and_client):
     assert r.status_code == 200, r.text
     data = r.json()["data"]
     assert [d["index"] for d in data] == [0, 1] and all(d["object"] == "score" for d in data)
-    ref = reference_scores(client, app_and_client[0], text(VLLM_SCORE["text_1"]), [text(t) for t in VLLM_SCORE["text_2"]])
+    ref = reference_scores(client, app_and_client[0], text(VLLM_SCORE["text_1"]),
+                           [text(t) for t in VLLM_SCORE["text_2"]])
     assert [d["score"] for d in data] == pytest.approx(ref, rel=1e-4)
     pair = client.post("/score", json={"queries": ["a cat", "a dog"], "documents": ["a dog", "a cat"]})
     assert pair.status_code == 200, pair.text
@@ -210,8 +211,8 @@ def test_embeddings_in_vllm_messages_and_infinity_image_forms(client):
     r = client.post("/v1/embeddings", json=vllm)
     assert r.status_code == 200, r.text
     [got] = r.json()["data"]
-    same = client.post("/embed", json={"samples": [{"slices": [{"type": "image", "base64": img},
-                                                               {"type": "text", "text": "Represent the given image."}]}]})
+    both = [{"type": "image", "base64": img}, {"type": "text", "text": "Represent the given image."}]
+    same = client.post("/embed", json={"samples": [{"slices": both}]})
     assert got["embedding"] == pytest.approx(same.json()["data"][0]["embedding"], abs=1e-5)
     # Infinity's image modality: each input string an image
     inf = client.post("/v1/embeddings", json={"model": "m", "input": [img], "modality": "image"})
@@ -234,20 +235,24 @@ def test_embeddings_in_vllm_messages_and_infinity_image_forms(client):
         {"query": text("q")}, {"queries": [text("q")]}, {"query": text("q"), "queries": [text("q")]}, {},
         {"query": text("q"), "queries": None}, {"query": None, "queries": [text("q")]}, {"query": None},
         {"query": {"id": "house-1"}}, {"query": text("q"), "collection": "default", "collections": ["default"]},
-        {"query": text("q"), "collection": None, "collections": ["default"]}, {"query": text("q"), "group_by": "page"}]),
+        {"query": text("q"), "collection": None, "collections": ["default"]},
+        {"query": text("q"), "group_by": "page"}]),
     ("RerankRequest", "/v1/rerank", [
-        {"query": "q", "documents": ["a"]}, {"query": "q", "texts": ["a"]}, {"query": "q", "documents": ["a"], "texts": ["b"]},
-        {"query": "q"}, {"query": "q", "documents": None, "texts": ["a"]}, {"query": "q", "documents": [{"text": "a", "x": 1}]}]),
+        {"query": "q", "documents": ["a"]}, {"query": "q", "texts": ["a"]},
+        {"query": "q", "documents": ["a"], "texts": ["b"]}, {"query": "q"},
+        {"query": "q", "documents": None, "texts": ["a"]}, {"query": "q", "documents": [{"text": "a", "x": 1}]}]),
     ("ScoreRequest", "/score", [
         {"text_1": "q", "text_2": ["a"]}, {"queries": "q", "documents": "a"}, {"text_1": "q", "documents": ["a"]},
         {"text_1": "q", "text_2": "a", "queries": "q", "documents": "a"}, {"text_1": "q"},
         {"text_1": "q", "text_2": "a", "queries": None}]),
     ("DeleteRequest", "/documents/delete", [
-        {"ids": ["not-there"]}, {"filters": {"n": 99}}, {"filters": {}}, {}, {"all": False}, {"ids": ["x"], "all": False},
+        {"ids": ["not-there"]}, {"filters": {"n": 99}}, {"filters": {}}, {}, {"all": False},
+        {"ids": ["x"], "all": False},
         {"ids": ["x"], "all": True}, {"filters": None, "ids": ["x"]}, {"filters": {"n": 99}, "ids": ["x"]}]),
     ("EmbeddingsRequest", "/v1/embeddings", [
-        {"input": "x"}, {"messages": [{"role": "user", "content": "x"}]}, {"input": "x", "messages": [{"role": "user", "content": "x"}]},
-        {}, {"input": None, "messages": [{"role": "user", "content": "x"}]}, {"input": [text("q")], "modality": "image"},
+        {"input": "x"}, {"messages": [{"role": "user", "content": "x"}]},
+        {"input": "x", "messages": [{"role": "user", "content": "x"}]}, {},
+        {"input": None, "messages": [{"role": "user", "content": "x"}]}, {"input": [text("q")], "modality": "image"},
         {"input": "x", "modality": "image"}, {"input": "data:image/png;base64," + b64_image(1), "modality": "image"}]),
 ])
 def test_the_published_schema_admits_what_the_server_accepts(client, schema_name, path, bodies):

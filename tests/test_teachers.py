@@ -101,7 +101,8 @@ def test_hub_image_teacher_loads_tiny_random_dinov2(tmp_path):
 
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                              intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(str(tmp_path))
-    BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(tmp_path))
+    processor = BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(str(tmp_path))
     t = HubImageTeacher(tmp_path)
     out = t.encode_slices([Slice.of_image(make_image(2)), Slice.of_text("ignored")])
     assert out.shape == (2, 32) and out[1].abs().sum() == 0

@@ -47,7 +47,8 @@ def test_oracle_code_at_one_noisy_position_is_not_read():
     # the failure seen with random-init image tokens: a code on one token, fresh noise 3x its size
     # on every token; the LM stays at a constant answer (the eval set's share of one colour)
     rows = load().main(["--steps", "30", "--every", "30", "--batch", "12", "--kinds", "color",
-                        "--oracle", "code-one-noise", "--eval-size", "48", "--threads", "1", "--tiny", json.dumps(SMALL)])
+                        "--oracle", "code-one-noise", "--eval-size", "48", "--threads", "1",
+                        "--tiny", json.dumps(SMALL)])
     assert rows[-1]["color"] <= 0.35
 
 

@@ -60,7 +60,7 @@ class TrainConfig:
     learn_temperature: bool = False
     teacher_temperature: float = 0.1
     hard_negatives: float = 0.5  # fraction of caption pairs with a minimal-pair twin
-    # ρ, weight of the image-token regulariser (LLaVA backbones; docs/METHOD.md §9): keeps
+    # ρ, weight of the image-token regulariser (LLaVA backbones; docs/EXPERIMENTS.md §9): keeps
     # the projector's image tokens centred and at the scale of text embeddings
     image_reg: float = 0.0
     # stage 1 (LLaVA's feature alignment): for the first `align_steps` steps the
@@ -69,7 +69,7 @@ class TrainConfig:
     # route many question types); the discriminative half is unchanged.
     align_steps: int = 0
     align_kinds: dict[str, float] = field(default_factory=lambda: {"caption": 1.0})
-    # the staged recipe (issue #20; training/vision.py, docs/METHOD.md §11). Stage 0
+    # the staged recipe (issue #20; training/vision.py, docs/EXPERIMENTS.md §11). Stage 0
     # (`vision_steps`, before step 0): the vision tower and projector learn to predict their
     # caption's words from every image token, the LM untouched; `standardize_projector`
     # ("global" | "feature" | "none") then folds a centring and scaling of the image tokens to
@@ -212,7 +212,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # cores (to watch training; the checkpoint in the package is `shipped`)
     "tiny": {"tiny": {"patch_size": 16}, "steps": 300, "threads": 2},
     # the checkpoint shipped with the project (model/default_checkpoint/): the staged recipe
-    # (issue #20, docs/METHOD.md §11): image tokens centred and scaled, 1,000 generative steps
+    # (issue #20, docs/EXPERIMENTS.md §11): image tokens centred and scaled, 1,000 generative steps
     # with the vision side frozen (200 of captions first), then 3,000 joint steps, the vision
     # side still frozen; many house names; stored in float16. The shipped files are this run
     # resumed to 8,000 steps (`--steps 8000 --set threads=1 --resume`, METHOD §11.4), then
@@ -242,7 +242,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# the RAG continuation of the shipped checkpoint (docs/METHOD.md §11.6): a warm start (`--set
+# the RAG continuation of the shipped checkpoint (docs/EXPERIMENTS.md §11.6): a warm start (`--set
 # init=DIR`: the 8,000-step `shipped` run) trained on the served distribution — the gold document
 # ranked first 90 % of the time, RAG prompts with the best-ranked document nearest the question
 # (`context_order: best_last`), RAG 55 % of the generative batch; the joint losses and the frozen
@@ -252,7 +252,7 @@ PRESETS["shipped_rag"] = {**PRESETS["shipped"], "steps": 2000, "read_steps": 0, 
                           "gen_kinds": {"caption": 0.05, "vqa": 0.3, "rag": 0.55, "fashion": 0.1}}
 
 
-# its second continuation (docs/METHOD.md §11.7): the same served distribution with 10,000 training
+# its second continuation (docs/EXPERIMENTS.md §11.7): the same served distribution with 10,000 training
 # houses instead of 1,500, so that house names are too many to learn and a banner's colour is read
 # from its image (`--set init=DIR`: the `shipped_rag` run resumed to 3,000 steps)
 PRESETS["shipped_houses"] = {**PRESETS["shipped_rag"], "steps": 1000, "n_houses": 10000}
@@ -264,7 +264,7 @@ def preset(name: str) -> TrainConfig:
     return TrainConfig.from_dict(PRESETS[name])
 
 
-# the world continuation of issue #30 (docs/METHOD.md): a warm start from the shipped checkpoint
+# the world continuation of issue #30 (docs/EXPERIMENTS.md §12): a warm start from the shipped checkpoint
 # (`--set init=model/default_checkpoint`) on the served distribution with every banner attribute
 # asked (six in the knowledge questions and documents), questions in the trained phrasing families
 # (training/phrasing.py), and abstention examples ("not in the documents"); the joint losses, the

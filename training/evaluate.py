@@ -556,7 +556,7 @@ class Evaluator:
 
     # ----------------------------------------------------------- image tokens
     def image_tokens(self) -> dict:
-        """What the LM is shown of an image (docs/METHOD.md §9), over the split's scenes:
+        """What the LM is shown of an image (docs/EXPERIMENTS.md §9), over the split's scenes:
         `norm_ratio` (RMS of the image tokens / RMS of the text embeddings),
         `common_share` (share of their energy in the direction all tokens share: 1 means
         every token is the same vector) and `cos_between_images` (mean cosine between

@@ -10,7 +10,7 @@
   (a constant row: e.g. text queries against image documents without a
   cross-modal teacher) are skipped rather than pulled towards uniform (ours).
 
-- `image_token_loss` -> the image-token regulariser (ours, docs/METHOD.md §9):
+- `image_token_loss` -> the image-token regulariser (ours, docs/EXPERIMENTS.md §9):
   the size of the image tokens' common vector and the squared log-ratio of
   their spread around it to the text embeddings' scale.
 

@@ -1,6 +1,6 @@
 """The staged recipe's schedule: learning rates per step, the stages, and where they begin.
 
-Stage 1 (`read_steps`, docs/METHOD.md §11): the generative loss alone with the vision side
+Stage 1 (`read_steps`, docs/EXPERIMENTS.md §11): the generative loss alone with the vision side
 frozen, its first `align_steps` on captions; then the joint phase, the vision side at
 `vision_lr_scale` x the schedule (0: frozen throughout).
 """

@@ -123,8 +123,8 @@ def standardize_projector(backbone, images: Sequence[Image.Image], per_feature: 
     image tokens share); σ: their RMS around it, one number (`per_feature`:
     one per feature, which also lifts near-constant features to full size);
     τ: the RMS of the LM's text embedding table, times `scale`. A fixed affine map folded into
-    `Backbone.projector_output()`, so the checkpoint stays a plain model of its family; valid while the vision side stays frozen
-    (or moves slowly). Returns the RMS ratio (image tokens / text) before and after.
+    `Backbone.projector_output()`, so the checkpoint stays a plain model of its family; valid while
+    the vision side stays frozen (or moves slowly). Returns the RMS ratio (image tokens / text) before and after.
     """
     vlm = backbone.model
     out_layer = backbone.projector_output()  # the projector's last linear layer

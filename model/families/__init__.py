@@ -6,7 +6,7 @@ here from scratch.
 | family | model_type | what differs |
 |---|---|---|
 | `llava` | llava | fixed tokens per image; the vLLM key layout; the normalised projector's fold |
-| `qwen2_vl`, `qwen2_5_vl` | qwen2_vl, qwen2_5_vl | tokens per image follow its size; `image_grid_thw`; M-RoPE token types |
+| `qwen2_vl`, `qwen2_5_vl` | qwen2_vl, qwen2_5_vl | tokens per image follow its size; `image_grid_thw`; M-RoPE |
 | `idefics3` | idefics3 (SmolVLM v1) | image splitting into tiles + a global tile; `pixel_attention_mask` |
 
 Nothing outside this package names a family's module attributes: training and serving reach
@@ -44,7 +44,8 @@ def _config_file(path: str | Path) -> Path:
         return Path(hf_hub_download(str(path), "config.json"))
     except Exception as e:  # offline, unknown repo, gated: say which and why
         raise FileNotFoundError(f"{path}: not a local directory, and its config.json could not be fetched "
-                                f"from the hub ({type(e).__name__}); download the model and pass its directory") from None
+                                f"from the hub ({type(e).__name__}); download the model and pass its "
+                                "directory") from None
 
 
 def family_of(path: str | Path) -> type[Backbone]:

@@ -74,7 +74,8 @@ class EmbeddingsRequest(Loose):
     model_config = ConfigDict(extra="allow", json_schema_extra=one_of(
         given("input"), given("messages"),
         **{"if": {"required": ["modality"], "properties": {"modality": {"const": "image"}}},
-           "then": {"properties": {"input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}}}))
+           "then": {"properties": {"input": {"anyOf": [{"type": "string"},
+                                                       {"type": "array", "items": {"type": "string"}}]}}}}))
 
     model: str | None = None
     input: NonBlankText | Annotated[list[NonBlankText], Field(min_length=1)] | Annotated[
@@ -91,8 +92,8 @@ class EmbeddingsRequest(Loose):
     def _one_input(self) -> EmbeddingsRequest:
         if (self.input is None) == (self.messages is None):
             raise ValueError("give 'input' or 'messages' (vLLM's chat form), one of them")
-        if self.modality == "image" and (self.input is None or not all(isinstance(x, str) for x in
-                                                                          ([self.input] if isinstance(self.input, str) else self.input))):
+        inputs = [self.input] if isinstance(self.input, str) else (self.input or [])
+        if self.modality == "image" and (self.input is None or not all(isinstance(x, str) for x in inputs)):
             raise ValueError("modality 'image' takes 'input' as image URLs or data URIs (strings)")
         return self
 

@@ -68,8 +68,10 @@ async def _tokens(service: SugarService, samples: list[Sample]) -> int:
 
 @router.post("/v1/rerank", response_model=P.RerankResponse, response_model_exclude_none=True, description=DOC,
              responses=responses(*COMMON, 403, 404, 422, 429))
-@router.post("/rerank", response_model=P.RerankResponse, response_model_exclude_none=True, description=DOC, include_in_schema=False)
-@router.post("/v2/rerank", response_model=P.RerankResponse, response_model_exclude_none=True, description=DOC, include_in_schema=False)
+@router.post("/rerank", response_model=P.RerankResponse, response_model_exclude_none=True, description=DOC,
+             include_in_schema=False)
+@router.post("/v2/rerank", response_model=P.RerankResponse, response_model_exclude_none=True, description=DOC,
+             include_in_schema=False)
 async def rerank(req: P.RerankRequest, service: Svc, settings: Cfg, caller: Caller) -> P.RerankResponse:
     items = req.items()
     field = "documents" if req.documents is not None else "texts"

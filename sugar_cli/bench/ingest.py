@@ -191,7 +191,7 @@ def add_parser(bsub) -> None:
     ig.add_argument("--baseline", metavar="REV",
                     help="a git revision run beside this checkout (alternating rounds), with the ratios")
     ig.add_argument("--rounds", type=int, default=2, help="with --baseline: alternating rounds (default 2)")
-    ig.add_argument("--json", type=Path)
+    ig.add_argument("--json", type=Path, help="also write the records to this file (JSON)")
     ig.set_defaults(func=main)
 
 

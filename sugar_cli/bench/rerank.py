@@ -89,11 +89,12 @@ def run(*, checkpoint: Path, index: Path, url: str | None = None, n: int = 50, r
                 for k, v in times.items():
                     cells[k].append(v)
         agree = _agreement(client, n, QUERIES + ["What colour is the banner of House Vyd?",
-                                                 "What shape is on the banner of House Lorn?"])
+                                                 "What shape is on the banner of House Rax?"])
     out = {"n": n, "rounds": rounds, **{f"{k}_p50_ms": _p50(v) for k, v in cells.items()}, "agreement": agree}
     out["rerank_new_over_embed"] = out["rerank_new_p50_ms"] / out["embed_new_p50_ms"]
     print(f"{'cell':<34}{'p50 ms':>10}{'goal':>16}")
-    print(f"{'rerank ' + str(n) + ' stored ids':<34}{out['rerank_ids_p50_ms']:>10.2f}{'<= ' + str(ID_GOAL_MS) + ' ms':>16}"
+    goal = f"<= {ID_GOAL_MS} ms"
+    print(f"{'rerank ' + str(n) + ' stored ids':<34}{out['rerank_ids_p50_ms']:>10.2f}{goal:>16}"
           f"  {'met' if out['rerank_ids_p50_ms'] <= ID_GOAL_MS else 'missed'}")
     print(f"{'embed ' + str(n) + ' new texts':<34}{out['embed_new_p50_ms']:>10.2f}")
     print(f"{'rerank ' + str(n) + ' new texts':<34}{out['rerank_new_p50_ms']:>10.2f}"
@@ -116,8 +117,8 @@ def add_parser(bsub) -> None:
     rr.add_argument("--index", type=Path, help="default: the built-in default index")
     rr.add_argument("--documents", type=int, default=50, help="documents per rerank request")
     rr.add_argument("--rounds", type=int, default=40, help="measured rounds (the cells alternate)")
-    rr.add_argument("--api-key")
-    rr.add_argument("--json", type=Path)
+    rr.add_argument("--api-key", help="the server's API key, when it has one")
+    rr.add_argument("--json", type=Path, help="also write the records to this file (JSON)")
     rr.set_defaults(func=main)
 
 

@@ -79,7 +79,8 @@ async def _load(url: str, endpoint: str, concurrency: int, seconds: float, max_r
         wall = time.perf_counter() - t0
     arr = np.array(lat) * 1e3 if lat else np.array([np.nan])
     return {"endpoint": endpoint, "concurrency": concurrency, "requests": len(lat), "errors": errors,
-            "rps": len(lat) / wall, "tokens_per_s": tokens / wall, "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+            "rps": len(lat) / wall, "tokens_per_s": tokens / wall, "p50_ms": float(np.percentile(arr, 50)),
+            "p99_ms": float(np.percentile(arr, 99))}
 
 
 PROBE = """
@@ -539,18 +540,18 @@ def add_parser(bsub) -> None:
     sv.add_argument("--checkpoint", type=Path, help="default: the built-in default checkpoint")
     sv.add_argument("--index", type=Path, help="default: the built-in default index")
     sv.add_argument("--endpoints", nargs="+", default=["embed", "retrieve", "generate"],
-                    choices=["embed", "retrieve", "generate"])
-    sv.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+                    choices=["embed", "retrieve", "generate"], help="the routes loaded")
+    sv.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64], help="clients at once, one cell each")
     sv.add_argument("--seconds", type=float, default=10.0, help="per endpoint and concurrency level")
     sv.add_argument("--max-requests", type=int, default=2000, help="per endpoint and concurrency level")
     sv.add_argument("--soak", type=float, default=0.0, help="seconds of /embed at concurrency 64 (RSS, errors)")
     sv.add_argument("--engine", nargs="+", choices=["hf", "vllm"],
                     help="one engine, or several to compare side by side (e.g. --engine vllm hf)")
-    sv.add_argument("--vllm-url")
+    sv.add_argument("--vllm-url", help="the vLLM server (engine vllm)")
     sv.add_argument("--embed-engine", nargs="+", choices=["hf", "vllm"],
                     help="embedding engines side by side (e.g. --embed-engine hf vllm: /embed throughput of each)")
     sv.add_argument("--vllm-embed-url", help="the vLLM pooling server (embed engine vllm)")
-    sv.add_argument("--api-key")
+    sv.add_argument("--api-key", help="the server's API key, when it has one")
     sv.add_argument("--no-compare", action="store_true", help="skip the --no-batching server")
     sv.add_argument("--health", type=float, default=0.0,
                     help="seconds of /health probing (p50/p99/max) while 32 clients embed and retrieve and 4 "
@@ -560,7 +561,7 @@ def add_parser(bsub) -> None:
                     "the serving process's CPU seconds and RSS rise; a 1-sample /embed behind a 32-sample one")
     sv.add_argument("--baseline", metavar="REV", help="a server of this git revision beside this checkout's "
                     "(both up, the cells alternate), with the new/old ratios")
-    sv.add_argument("--json", type=Path)
+    sv.add_argument("--json", type=Path, help="also write the records to this file (JSON)")
     sv.set_defaults(func=main)
 
 

@@ -116,7 +116,7 @@ def add_parser(bsub) -> None:
                     help="the first step's index: a step past the preset's read_steps times the joint phase")
     tr.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     tr.add_argument("--cache", type=Path, help="teacher feature cache (default: $SUGAR_HOME/cache/teachers)")
-    tr.add_argument("--json", type=Path)
+    tr.add_argument("--json", type=Path, help="also write the records to this file (JSON)")
     tr.set_defaults(func=main)
 
 

@@ -25,7 +25,7 @@ def _add_sync(isub) -> None:
         a = isub.add_parser(name, help=what, description=what + ". Re-running is idempotent: unchanged "
                             "files are skipped, changed ones replace their chunks atomically.")
         _location(a)
-        a.add_argument("--checkpoint", type=Path, required=True)
+        a.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint that embeds the documents")
         a.add_argument("--data", type=Path, required=True, nargs="+", metavar="PATH",
                        help="files and folders (recursive); formats detected by content")
         a.add_argument("--prune", action="store_true",
@@ -39,7 +39,7 @@ def _add_sync(isub) -> None:
         a.add_argument("--max-chunk-tokens", type=int, help="text tokens per chunk (default: from the "
                        "model's context, SUGAR_RETRIEVAL_K chunks per prompt)")
         a.add_argument("--max-chunk-images", type=int, default=4, help="image slices per chunk")
-        a.add_argument("--batch-size", type=int, default=32)
+        a.add_argument("--batch-size", type=int, default=32, help="chunks embedded per forward pass")
         a.add_argument("--policy", action="store_true",
                        help="read under the server's input policy (SUGAR_* settings: image limits, "
                        "SUGAR_MAX_REQUEST_PIXELS per file, linked images fetched only under SUGAR_ALLOW_URLS)")
@@ -65,10 +65,10 @@ def _location(parser) -> None:
 def _add_search(isub) -> None:
     s = isub.add_parser("search", help="two-stage search (ANN on g, GA-kernel rerank), fused with BM25 by default")
     _location(s)
-    s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint that embedded the index")
     s.add_argument("--query", required=True, help="query text")
     s.add_argument("--image", type=Path, action="append", default=[], help="query image(s), after the text")
-    s.add_argument("-k", type=int, default=5)
+    s.add_argument("-k", type=int, default=5, help="results")
     s.add_argument("--k-prime", type=int, help="ANN candidates to rerank (default 5k)")
     s.add_argument("--mode", choices=SEARCH_MODES, default="hybrid",
                    help="hybrid: dense and BM25 scores fused (default, as the server); "
@@ -76,14 +76,14 @@ def _add_search(isub) -> None:
     s.add_argument("--lexical-weight", type=float, help="hybrid: BM25's share of the fused score (default 0.6)")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata equality filter (VALUE parsed as JSON when it parses)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
     s.set_defaults(func=cmd_search)
 
 
 def _add_maintenance(isub) -> None:
     st = isub.add_parser("stats", help="count, dim, type, size on disk")
     _location(st)
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print the statistics as JSON")
     st.set_defaults(func=cmd_stats)
 
     v = isub.add_parser("verify", help="exit 0 only when FAISS and the store agree")
@@ -92,23 +92,24 @@ def _add_maintenance(isub) -> None:
 
     d = isub.add_parser("delete", help="delete documents by id")
     _location(d)
-    d.add_argument("ids", nargs="+")
+    d.add_argument("ids", nargs="+", help="document ids")
     d.set_defaults(func=cmd_delete)
 
     r = isub.add_parser("rebuild", help="rebuild the vector index and the text index from the store")
     _location(r)
-    r.add_argument("--type", choices=["auto", "flat", "hnsw", "ivf"])
+    r.add_argument("--type", choices=["auto", "flat", "hnsw", "ivf"],
+                   help="a new vector index type (default: the current one)")
     r.set_defaults(func=cmd_rebuild)
 
     e = isub.add_parser("export", help="write every document as JSONL (images base64)")
     _location(e)
-    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True, help="the JSONL file to write (documents, images, metadata)")
     e.set_defaults(func=cmd_export)
 
     re = isub.add_parser("reembed", help="re-embed every document with another checkpoint (resumable)")
     _location(re)
-    re.add_argument("--checkpoint", type=Path, required=True)
-    re.add_argument("--batch-size", type=int, default=32)
+    re.add_argument("--checkpoint", type=Path, required=True, help="the new checkpoint to embed every document with")
+    re.add_argument("--batch-size", type=int, default=32, help="documents embedded per forward pass")
     re.set_defaults(func=cmd_reembed)
 
 
