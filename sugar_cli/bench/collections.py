@@ -94,7 +94,7 @@ def run_backend(kind: str, n_small: int, n_large: int, d: int, nq: int, url: str
     with ExitStack() as stack:
         if kind == "postgres":
             if url is None:
-                from .postgres import PostgresServer
+                from ..postgres import PostgresServer
 
                 server = PostgresServer()
                 stack.callback(server.close)

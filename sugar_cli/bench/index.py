@@ -192,7 +192,7 @@ def backends(n: int, d: int, nq: int, url: str | None, rng) -> dict:
     summaries = _clustered(rng, n, d)
     with ExitStack() as stack:
         if url is None:
-            from .postgres import PostgresServer
+            from ..postgres import PostgresServer
 
             server = PostgresServer()
             stack.callback(server.close)
