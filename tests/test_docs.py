@@ -40,6 +40,11 @@ def commands(body: str) -> list[str]:
             current += line.rstrip()[:-1] + " "
             continue
         current += line
+        try:
+            shlex.split(current)
+        except ValueError:  # a quoted argument (a JSON body) goes on to the next line
+            current += "\n"
+            continue
         out.append(re.sub(r"\s+#\s.*$", "", current).strip())  # a trailing "  # comment"
         current = ""
     return out

@@ -78,7 +78,7 @@ def run(*, checkpoint: Path, index: Path, url: str | None = None, n: int = 50, r
         texts = [f"{QUERIES[i % len(QUERIES)]}, a new document number {i}" for i in range(n)]
         cells: dict[str, list[float]] = {"rerank_ids": [], "rerank_new": [], "embed_new": []}
         for r in range(rounds + 3):  # three rounds of warm-up, not counted
-            q = QUERIES[r % len(QUERIES)]
+            q = f"{QUERIES[r % len(QUERIES)]} (round {r})"  # a new query each time: nothing cached
             times = {
                 "rerank_ids": _time(client, "/v1/rerank", {"query": q, "documents": ids, "return_documents": False}),
                 "embed_new": _time(client, "/embed", {"samples": [{"slices": [{"type": "text", "text": t}]}
