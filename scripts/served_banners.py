@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     from server.settings import Settings
     from sugar_cli.home import ensure_default
     from tests.test_first_session import asked_house, first_session_requests
-    from training.data import EVAL_LICENCES, LICENCE_DIR, builtin_houses, knowledge_base
+    from training.data import BUILTIN_HOUSES, BUILTIN_SEED, EVAL_LICENCES, LICENCE_DIR, builtin_houses, knowledge_base
     from training.phrasing import (
         FAMILIES,
         HELD_OUT,
@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
                                       for f, v in fam.items()}
             if a.abstention:
                 known = {h.name for h in houses}
-                absent = [h for h in knowledge_base(WorldSplit("test", 7), 80) if h.name not in known][:40]
+                # the built-in houses' name distribution, past the names the collection holds
+                absent = [h for h in knowledge_base(WorldSplit("test", BUILTIN_SEED), 80, BUILTIN_HOUSES)
+                          if h.name not in known][:40]
                 result["abstention"] = _abstention(client, readme, asked[: a.houses], LICENCE_DIR, EVAL_LICENCES,
                                                    TEXT_TRAINED + TEXT_HELD_OUT, UNKNOWN_TRAINED + UNKNOWN_HELD_OUT,
                                                    absent)
