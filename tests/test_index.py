@@ -524,7 +524,7 @@ def test_store_behind_its_snapshot_is_refused_then_repaired_on_request(tmp_path)
     assert repaired.verify()[0] and repaired.vectors.count == repaired.count()
 
 
-@pytest.mark.parametrize("round_", range(3))
+@pytest.mark.parametrize("round_", [0, *(pytest.param(r, marks=pytest.mark.slow) for r in (1, 2))])  # 1, 2: slow
 def test_server_sigkilled_while_clients_race_put_and_delete_keeps_the_index_whole(tiny_ckpt, tmp_path, round_):
     """Issue #14's reproduction through the public interface: 8 clients PUT and DELETE the
     same 3 ids on a running `sugar serve` (snapshots every 5 writes), the server is killed

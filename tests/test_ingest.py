@@ -352,6 +352,7 @@ def test_bench_ingest_small(tiny_ckpt, capsys):
     assert "first / re-run:" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # builds a baseline revision in a worktree: .ci/run runs -m slow
 def test_bench_ingest_against_a_baseline_revision(tiny_ckpt, tmp_path, capsys):
     """`--baseline REV`: the same bench at REV (a git worktree) and here, alternating rounds,
     with the best of each side and new/old."""

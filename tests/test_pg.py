@@ -242,7 +242,7 @@ def test_pgvector_missing_or_older_than_0_8_is_refused(row, message):
     store._check_pgvector(type("Ok", (Answer,), {"fetchone": lambda self: ("0.8.6", "0.8.6")})())
 
 
-@pytest.mark.parametrize("round_", range(3))
+@pytest.mark.parametrize("round_", [0, *(pytest.param(r, marks=pytest.mark.slow) for r in (1, 2))])  # 1, 2: slow
 def test_two_sugar_serve_replicas_race_and_one_is_killed(pg, tiny_ckpt, round_):
     """Two `sugar serve` processes on one database: 8 clients race PUT and DELETE on the same
     3 ids through both and PUT ids of their own; replica A is killed with SIGKILL mid-traffic.

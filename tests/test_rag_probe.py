@@ -56,12 +56,26 @@ def test_probe_continues_a_checkpoint_and_reports_every_layout(tiny_ckpt, capsys
 
 
 def test_served_banners_asks_the_server_the_readme_question(tiny_ckpt):
+    from training.data import builtin_houses
+    from training.phrasing import FAMILIES, HELD_OUT
+
     result = load("served_banners").main(["--checkpoint", str(tiny_ckpt), "--houses", "2",
+                                          "--attributes", "color", "shape", "--families", "--abstention",
                                           "--context-order", "best_last"])
-    assert result["of"] == 2 and 0 <= result["right"] <= 2
-    assert result["readme"]["house"] == "Vyd" and result["readme"]["colour"] == "blue"
+    assert set(result["attributes"]) == {"color", "shape"}
+    assert all(v.endswith("/2") and 0 <= int(v.split("/")[0]) <= 2 for v in result["attributes"].values())
+    assert result["readme"]["house"] == "Vyd" and result["readme"]["want"] == "blue"
     assert result["context_order"] == "best_last"
-    assert sum(int(v.split("/")[1]) for v in result["by_rank_of_the_asked_house"].values()) == 2
+    assert sum(int(v.split("/")[1]) for v in result["by_rank_of_the_asked_house"].values()) == 4
+    assert set(result["families"]) == set(FAMILIES)
+    assert all(v.split(" ")[0].endswith("/2") and (("held out" in v) == (f in HELD_OUT))
+               for f, v in result["families"].items())
+    # out-of-world questions: houses that are really absent (none of the built-in names), and the
+    # false abstentions counted over every in-world question asked (Vyd's two included)
+    assert result["abstention"]["absent_houses"].endswith("/40")
+    assert result["abstention"]["unanswerable_about_present_houses"].endswith("/2")
+    vyd_asked_too = "Vyd" not in {h.name for h in builtin_houses()[:2]}
+    assert result["false_abstention"].endswith(f"/{2 * 2 + 2 * vyd_asked_too + 2 * len(FAMILIES)}")
 
 
 def test_probe_trains_the_vision_side_only_when_asked(tiny_ckpt, tmp_path):

@@ -518,6 +518,7 @@ def test_bench_server_small(tiny_ckpt, tmp_path, capsys):
     assert "micro-batching at concurrency 32" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # builds a baseline revision in a worktree: .ci/run runs -m slow
 def test_bench_server_against_a_baseline_revision_alternates_and_prints_ratios(tiny_ckpt, tmp_path, capsys):
     """`--baseline REV`: a server of REV's code (a git worktree) beside this checkout's, both up,
     the cells alternating; new/old ratios per cell (issue #21's "no route slower")."""

@@ -183,6 +183,7 @@ def test_lora_on_tiny_backbone_trains_and_merges(tmp_path):
     assert not any("lora" in k for k in m.vlm.state_dict())
 
 
+@pytest.mark.slow  # two torch processes on two cores: .ci/run runs -m slow
 def test_ddp_two_processes_match_single_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     worker = str(ROOT / "tests" / "ddp_worker.py")
