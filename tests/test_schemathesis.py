@@ -99,5 +99,12 @@ def test_api_conforms_to_its_schema_with_every_check(app):
                 runner(op, mode, headers, failures)()
             except Unsatisfiable:  # e.g. no negative example exists for a parameterless GET
                 pass
+            except schemathesis.core.errors.InvalidSchema as e:
+                if mode is GenerationMode.NEGATIVE and "Cannot generate an array" in str(e):
+                    # schemathesis could not build a mutation of an array whose schema also says
+                    # what it must contain (chat's `messages`: a user message): no negative example
+                    # from this seed, as with Unsatisfiable; a positive-mode error stays a failure
+                    continue
+                failures.append(f"{op.label} [{mode.value}, seed {SEED}]: the schema cannot be generated: {e}")
     assert tested >= 15
     assert not failures, "\n\n".join(failures[:8])

@@ -47,6 +47,7 @@ from .common import (
     check_json,
 )
 from .documents import (
+    MAX_OFFSET,
     CollectionAck,
     CollectionInfo,
     CollectionList,
@@ -152,6 +153,7 @@ __all__ = [
     "ScrollRequest",
     "ScrollResponse",
     "DocumentAck",
+    "MAX_OFFSET",
     "DocumentIn",
     "DocumentList",
     "DocumentOut",

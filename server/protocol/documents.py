@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from .common import ID_PATTERN, Filters, SampleIn, SliceOut, Strict, given, one_of
 
+# the largest paging offset: 2**53 - 1, the largest integer a JSON number (a double) holds exactly, so
+# a client reading the schema's maximum as a float gets the same bound the server checks
+MAX_OFFSET = 2**53 - 1
+
 
 class DocumentIn(SampleIn):
     """POST /documents: a sample whose id is required."""
@@ -102,7 +106,7 @@ class ScrollRequest(Strict):
 
     filters: Filters | None = None
     limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0, le=2**63 - 1)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     images: Literal["url", "base64"] = "url"
 
 

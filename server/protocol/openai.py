@@ -74,7 +74,7 @@ class EmbeddingsRequest(Loose):
     model_config = ConfigDict(extra="allow", json_schema_extra=one_of(
         given("input"), given("messages"),
         **{"if": {"required": ["modality"], "properties": {"modality": {"const": "image"}}},
-           "then": {"properties": {"input": {"anyOf": [{"type": "string"},
+           "then": {"required": ["input"], "properties": {"input": {"anyOf": [{"type": "string"},
                                                        {"type": "array", "items": {"type": "string"}}]}}}}))
 
     model: str | None = None

@@ -121,7 +121,7 @@ async def index_stats(service: Svc, caller: Caller, collection: InCollection = "
 
 
 @router.get("/documents", response_model=P.DocumentList, responses=responses(401, 403, 404, 422))
-async def list_documents(service: Svc, offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+async def list_documents(service: Svc, offset: Annotated[int, Query(ge=0, le=P.MAX_OFFSET)] = 0,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                          collection: InCollection = "default", *, caller: Caller) -> P.DocumentList:
     caller.require(collection, "r")
