@@ -311,25 +311,28 @@ class VLLMEngine(Engine):
             body["logit_bias"] = {str(abstain.token): -100}
         return body
 
-    async def _abstains(self, messages: Messages, abstain: Abstain) -> GenerationResult | None:
-        """The abstention's margin from vLLM's first-token log-probabilities (its top 20; when
-        the token is not among them its margin is below the 20th's, which is below the
-        threshold unless the threshold is lower still: then it counts as that bound)."""
+    async def _chat(self, body: dict) -> dict:
+        """One non-streamed chat completion from vLLM; unreachable or refused: EngineError."""
         import httpx
 
-        if abstain.forced:
-            return abstain.abstained(0)
-        if abstain.threshold is None:
-            return None
-        body = {**await self._body(messages, 1, 0.0, False), "logprobs": True, "top_logprobs": 20,
-                "return_tokens_as_token_ids": True}
         try:
             r = await self.client.post(self.url + "/v1/chat/completions", json=body)
         except httpx.HTTPError as e:
             raise EngineError(f"vLLM at {self.url} unreachable ({type(e).__name__})") from None
         if r.status_code != 200:
             raise EngineError(f"vLLM answered {r.status_code}: {r.text[:200]}")
-        data = r.json()
+        return r.json()
+
+    async def _abstains(self, messages: Messages, abstain: Abstain) -> GenerationResult | None:
+        """The abstention's margin from vLLM's first-token log-probabilities (its top 20; when
+        the token is not among them its margin is below the 20th's, which is below the
+        threshold unless the threshold is lower still: then it counts as that bound)."""
+        if abstain.forced:
+            return abstain.abstained(0)
+        if abstain.threshold is None:
+            return None
+        data = await self._chat({**await self._body(messages, 1, 0.0, False), "logprobs": True, "top_logprobs": 20,
+                                 "return_tokens_as_token_ids": True})
         top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
         lps = {int(t["token"].removeprefix("token_id:")): float(t["logprob"]) for t in top}
         own = lps.pop(abstain.token, min(lps.values()) if lps else float("-inf"))
@@ -340,18 +343,9 @@ class VLLMEngine(Engine):
 
     async def generate(self, messages: Messages, max_tokens: int, temperature: float,
                        prepared: Prepared | None = None, abstain: Abstain | None = None) -> GenerationResult:
-        import httpx
-
         if abstain is not None and (res := await self._abstains(messages, abstain)) is not None:
             return res
-        body = await self._body(messages, max_tokens, temperature, False, abstain)
-        try:
-            r = await self.client.post(self.url + "/v1/chat/completions", json=body)
-        except httpx.HTTPError as e:
-            raise EngineError(f"vLLM at {self.url} unreachable ({type(e).__name__})") from None
-        if r.status_code != 200:
-            raise EngineError(f"vLLM answered {r.status_code}: {r.text[:200]}")
-        data = r.json()
+        data = await self._chat(await self._body(messages, max_tokens, temperature, False, abstain))
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         return GenerationResult(choice["message"]["content"].strip(), usage.get("prompt_tokens", 0),
