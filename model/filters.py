@@ -158,9 +158,21 @@ def matches(node: Node, metadata: dict[str, Any]) -> bool:
     return all(results) if node.op == "$and" else any(results)
 
 
-def filter_schema(ref: str = "#/components/schemas/Filters") -> dict[str, Any]:
-    """The JSON Schema of a filter exactly as `parse` takes it (the OpenAPI document publishes
-    it as the component `Filters`; `ref` points back at it for $and/$or)."""
+def filter_component(depth: int = 0) -> str:
+    """The OpenAPI component name of the filter schema at `depth`: Filters, Filters1 … Filters8."""
+    return "Filters" if depth == 0 else f"Filters{depth}"
+
+
+def filter_schemas() -> dict[str, dict[str, Any]]:
+    """Every level's schema by component name (the OpenAPI document publishes them all)."""
+    return {filter_component(d): filter_schema(d) for d in range(MAX_DEPTH + 1)}
+
+
+def filter_schema(depth: int = 0) -> dict[str, Any]:
+    """The JSON Schema of a filter exactly as `parse` takes it at `depth` (the component
+    `Filters` is depth 0). $and/$or hold the next level's component, down to MAX_DEPTH where they
+    are no longer allowed: the schema bounds the nesting as the parser does (one recursive $ref
+    would admit any depth)."""
     lo, hi = INT64
     # a number within the bound (JSON Schema calls a whole double an integer: "number" covers both)
     num = {"type": "number", "minimum": lo, "maximum": hi}
@@ -172,12 +184,16 @@ def filter_schema(ref: str = "#/components/schemas/Filters") -> dict[str, Any]:
            "$nin": {"type": "array", "items": scalar, "maxItems": MAX_LIST},
            "$exists": {"type": "boolean"}, "$prefix": {"type": "string"}}
     dollar = {"pattern": "^[$]"}
+    nested = depth < MAX_DEPTH
+    inner = {"$ref": f"#/components/schemas/{filter_component(depth + 1)}"}
     return {
         "type": "object",
-        "description": "metadata filters: a key's value (JSON equality), or an object of operators "
-                       f"({', '.join(OPERATORS)}); {', '.join(LOGICAL)} over lists of filters",
-        "propertyNames": {"anyOf": [{"enum": list(LOGICAL)}, {"not": dollar}]},
-        "properties": {op: {"type": "array", "minItems": 1, "items": {"$ref": ref}} for op in LOGICAL},
+        **({"description": "metadata filters: a key's value (JSON equality), or an object of operators "
+                           f"({', '.join(OPERATORS)}); {', '.join(LOGICAL)} over lists of filters, "
+                           f"nested at most {MAX_DEPTH} levels"} if depth == 0 else {}),
+        "propertyNames": {"anyOf": [{"enum": list(LOGICAL)}, {"not": dollar}]} if nested else {"not": dollar},
+        **({"properties": {op: {"type": "array", "minItems": 1, "items": inner} for op in LOGICAL}}
+           if nested else {}),
         "additionalProperties": {"anyOf": [
             {"type": "object", "minProperties": 1, "properties": ops, "additionalProperties": False,
              "propertyNames": dollar},  # operators
@@ -187,5 +203,5 @@ def filter_schema(ref: str = "#/components/schemas/Filters") -> dict[str, Any]:
     }
 
 
-__all__ = ["LOGICAL", "OPERATORS", "Cond", "FilterError", "Logic", "Node", "filter_schema", "holds", "json_equal",
-           "matches", "parse"]
+__all__ = ["LOGICAL", "OPERATORS", "Cond", "FilterError", "Logic", "Node", "filter_component", "filter_schema",
+           "filter_schemas", "holds", "json_equal", "matches", "parse"]

@@ -9,9 +9,9 @@ def apply_limits(schema: dict, settings, dim: int | None = None) -> dict:
     admits is what the server accepts (maxItems, maxLength, maximum); `dim`: the checkpoint's
     embedding dimension (the only `dimensions` /v1/embeddings takes)."""
     comps = schema.get("components", {}).get("schemas", {})
-    from model.filters import filter_schema
+    from model.filters import filter_schemas
 
-    comps["Filters"] = filter_schema()
+    comps.update(filter_schemas())
 
     def prop(model: str, name: str) -> dict:
         return comps.get(model, {}).get("properties", {}).get(name, {})

@@ -116,17 +116,23 @@ def search(d, text, prefix=""):
     d.find_element(By.ID, "search-go").click()
 
 
+def library_settled(d) -> None:
+    """Until the library list has rendered its newest read: the click that starts a read sets
+    aria-busy="true" before it returns, so the list left from an earlier test never passes."""
+    wait(d, lambda: d.find_element(By.ID, "doc-list").get_attribute("aria-busy") == "false")
+
+
 def library_page_with(d, selector: str) -> None:
     """Open the library (its list is read when the tab opens) and page on to `selector`: the
     newest documents are on the last page."""
     d.find_element(By.ID, "tab-search").click()
     d.find_element(By.ID, "tab-library").click()
-    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#doc-list li"))
+    library_settled(d)
     while not d.find_elements(By.CSS_SELECTOR, selector):
         page = d.find_element(By.ID, "doc-page").text
         assert d.find_element(By.ID, "doc-next").is_enabled(), page
         d.find_element(By.ID, "doc-next").click()
-        wait(d, lambda page=page: d.find_element(By.ID, "doc-page").text != page)
+        library_settled(d)
 
 
 def shoot(d, name):
@@ -355,6 +361,42 @@ def test_6d_explain_shows_which_slices_aligned(server, driver):
         shoot(d, "explain")
     finally:
         d.find_element(By.ID, "search-explain").click()
+
+
+def test_6e_a_slow_older_page_never_draws_over_the_newer_one(server, driver):
+    d = driver
+    library_page_with(d, "#doc-list li")
+    if not d.find_element(By.ID, "doc-next").is_enabled():  # a page with pages either side
+        d.find_element(By.ID, "doc-prev").click()
+        library_settled(d)
+    if not d.find_element(By.ID, "doc-prev").is_enabled():
+        d.find_element(By.ID, "doc-next").click()
+        library_settled(d)
+    assert d.find_element(By.ID, "doc-prev").is_enabled() and d.find_element(By.ID, "doc-next").is_enabled()
+    shown = d.find_element(By.ID, "doc-page").text
+    first_id = d.find_element(By.CSS_SELECTOR, "#doc-list li span").text
+    # the next /documents/scroll answer (the page after) arrives 1.5 s late
+    d.execute_script("""
+      const real = window.fetch; let slowed = false;
+      window.fetch = (url, init) => {
+        if (!slowed && String(url).includes('/documents/scroll')) {
+          slowed = true;
+          return new Promise((ok) => setTimeout(ok, 1500)).then(() => real(url, init));
+        }
+        return real(url, init);
+      };""")
+    try:
+        d.find_element(By.ID, "doc-next").click()
+        assert d.find_element(By.ID, "doc-list").get_attribute("aria-busy") == "true"
+        d.find_element(By.ID, "doc-prev").click()  # back, answered at once
+        library_settled(d)
+        time.sleep(2)  # the late answer has come and gone
+        assert d.find_element(By.ID, "doc-page").text == shown
+        assert d.find_element(By.CSS_SELECTOR, "#doc-list li span").text == first_id
+        assert d.find_element(By.ID, "doc-list").get_attribute("aria-busy") == "false"
+    finally:
+        d.get(server + "/ui")  # a fresh page: the real fetch again
+    d.find_element(By.ID, "tab-search").click()
 
 
 def test_7_document_text_with_markup_renders_inert(server, driver):

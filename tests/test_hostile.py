@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
+from model.filters import MAX_DEPTH
 from server.app import create_app
 from tests.conftest import make_image, png_bytes
 from tests.server_fixtures import seed_index, settings_for
@@ -133,6 +134,19 @@ def test_filter_operators_are_refused_and_described_by_the_schema(client):
                  {"$gte": 1, "$lt": "z"}, {"$nin": [1, None]}, {"$exists": False}):
         assert jsonschema_rs.Draft202012Validator(schema).is_valid({"k": good}), good
         assert client.post("/retrieve", json={"query": text_sample("x"), "filters": {"k": good}}).status_code == 200
+    # $and/$or nest 8 levels below the top and no deeper: in the schema as in the server
+    # (schemathesis, seed 8, once sent 9 levels the schema allowed and the server refused)
+    for depth, op in ((8, "$and"), (8, "$or"), (9, "$and"), (9, "$or")):
+        f: dict = {"k": 1}
+        for _ in range(depth):
+            f = {op: [{"j": 2}, f]}
+        valid = jsonschema_rs.Draft202012Validator(schema).is_valid(f)
+        r = client.post("/retrieve", json={"query": text_sample("x"), "filters": f})
+        if depth <= MAX_DEPTH:
+            assert valid and r.status_code == 200, (depth, r.text)
+        else:
+            assert not valid, depth
+            assert_422(r, "filters", f"$and/$or nested deeper than {MAX_DEPTH} levels")
 
 
 def test_a_vanishing_temperature_is_greedy_decoding(client):

@@ -431,7 +431,12 @@ function upload(form) {
   xhr.send(form);
 }
 
+// The list says aria-busy="true" from the moment a refresh starts until the newest one has
+// rendered; a slower, older answer (two refreshes in flight) is dropped, never drawn over it.
+let libraryGeneration = 0;
 async function refreshLibrary() {
+  const generation = ++libraryGeneration;
+  $("doc-list").setAttribute("aria-busy", "true");
   $("library-error").textContent = "";
   try {
     const post = (path, body) => api(inColl(path), { method: "POST", body: JSON.stringify(body),
@@ -440,6 +445,7 @@ async function refreshLibrary() {
       api(inColl("/index/stats")).then((r) => r.json()),
       post("/documents/scroll", { offset: docOffset, limit: PAGE }),
     ]);
+    if (generation !== libraryGeneration) return;
     const dl = $("index-stats");
     dl.replaceChildren();
     for (const k of ["count", "dim", "type", "embedding_version", "size_bytes"]) {
@@ -495,7 +501,9 @@ async function refreshLibrary() {
     $("doc-prev").disabled = docOffset === 0;
     $("doc-next").disabled = page.next_offset == null;
   } catch (e) {
-    $("library-error").textContent = e.message;
+    if (generation === libraryGeneration) $("library-error").textContent = e.message;
+  } finally {
+    if (generation === libraryGeneration) $("doc-list").setAttribute("aria-busy", "false");
   }
 }
 $("doc-prev").addEventListener("click", () => { docOffset = Math.max(0, docOffset - PAGE); refreshLibrary(); });
