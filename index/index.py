@@ -39,6 +39,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,11 @@ class DocumentIndex:
         """Rebuild the vector index from the store (drops tombstones; can change type)."""
         with self.store.write_lock:
             self.backend.rebuild(self.dim, self.embedding_version, index_type)
+
+    def bulk_load(self) -> AbstractContextManager[bool]:
+        """Around a large ingest (`sugar index add`): into an empty PostgreSQL collection the
+        HNSW graph is built once at the end instead of row by row; yields whether it is."""
+        return self.backend.bulk_load(self.dim)
 
     def close(self) -> None:
         self.snapshot()

@@ -37,7 +37,8 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -117,13 +118,18 @@ def redact(url: str) -> str:
 
 def lexical_tokens(text: str) -> list[str]:
     """FTS5's `unicode61 remove_diacritics 2`: case-folded runs of letters and digits, with
-    diacritics removed."""
+    diacritics removed. ASCII text has no diacritics to remove (NFD leaves it as it is, and no
+    ASCII character is a combining mark): it skips the per-character walk."""
+    if text.isascii():
+        return _TOKEN.findall(text.lower())
     folded = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
     return _TOKEN.findall(folded)
 
 
 def vector_literal(v: np.ndarray) -> str:
-    return "[" + ",".join(map(repr, np.asarray(v, np.float32).tolist())) + "]"
+    """pgvector's text form, "[0.5, -1.25, …]" (Python's list repr: each float32 as the double
+    it is, exactly; pgvector skips the spaces)."""
+    return str(np.asarray(v, np.float32).tolist())
 
 
 class _Rows(list):
@@ -504,6 +510,68 @@ class PgStore(ThreadConnections):
     def version_counts(self) -> dict[str, int]:
         return dict(self._read("SELECT embedding_version, count(*) FROM docs GROUP BY 1").fetchall())
 
+    # ---------------------------------------------------------------- bulk loads
+    def _has_vector_index(self) -> bool:
+        return self._read("SELECT 1 FROM pg_class WHERE relname = 'docs_summary_hnsw'"
+                          " AND relnamespace = current_schema()::regnamespace").fetchone() is not None
+
+    @contextmanager
+    def _bulk_session(self) -> Iterator[bool]:
+        """A connection of its own holding the collection's bulk-load lock (a session advisory
+        lock: released when the connection ends, a killed process included) while the block
+        runs; yields False, holding nothing, where another process's load holds it."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as lock:
+            key = write_lock_key(f"{self.schema}#bulk-load")
+            row = lock.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            held = bool(row and row[0])
+            try:
+                yield held
+            finally:
+                if held:
+                    lock.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    @contextmanager
+    def bulk_load(self, dim: int) -> Iterator[bool]:
+        """Around a large ingest into an empty collection: the HNSW index is dropped first and
+        built once at the end (pgvector's CREATE INDEX, in memory, with parallel workers) rather
+        than one graph insert per row, which is most of a row's cost. Searches meanwhile scan
+        exactly (right answers, slower). A process that opens the collection during the load
+        leaves the index to it; one that opens it after the loader died builds it
+        (`ensure_vector_index`). Yields whether the build was deferred: False where the
+        collection already holds documents or another load is running (rows go in one by one)."""
+        with self._bulk_session() as held:
+            deferred = False
+            if held:
+                with self.write_lock, self.conn.transaction():
+                    self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
+                    if self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM docs)").fetchone()[0]:
+                        self.conn.execute("DROP INDEX IF EXISTS docs_summary_hnsw")
+                        deferred = True
+            try:
+                yield deferred
+            finally:
+                if deferred:
+                    self._build_vector_index(dim)
+
+    def _build_vector_index(self, dim: int) -> None:
+        with self.write_lock, self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
+            self.conn.execute("SET LOCAL maintenance_work_mem = '1GB'")  # the graph in memory: no spill
+            self._prepare_vectors(dim)
+
+    def ensure_vector_index(self, dim: int) -> bool:
+        """The HNSW index built where a bulk load died before building it (none running now);
+        True when it was missing and is built."""
+        if self._has_vector_index():
+            return False
+        with self._bulk_session() as held:
+            if not held:  # a live load builds it at its end
+                return False
+            self._build_vector_index(dim)
+            return True
+
     def reindex(self, dim: int) -> None:
         """The HNSW index built again (the recovery command's part)."""
         with self.write_lock, self.conn.transaction():
@@ -520,7 +588,9 @@ class PgStore(ThreadConnections):
                          " WHERE c.relname = 'docs_summary_hnsw' AND c.relnamespace = current_schema()::regnamespace"
                          ).fetchone()
         if row is None or not row[0]:
-            out.append("the HNSW index on the summary vectors is missing or invalid (sugar index rebuild)")
+            with self._bulk_session() as idle:
+                out.append("the HNSW index on the summary vectors is missing or invalid (sugar index rebuild)" if idle
+                           else "the HNSW index on the summary vectors is being built by a bulk load in progress")
         bad = self._read("SELECT count(*) FROM docs d WHERE d.n_tokens IS DISTINCT FROM"
                          " (SELECT coalesce(sum(tf), 0) FROM postings p WHERE p.fid = d.fid)").fetchone()[0]
         if bad:

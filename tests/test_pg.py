@@ -4,6 +4,8 @@ collection, and start-up errors that name what to fix."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,34 @@ def test_bm25_in_sql_is_fts5_s(pg):
             assert got[f] == pytest.approx(want[f], rel=1e-6, abs=1e-9)
 
 
+def test_lexical_tokens_and_vector_literals_against_references(pg):
+    """The ASCII shortcut of `lexical_tokens` against the full Unicode walk (the slow reference),
+    and a summary's text literal read back by pgvector as the same float32 values."""
+    import re
+    import unicodedata
+
+    import psycopg
+
+    from index.pg import lexical_tokens, vector_literal
+
+    def reference(text):
+        folded = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
+        return re.findall(r"\w+", folded.replace("_", " "))
+
+    texts = ["What colour is the banner of House Vyd?", "snake_case x86-64 3.14 e=mc^2 [1] {a:b}", "",
+             "\t\n  MiXeD  CaSe\r\n", "".join(chr(i) for i in range(128)), "Café Ünïcödé naïve", "日本語 テキスト"]
+    rng = np.random.default_rng(4)
+    texts += ["".join(chr(c) for c in rng.integers(32, 127, 200)) for _ in range(50)]
+    for text in texts:
+        assert lexical_tokens(text) == reference(text), text
+    url = pg.create_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        for v in (rng.standard_normal(128).astype(np.float32), np.array([1e-38, -3.4e38, 0.0, 1 / 3], np.float32)):
+            back = c.execute("SELECT %s::vector::text", (vector_literal(v),)).fetchone()[0]
+            np.testing.assert_array_equal(np.array(json.loads(back), np.float32), v)
+
+
 def test_two_openers_share_one_collection(pg):
     url = pg.create_database()
     a = DocumentIndex(url, dim=D, embedding_version="v1")
@@ -86,6 +116,82 @@ def test_two_openers_share_one_collection(pg):
     b.delete(["x1"])
     assert a.get("x1") is None and a.count() == 0 == b.count()
     assert a.stats()["embedding_version"] == b.stats()["embedding_version"] == "v1"
+
+
+def test_a_bulk_load_builds_the_graph_once_and_ranks_as_row_by_row(location, tmp_path):
+    """`bulk_load` into an empty collection: on PostgreSQL the HNSW index is dropped, searches
+    meanwhile are exact, and the graph built at the end ranks as an index filled row by row; the
+    embedded backend has nothing to defer."""
+    idx = DocumentIndex(location, dim=D, embedding_version="v1")
+    shared = isinstance(location, str)
+    rng = np.random.default_rng(11)
+    samples = word_docs(150)
+    embs = [rand_emb(rng, len(s.slices)) for s in samples]
+    with idx.bulk_load() as deferred:
+        assert deferred is shared
+        idx.add(list(zip(samples[:100], embs[:100], strict=True)), version="v1")
+        if shared:
+            assert not idx.store._has_vector_index()
+            assert idx.verify()[1] == ["the HNSW index on the summary vectors is being built by a bulk load "
+                                       "in progress"]
+        for q in embs[:5]:  # searches during the load: right answers
+            best = max(range(100), key=lambda i: float(embs[i].summary @ q.summary))
+            assert idx.search(q, k=1, mode="dense")[0].id == samples[best].id
+        idx.add(list(zip(samples[100:], embs[100:], strict=True)), version="v1")
+    assert idx.verify() == (True, [])
+    with idx.bulk_load() as again:  # it holds documents now: rows go into the graph one by one
+        assert again is False
+    rows = DocumentIndex(tmp_path / "rows", dim=D, embedding_version="v1")
+    for i in range(0, 150, 10):
+        rows.add(list(zip(samples[i : i + 10], embs[i : i + 10], strict=True)), version="v1")
+    for q in embs[::10]:
+        assert ([h.id for h in idx.search(q, k=10, k_prime=40, mode="dense")]
+                == [h.id for h in rows.search(q, k=10, k_prime=40, mode="dense")])
+    idx.close()
+    rows.close()
+
+
+def test_a_bulk_load_killed_midway_is_finished_by_the_next_opener(pg):
+    """kill -9 inside `bulk_load`: the committed rows stay, the HNSW index is missing, and a
+    second process opening the collection meanwhile leaves it alone (the loader's session lock
+    is held); the first one to open it after the loader died builds it."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    url = pg.create_database()
+    DocumentIndex(url, dim=D, embedding_version="v1").close()
+    script = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        from index import DocumentIndex
+        from tests.test_index import rand_emb, word_docs
+        idx = DocumentIndex({url!r}, dim={D}, embedding_version="v1")
+        rng = np.random.default_rng(2)
+        samples = word_docs(60)
+        with idx.bulk_load() as deferred:
+            assert deferred
+            idx.add([(s, rand_emb(rng, len(s.slices))) for s in samples], version="v1")
+            print("loaded", flush=True)
+            time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "loaded"
+        meanwhile = DocumentIndex(url)  # opened during the load: the index is the loader's to build
+        assert meanwhile.count() == 60 and not meanwhile.store._has_vector_index()
+        with meanwhile.bulk_load() as deferred:
+            assert deferred is False  # one load at a time
+        meanwhile.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    after = DocumentIndex(url)
+    assert after.store._has_vector_index() and after.count() == 60
+    assert after.verify() == (True, [])
+    after.close()
 
 
 def test_an_unreachable_database_is_refused_naming_it(pg):
@@ -336,6 +442,7 @@ def test_bench_index_backends_side_by_side(pg, capsys):
                  "--index-url", pg.create_database()]) == 0
     out = capsys.readouterr().out
     assert "backends side by side: 1500 documents" in out and "postgres / embedded search p50" in out
+    assert "postgres / embedded ingest: " in out
     rows = {line.split("|")[0].strip(): line for line in out.splitlines() if "|" in line}
     assert rows["postgres"].split("|")[-1].strip() == "10.0"  # the 1 % filter returns k
 

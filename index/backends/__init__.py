@@ -98,6 +98,10 @@ class Backend(Protocol):
     def open_vectors(self, dim: int, version: str, repair: bool, inspect: bool) -> None:
         """The vector side in step with the store (load, replay, or rebuild)."""
 
+    def bulk_load(self, dim: int) -> AbstractContextManager[bool]:
+        """Around a large ingest: where the collection is empty, the backend may build its ANN
+        graph once at the end instead of row by row; yields whether it does."""
+
     def apply(self, added: list[tuple[int, np.ndarray]], deleted: list[int]) -> None:
         """Mirror a committed write in the vector side (the store lock held)."""
 

@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,9 @@ class EmbeddedBackend:
 
     def open_vectors(self, dim: int, version: str, repair: bool, inspect: bool) -> None:
         self.vectors = self._load(dim, version, repair, inspect)
+
+    def bulk_load(self, dim: int) -> AbstractContextManager[bool]:
+        return nullcontext(False)  # FAISS adds a batch at once already
 
     def _load(self, dim: int, version: str, repair: bool, inspect: bool) -> VectorIndex:
         try:

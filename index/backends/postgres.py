@@ -41,6 +41,11 @@ class PostgresBackend:
     def open_vectors(self, dim: int, version: str, repair: bool, inspect: bool) -> None:
         self._version = version
         self.vectors = PgVectors(self.store, lambda: self._version)
+        if not inspect:  # a bulk load killed before it built the HNSW index: build it now
+            self.store.ensure_vector_index(dim)
+
+    def bulk_load(self, dim: int) -> AbstractContextManager[bool]:
+        return self.store.bulk_load(dim)
 
     def apply(self, added: list[tuple[int, np.ndarray]], deleted: list[int]) -> None:
         return None  # the database applied the write itself

@@ -159,7 +159,7 @@ def cmd_add(args: argparse.Namespace) -> int:
                                     read=read, metadata=args.metadata or {}, batch_size=args.batch_size,
                                     pixels_per_source=pixels)
     ing = Ingestor(idx, lambda s: embed_samples(model, s, args.batch_size), model.embedding_version, config)
-    with tqdm(total=len(files), desc="indexing", unit="file") as bar:
+    with idx.bulk_load(), tqdm(total=len(files), desc="indexing", unit="file") as bar:
         def on_file(r) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{r.status}: {Path(r.source).name}"[:60])
