@@ -511,9 +511,15 @@ class PgStore(ThreadConnections):
         return dict(self._read("SELECT embedding_version, count(*) FROM docs GROUP BY 1").fetchall())
 
     # ---------------------------------------------------------------- bulk loads
+    def _vector_index_valid(self) -> bool | None:
+        """Whether the collection's HNSW index is valid; None: there is none."""
+        row = self._read("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                         " WHERE c.relname = 'docs_summary_hnsw' AND c.relnamespace = current_schema()::regnamespace"
+                         ).fetchone()
+        return None if row is None else bool(row[0])
+
     def _has_vector_index(self) -> bool:
-        return self._read("SELECT 1 FROM pg_class WHERE relname = 'docs_summary_hnsw'"
-                          " AND relnamespace = current_schema()::regnamespace").fetchone() is not None
+        return self._vector_index_valid() is not None
 
     @contextmanager
     def _bulk_session(self) -> Iterator[bool]:
@@ -555,10 +561,14 @@ class PgStore(ThreadConnections):
                 if deferred:
                     self._build_vector_index(dim)
 
-    def _build_vector_index(self, dim: int) -> None:
+    def _build_vector_index(self, dim: int, again: bool = False) -> None:
+        """The HNSW index built in one transaction under the writers' lock; `again`: the one
+        there dropped first."""
         with self.write_lock, self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
             self.conn.execute("SET LOCAL maintenance_work_mem = '1GB'")  # the graph in memory: no spill
+            if again:
+                self.conn.execute("DROP INDEX IF EXISTS docs_summary_hnsw")
             self._prepare_vectors(dim)
 
     def ensure_vector_index(self, dim: int) -> bool:
@@ -574,20 +584,13 @@ class PgStore(ThreadConnections):
 
     def reindex(self, dim: int) -> None:
         """The HNSW index built again (the recovery command's part)."""
-        with self.write_lock, self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
-            self.conn.execute("SET LOCAL maintenance_work_mem = '1GB'")  # the graph in memory: no spill
-            self.conn.execute("DROP INDEX IF EXISTS docs_summary_hnsw")
-            self._prepare_vectors(dim)
+        self._build_vector_index(dim, again=True)
 
     def problems(self) -> list[str]:
         """What `verify` checks on the database beyond the shared checks: the HNSW index is
         there and valid, and every document's postings add up to its token count."""
         out = []
-        row = self._read("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                         " WHERE c.relname = 'docs_summary_hnsw' AND c.relnamespace = current_schema()::regnamespace"
-                         ).fetchone()
-        if row is None or not row[0]:
+        if not self._vector_index_valid():
             with self._bulk_session() as idle:
                 out.append("the HNSW index on the summary vectors is missing or invalid (sugar index rebuild)" if idle
                            else "the HNSW index on the summary vectors is being built by a bulk load in progress")
