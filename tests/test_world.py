@@ -229,3 +229,36 @@ def test_abstention_examples_cannot_be_answered_from_their_documents():
     trained = licence_passages(held_out=False)
     assert held_out and trained and not set(held_out) & set(trained)
     assert any("Apache License" in t for t in held_out) and not any("Apache License, Version 2.0" in t for t in trained)
+
+
+def test_knowledge_pairs_take_real_text_negatives_and_passage_pairs_are_inverse_cloze():
+    from training.data import EVAL_LICENCES, inverse_cloze, licence_passages
+
+    held_out = set(licence_passages(held_out=True))
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    rng = random.Random(0)
+    # off by default: no negative, and no extra draw (the earlier recipes' streams are unchanged)
+    before = [pools.pair_example(random.Random(1), {"knowledge": 1.0}, 0.5).query.text() for _ in range(3)]
+    assert all(not pools.pair_example(rng, {"knowledge": 1.0}, 0.5).negatives for _ in range(20))
+    pools.text_negatives = 1.0
+    for _ in range(20):
+        ex = pools.pair_example(rng, {"knowledge": 1.0}, 0.5)
+        (neg,) = ex.negatives
+        assert neg.modalities == ["text"] and neg.text() in pools.licences and neg.text() not in held_out
+        assert ex.positive.metadata["house"].lower() in ex.query.text().lower()
+    pools.text_negatives = 0.0
+    assert [pools.pair_example(random.Random(1), {"knowledge": 1.0}, 0.5).query.text() for _ in range(3)] == before
+    for _ in range(20):
+        ex = pools.pair_example(rng, {"passage": 1.0}, 0.5)
+        q, d = ex.query.text(), ex.positive.text()
+        assert ex.kind == "passage" and len(q.split()) == 12 and q not in d
+        whole = next(p for p in pools.licences if inverse_cloze(p) == (q, d))
+        words = whole.split()
+        i = next(i for i in range(len(words)) if words[i : i + 12] == q.split())
+        assert words[:i] + words[i + 12 :] == d.split() and whole not in held_out
+    assert inverse_cloze("a b c d") == ("a b", "c d")
+    assert EVAL_LICENCES == ("Apache-2.0", "GPL-3")
+    pools._licences = []  # no licence texts installed: a passage pair is drawn as a knowledge one, counted
+    ex = pools.pair_example(rng, {"passage": 1.0}, 0.5)
+    assert ex.kind == "knowledge" and not ex.negatives
+    assert pools.substitutions["pair passage -> knowledge (no licence texts in /usr/share/common-licenses)"] == 1

@@ -42,6 +42,7 @@ from .world import (
     Knowledge,
     Scene,
     WorldSplit,
+    hash_int,
     interleaved_document,
     interleaved_query,
     knowledge_base,
@@ -138,6 +139,19 @@ def licence_passages(held_out: bool, root: Path = LICENCE_DIR, chars: int = 240)
     return out
 
 
+def inverse_cloze(passage: str, words: int = 12) -> tuple[str, str]:
+    """A text-to-text retrieval pair from one passage, the inverse cloze task (Lee et al., 2019):
+    a window of `words` consecutive words is the query, the passage without it the document.
+    The window's place is a function of the passage, so a passage gives one pair (its teacher
+    features are cached like any slice's)."""
+    ws = passage.split()
+    if len(ws) < 2 * words:
+        half = max(1, len(ws) // 2)
+        return " ".join(ws[:half]), " ".join(ws[half:])
+    start = hash_int("cloze", passage) % (len(ws) - words + 1)
+    return " ".join(ws[start : start + words]), " ".join(ws[:start] + ws[start + words :])
+
+
 def fashion_catalog_doc(label: int) -> Sample:
     name = FASHION_CLASSES[label]
     return Sample([Slice.of_text(f"Catalog entry: {name}. This category shows {FASHION_DESCRIPTIONS[label]}.")],
@@ -219,6 +233,8 @@ class SyntheticPools:
         # the probability that a RAG example's gold document is ranked first (where the server's
         # retrieval puts it), else anywhere (TrainConfig.rag_gold_first)
         self.gold_first = 0.0
+        # the probability of a real-text hard negative on a knowledge pair (TrainConfig.knowledge_text_negatives)
+        self.text_negatives = 0.0
         self.fashion: tuple[np.ndarray, np.ndarray] | None = None
         if n_fashion and fashion_available():
             imgs, labels = load_fashion("train" if split == "train" else "test")
@@ -401,10 +417,20 @@ class SyntheticPools:
         if kind == "page":
             doc, scenes = rng.choice(self.pages)
             return PairExample(interleaved_query(scenes, rng), doc, "page")
+        if kind == "passage" and not self.licences:
+            self.substitutions["pair passage -> knowledge (no licence texts in /usr/share/common-licenses)"] += 1
+            kind = "knowledge"
         if kind == "knowledge":
             house = rng.choice(self.houses)
             _, q, _ = house.question(rng, pick_family(rng, self.families))
-            return PairExample(text(q), house.document(), "knowledge")
+            # real text as the hard negative: a collection holds more than banners, and a banner
+            # question must not land on a passage that shares its function words
+            negs = ([text(rng.choice(self.licences))] if self.text_negatives and self.licences
+                    and rng.random() < self.text_negatives else [])
+            return PairExample(text(q), house.document(), "knowledge", negs)
+        if kind == "passage":
+            q, d = inverse_cloze(rng.choice(self.licences))
+            return PairExample(text(q), text(d), "passage")
         if kind == "fashion":
             imgs, labels = self.fashion  # type: ignore[misc]
             i = rng.randrange(len(labels))

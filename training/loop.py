@@ -73,6 +73,7 @@ class Trainer:
             "train", c.seed, c.n_scenes, c.n_pages, c.n_houses, c.n_fashion, c.image_size)
         if isinstance(self.pools, SyntheticPools):
             self.pools.gold_first = c.rag_gold_first
+            self.pools.text_negatives = c.knowledge_text_negatives
             self.pools.families = c.phrasings
         self.model = build_model(c, self.pools.tokenizer_corpus())
         for mod in self.model.modules():  # heads and the tiny projector's batch norms
