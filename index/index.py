@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Sequence
@@ -52,7 +53,7 @@ from model.sample import Sample
 from model.search import LEXICAL_WEIGHT, SEARCH_MODES, SearchParams
 
 from .backends import Backend, Store, Vectors, open_backend
-from .store import IndexRefused, StoredDocument
+from .store import IndexRefused, StoredDocument, query_terms
 from .vectors import VectorSettings
 
 logger = logging.getLogger(__name__)
@@ -298,6 +299,10 @@ class DocumentIndex:
     def count(self) -> int:
         return self.store.count()
 
+    def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many documents' text holds each term (terms as `lexical_terms` makes them)."""
+        return self.store.document_frequencies(terms)
+
     # what ingestion asks (index.ingest), never reaching into the store itself
     def fids(self, version: str | None = None) -> set[int]:
         return self.store.fids(version)
@@ -529,6 +534,40 @@ def one_per_group(hits: list[Hit], key: str) -> list[Hit]:
             seen.add(group)
             out.append(h)
     return out
+
+
+def lexical_terms(text: str) -> list[str]:
+    """The distinct terms of `text` as the text index tokenises it, in order."""
+    from .pg import lexical_tokens
+
+    return list(dict.fromkeys(t for q in query_terms(text) for t in lexical_tokens(q)))
+
+
+def term_evidence(question: str, used: Sequence[str], indexes: Sequence[DocumentIndex]) -> float | None:
+    """How specifically the documents `used` (their text) answer to a question's words: the
+    BM25 idf of the rarest question term they hold, over the collections searched (`indexes`),
+    relative to that of a term only one document holds — 1.0 when they hold a word as rare as a
+    name, near 0 when they share only words most documents have. Terms no document holds are
+    left out (a phrasing's words outside the collection say nothing either way). Relative to the
+    collection's own rarest, it means the same in ten documents or ten million, which a BM25
+    score does not (the served abstention's evidence, `SugarConfig.abstain_evidence_threshold`).
+    None: the question has no terms."""
+    terms = lexical_terms(question)
+    if not terms:
+        return None
+    df = {t: 0 for t in terms}
+    n = 0
+    for index in indexes:
+        n += index.count()
+        for t, c in index.document_frequencies(terms).items():
+            df[t] += c
+    held = {t for text in used for t in lexical_terms(text)}
+
+    def idf(d: int) -> float:
+        return math.log((n - d + 0.5) / (d + 0.5) + 1.0)
+
+    best = max((idf(df[t]) for t in terms if df[t] and t in held), default=0.0)
+    return best / idf(1) if n else 0.0
 
 
 def merge_hits(ranked: list[list[Hit]], k: int, mode: str, weight: float) -> list[Hit]:

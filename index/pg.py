@@ -466,6 +466,14 @@ class PgStore(ThreadConnections):
                     cur.executemany("INSERT INTO postings (term, fid, tf) VALUES (%s, %s, %s)",
                                     [(t, fid, n) for t, n in Counter(tokens).items()])
 
+    def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many documents' text holds each term (the BM25 postings)."""
+        if not terms:
+            return {}
+        got = dict(self._read("SELECT term, count(*) FROM postings WHERE term = ANY(%s) GROUP BY term",
+                              (list(terms),)).fetchall())
+        return {t: int(got.get(t, 0)) for t in terms}
+
     def lexical(self, text: str, limit: int, version: str | None = None,
                 allowed: set[int] | None = None) -> list[tuple[int, float]]:
         """(fid, BM25) best first, as `DocumentStore.lexical` (the same formula, in SQL)."""

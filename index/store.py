@@ -447,6 +447,16 @@ class DocumentStore(ThreadConnections):
             c.execute("DELETE FROM docs_text")
             c.execute(_FILL_TEXT)
 
+    def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many documents' text holds each term (FTS5's own vocabulary: a temporary
+        fts5vocab table over the text index; terms as `lexical_tokens` makes them)."""
+        if not terms:
+            return {}
+        self.conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.docs_vocab USING fts5vocab(main, docs_text, row)")
+        marks = ",".join("?" * len(terms))
+        got = dict(self.conn.execute(f"SELECT term, doc FROM temp.docs_vocab WHERE term IN ({marks})", list(terms)))
+        return {t: int(got.get(t, 0)) for t in terms}
+
     def lexical(self, text: str, limit: int, version: str | None = None,
                 allowed: set[int] | None = None) -> list[tuple[int, float]]:
         """(fid, BM25 score) of the documents whose text matches any term of `text`, best

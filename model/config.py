@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     from .kernels import KernelSettings
 
 FORMAT_VERSION = 1
-# sugar_config.json keys earlier versions wrote and nothing reads (ignored when loading)
-RETIRED = frozenset({"backbone_family"})
+# sugar_config.json keys earlier versions wrote and nothing reads (ignored when loading):
+# `abstain_lexical_threshold` was a BM25 score, which means something else in every collection
+# (replaced by `abstain_evidence_threshold`, index.index.term_evidence)
+RETIRED = frozenset({"backbone_family", "abstain_lexical_threshold"})
 
 T = TypeVar("T")
 
@@ -88,12 +90,14 @@ class SugarConfig:
     prompts: PromptFormat = field(default_factory=PromptFormat)
     # abstention (issue #30): with retrieved documents, the answer is `model.prompts.ABSTAIN_ANSWER`
     # when the first answer token's margin for it (its log-probability minus the best other
-    # token's) is at least `abstain_threshold`, or when the retrieved documents' best BM25 score
-    # is below `abstain_lexical_threshold` (none of the question's telling words is in them;
-    # hybrid and lexical retrieval); calibrated together on the evaluation split (`sugar eval
-    # --calibrate`). None: no abstention of that kind. Generation only: not in the embedding version.
+    # token's) is at least `abstain_threshold`, or when the documents used hold none of the
+    # question's rarer words: index.index.term_evidence (the idf of the rarest question term they
+    # hold relative to a one-document term, 0..1) below `abstain_evidence_threshold` (hybrid and
+    # lexical retrieval); calibrated together on the evaluation split (`sugar eval --calibrate`).
+    # None: no abstention of that kind.
+    # Generation only: not in the embedding version.
     abstain_threshold: float | None = None
-    abstain_lexical_threshold: float | None = None
+    abstain_evidence_threshold: float | None = None
     # bookkeeping
     format_version: int = FORMAT_VERSION
     embedding_version: str = ""
@@ -123,7 +127,7 @@ class SugarConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("abstain_threshold", "abstain_lexical_threshold"):
+        for key in ("abstain_threshold", "abstain_evidence_threshold"):
             if out[key] is None:  # unset: a file older code reads too
                 del out[key]
         return out

@@ -71,8 +71,8 @@ class Abstain:
     decoding, the margin of the answer's first token `token` (its log-probability minus the
     best other token's); at or above `threshold` the answer is `text` (finish_reason
     "abstained"), below it the token is barred from the decoding, so the two never disagree.
-    `forced`: abstain without asking the model (the retrieval found none of the question's
-    words: SugarConfig.abstain_lexical_threshold); `threshold` None: no margin check."""
+    `forced`: abstain without asking the model (the documents hold none of the question's rarer
+    words: SugarConfig.abstain_evidence_threshold); `threshold` None: no margin check."""
 
     token: int
     threshold: float | None

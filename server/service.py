@@ -19,7 +19,7 @@ from typing import Any
 
 from index import DocumentIndex, DocumentVectors, Hit
 from index.collections import CollectionNotFound, CollectionRefused, Collections
-from index.index import merge_hits
+from index.index import merge_hits, term_evidence
 from index.ingest import (
     UPLOAD_PREFIX,
     Chunked,
@@ -144,7 +144,7 @@ class SugarService:
         self._ready_at = 0.0
         self._ready_error: str | None = "not checked yet"
         c = model.config
-        self.abstain = None if c.abstain_threshold is None and c.abstain_lexical_threshold is None else Abstain(
+        self.abstain = None if c.abstain_threshold is None and c.abstain_evidence_threshold is None else Abstain(
             abstain_token(model.backbone), c.abstain_threshold, ABSTAIN_ANSWER)
 
     @property
@@ -352,19 +352,26 @@ class SugarService:
         # decoding images and tokenising prompts is CPU work: off the event loop
         plan = await asyncio.to_thread(self._fit, history, query, hits, max_tokens, retrieval_ms)
         words_scored = (params.mode or self.settings.retrieval_mode) != "dense"
-        plan.abstain = self._abstention(query, plan, words_scored)
+        if self.abstain is not None:
+            plan.abstain = await asyncio.to_thread(self._abstention, query, plan, words_scored, params.collections)
         return plan
 
-    def _abstention(self, query: Sample, plan: RagPlan, words_scored: bool) -> Abstain | None:
+    def _abstention(self, query: Sample, plan: RagPlan, words_scored: bool,
+                    collections: Sequence[str]) -> Abstain | None:
         """The checkpoint's abstention for this plan: it needs documents to judge and a question
         whose answer cannot be in itself (text only); forced when the retrieval scored words and
-        the documents used hold none of the question's telling ones (their best BM25 below the
-        calibrated `abstain_lexical_threshold`)."""
+        the documents used hold none of the question's rarer words: their evidence
+        (index.index.term_evidence over the collections searched) below the calibrated
+        `abstain_evidence_threshold`."""
         if self.abstain is None or not plan.used or any(s.type != "text" for s in query.slices):
             return None
-        lex_t = self.model.config.abstain_lexical_threshold
-        top = max((h.lexical_score or 0.0) for h in plan.used)
-        return dataclasses.replace(self.abstain, forced=bool(words_scored and lex_t is not None and top < lex_t))
+        ev_t = self.model.config.abstain_evidence_threshold
+        if not words_scored or ev_t is None:
+            return self.abstain
+        used = [_words(h.document.slices) for h in plan.used if h.document is not None]
+        evidence = term_evidence(query.text(), used, [self.collection(name, "retrieval.collection")
+                                                      for name in collections])
+        return dataclasses.replace(self.abstain, forced=evidence is not None and evidence < ev_t)
 
     def _fit(self, history, query: Sample, hits: list[Hit], max_tokens: int, retrieval_ms: float) -> RagPlan:
         """The prompt with every retrieved document is tokenised once — the query and each

@@ -6,6 +6,7 @@ calibration against its reference; the margin against a hand computation."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 
@@ -21,13 +22,13 @@ from tests.server_fixtures import b64_image, seed_index, settings_for
 Q = {"slices": [{"type": "text", "text": "What colour is the banner of House H1?"}]}
 
 
-def _client(tiny_ckpt, tmp_path, threshold, lexical=None):
+def _client(tiny_ckpt, tmp_path, threshold, evidence=None):
     ck = tmp_path / "ck"
     shutil.copytree(tiny_ckpt, ck)
     cfg = json.loads((ck / "sugar_config.json").read_text())
     cfg["abstain_threshold"] = threshold
-    if lexical is not None:
-        cfg["abstain_lexical_threshold"] = lexical
+    if evidence is not None:
+        cfg["abstain_evidence_threshold"] = evidence
     (ck / "sugar_config.json").write_text(json.dumps(cfg))
     seed_index(tmp_path / "ix", ck, n=4)
     return TestClient(create_app(settings_for(ck, tmp_path / "ix", max_tokens_limit=16, default_max_tokens=6)))
@@ -96,23 +97,36 @@ def test_calibrated_threshold_abstains_on_at_most_the_target_share(target):
     assert sum(m >= min(lower, max(margins)) for m in margins) / len(margins) > target or t == float("-inf")
 
 
-def test_lexical_evidence_abstains_without_asking_the_model(tiny_ckpt, tmp_path, monkeypatch):
-    """`abstain_lexical_threshold`: with hybrid (or lexical) retrieval, documents whose best BM25
-    score is below it hold none of the question's telling words: abstained before decoding; a
-    dense retrieval scores no words, so the rule does not apply."""
+def test_word_evidence_abstains_without_asking_the_model(tiny_ckpt, tmp_path, monkeypatch):
+    """`abstain_evidence_threshold`: with hybrid (or lexical) retrieval, documents that hold none
+    of the question's rarer words (index.index.term_evidence below it) are abstained from before
+    decoding; a dense retrieval scores no words, so the rule does not apply. The four houses'
+    documents hold "h1" of the question about House H1 (one document: evidence 1.0); of the
+    question about House H9 only "the", "banner", "of" and "house", which all four hold (0.09)."""
     from server.engine import HFEngine
 
-    calls = []
+    forced = []
     real = HFEngine._run
-    monkeypatch.setattr(HFEngine, "_run", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
-    with _client(tiny_ckpt, tmp_path, None, lexical=1e9) as c:
+    sig = inspect.signature(real)
+
+    def run(self, *a, **kw):
+        forced.append(sig.bind(self, *a, **kw).arguments["abstain"].forced)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(HFEngine, "_run", run)
+    absent = {"slices": [{"type": "text", "text": "What colour is the banner of House H9?"}]}
+    with _client(tiny_ckpt, tmp_path, None, evidence=0.5) as c:
+        r = c.post("/generate", json={"query": absent}).json()
+        assert r["abstained"] is True and r["text"] == ABSTAIN_ANSWER and r["finish_reason"] == "abstained"
+        assert r["usage"]["completion_tokens"] == 0 and forced == [True]  # decided before decoding
         r = c.post("/generate", json={"query": Q}).json()
-        assert r["abstained"] is True and r["text"] == ABSTAIN_ANSWER
-        dense = c.post("/generate", json={"query": Q, "retrieval": {"mode": "dense"}}).json()
+        assert r["abstained"] is False and forced == [True, False]  # the name is there: the model answers
+        dense = c.post("/generate", json={"query": absent, "retrieval": {"mode": "dense"}}).json()
         assert dense["abstained"] is False
-        lexical = c.post("/generate", json={"query": Q, "retrieval": {"mode": "lexical"}}).json()
+        lexical = c.post("/generate", json={"query": absent, "retrieval": {"mode": "lexical"}}).json()
         assert lexical["abstained"] is True
-    assert calls  # the engine ran (the dense request decoded; a forced abstention returns at once)
+        chat = {"model": "sugar", "messages": [{"role": "user", "content": absent["slices"][0]["text"]}]}
+        assert c.post("/v1/chat/completions", json=chat).json()["abstained"] is True
 
 
 def test_calibrated_pair_of_thresholds_catches_what_either_signal_sees():
@@ -124,3 +138,17 @@ def test_calibrated_pair_of_thresholds_catches_what_either_signal_sees():
     lm_t, lex_t = calibrate_thresholds(inside, outside, target=0.02)
     assert sum(abstains(m, lex, lm_t, lex_t) for m, lex in inside) <= 4
     assert all(abstains(m, lex, lm_t, lex_t) for m, lex in outside)
+
+
+def test_the_evidence_threshold_lies_midway_in_the_gap_it_was_calibrated_on():
+    """Every answerable question's documents hold a one-document word (evidence 1.0), the
+    absent houses' only common words (0.2): the threshold falls midway (0.6), not at 1.0, where
+    a name that a second document also holds would abstain."""
+    from training.evaluate import abstains, calibrate_thresholds
+
+    inside = [(-5.0, 1.0)] * 100
+    outside = [(-5.0, 0.2)] * 40 + [(-5.0, 1.0)] * 10
+    lm_t, ev_t = calibrate_thresholds(inside, outside, target=0.03)
+    assert ev_t == pytest.approx(0.6)
+    assert not any(abstains(m, e, lm_t, ev_t) for m, e in inside)
+    assert sum(abstains(m, e, lm_t, ev_t) for m, e in outside) == 40

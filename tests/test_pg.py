@@ -486,3 +486,48 @@ def test_hybrid_top5_on_the_debian_manuals_matches_the_embedded_backend(pg, tiny
         same += a == b
     print(f"hybrid top-5 identical on {same} of {len(texts)} queries")
     assert same / len(texts) >= 0.95
+
+
+def test_term_evidence_is_the_rarest_held_terms_idf_relative_to_a_one_document_term(location):
+    """index.index.term_evidence against a hand computation: the document frequencies each
+    backend reports (SQLite's FTS5 vocabulary, PostgreSQL's postings) equal a count over the
+    documents' words, and the evidence is BM25's idf of the rarest question term the documents
+    hold (terms no document holds left out) over that of a term one document holds."""
+    import math
+
+    import numpy as np
+
+    from index import DocumentIndex, DocumentVectors
+    from index.index import lexical_terms, term_evidence
+    from model.sample import Sample
+
+    texts = ["The banner of House Vyd: blue", "The banner of House Rax: red", "Apache License, Version 2.0",
+             "the warranty of the licence", "Café Ünïcode banner"]
+    index = DocumentIndex(location, dim=4, embedding_version="v")
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((len(texts), 4)).astype(np.float32)
+    index.add([(Sample.build([t], id=f"d{i}"), DocumentVectors(vecs[i : i + 1], vecs[i])) for i, t in enumerate(texts)])
+    words = [set(lexical_terms(t)) for t in texts]
+    question = "What colour is the banner of House Vyd? cafe"
+    terms = lexical_terms(question)
+    assert terms == ["what", "colour", "is", "the", "banner", "of", "house", "vyd", "cafe"]
+    df = {t: sum(t in w for w in words) for t in terms}
+    assert index.document_frequencies(terms) == df
+
+    def by_hand(used: list[str], copies: int = 1) -> float:
+        n = copies * len(texts)
+
+        def idf(d: int) -> float:
+            return math.log((n - d + 0.5) / (d + 0.5) + 1)
+
+        held = {t for u in used for t in lexical_terms(u)}
+        return max((idf(copies * df[t]) for t in terms if df[t] and t in held), default=0.0) / idf(1)
+
+    assert term_evidence(question, [texts[0]], [index]) == pytest.approx(by_hand([texts[0]]), rel=1e-12) == 1.0
+    rax = term_evidence(question, [texts[1]], [index])  # another house: only words two documents hold
+    assert rax == pytest.approx(by_hand([texts[1]]), rel=1e-12) and 0 < rax < 0.7
+    assert term_evidence(question, [texts[4]], [index]) == pytest.approx(1.0)  # "cafe" = "Café", one document
+    assert term_evidence(question, [], [index]) == 0.0 and term_evidence("?!", [texts[0]], [index]) is None
+    # two collections searched together: their counts add up
+    assert term_evidence(question, [texts[1]], [index, index]) == pytest.approx(by_hand([texts[1]], 2), rel=1e-12)
+    index.close()

@@ -174,22 +174,30 @@ def calibrate_threshold(in_world: list[float], target: float = CALIBRATION_FALSE
     return float(xs[allowed] + 1e-6) if allowed < len(xs) else float("-inf")
 
 
-def abstains(margin: float, lexical: float, threshold: float | None, lexical_threshold: float | None) -> bool:
+def abstains(margin: float, evidence: float, threshold: float | None, evidence_threshold: float | None) -> bool:
     """The server's rule (server/service.py): the model's margin for the abstention answer at
-    or above `threshold`, or the retrieved documents' best BM25 score below
-    `lexical_threshold` (none of the question's telling words is in them)."""
+    or above `threshold`, or the documents' evidence for the question's words
+    (index.index.term_evidence) below `evidence_threshold`."""
     return (threshold is not None and margin >= threshold) or (
-        lexical_threshold is not None and lexical < lexical_threshold)
+        evidence_threshold is not None and evidence < evidence_threshold)
 
 
 def calibrate_thresholds(inside: list[tuple[float, float]], outside: list[tuple[float, float]],
                          target: float = CALIBRATION_FALSE_ABSTENTION) -> tuple[float, float | None]:
-    """(margin threshold, lexical threshold): over a grid of lexical thresholds (none, and the
-    answerable questions' low BM25 quantiles), the margin threshold that keeps the false
+    """(margin threshold, evidence threshold): over a grid of evidence thresholds (none, and
+    the answerable questions' low evidence quantiles), the margin threshold that keeps the false
     abstentions within `target`; the pair that abstains on the most `outside` questions."""
     best: tuple[float, float, float | None] = (-1.0, float("inf"), None)
     lex_inside = sorted(lex for _, lex in inside)
-    grid: list[float | None] = [None] + sorted({lex_inside[int(q * (len(lex_inside) - 1))]
+    every = sorted({lex for _, lex in inside + outside})
+
+    def in_the_gap(q: float) -> float:
+        """Midway between `q` and the next lower value seen: the same decisions here, and the
+        widest margin on both sides for the questions it has not seen."""
+        below = [v for v in every if v < q]
+        return (q + below[-1]) / 2 if below else q
+
+    grid: list[float | None] = [None] + sorted({in_the_gap(lex_inside[int(q * (len(lex_inside) - 1))])
                                                 for q in (0.0, 0.005, 0.01, 0.02, 0.03)})
     for lex_t in grid:
         kept = [m for m, lex in inside if lex_t is None or lex >= lex_t]  # not already abstained
@@ -435,11 +443,13 @@ class Evaluator:
 
     def _world_evidence(self, items: dict[str, list]) -> dict[str, list[tuple[list[Sample], float, float]]]:
         """Per item, as the server serves it: the hybrid top-k of an index of the split's houses
-        and the held-out licence passages, the top hit's BM25 score (0: no word matched) and the
-        abstention margin of the first answer token with those documents."""
+        and the held-out licence passages, their evidence for the question's words (the server's
+        `index.index.term_evidence`; 0 without any text) and the abstention margin of the first
+        answer token with those documents."""
         import tempfile
 
         from index.embedding import document_vectors, open_for_model
+        from index.index import term_evidence
         from index.ingest import SourcePlan, write
 
         model, c = self.model, self.cfg
@@ -459,8 +469,8 @@ class Evaluator:
                 found = []
                 for i, (_, q, _) in enumerate(rows):
                     hits = index.search(document_vectors(qe, i), SearchParams(k=c.rag_k, mode="hybrid"), q.text())
-                    found.append(([by_id[h.id] for h in hits], max((h.lexical_score or 0.0) for h in hits)
-                                  if hits else 0.0))
+                    ctx = [by_id[h.id] for h in hits]
+                    found.append((ctx, term_evidence(q.text(), [d.text() for d in ctx], [index]) or 0.0))
                 prompts = [generation_prompt(q, fmt, ctx) for (_, q, _), (ctx, _) in zip(rows, found, strict=True)]
                 margins = _margins(model, prompts, c.batch_size)
                 out[group] = [(ctx, lex, m) for (ctx, lex), m in zip(found, margins, strict=True)]
@@ -469,16 +479,16 @@ class Evaluator:
 
     def world(self, thresholds: tuple[float | None, float | None] | None = None) -> dict:
         """Attributes, phrasing families (RAG and VQA) and abstention through hybrid retrieval,
-        decided as the server decides (`thresholds`: (margin, lexical); default: the checkpoint's
-        `abstain_threshold`, `abstain_lexical_threshold`; none: the model's own greedy answer)."""
+        decided as the server decides (`thresholds`: (margin, evidence); default: the checkpoint's
+        `abstain_threshold`, `abstain_evidence_threshold`; none: the model's own greedy answer)."""
         model, c = self.model, self.cfg
         fmt = model.config.prompts
-        lm_t, lex_t = thresholds or (model.config.abstain_threshold, model.config.abstain_lexical_threshold)
+        lm_t, lex_t = thresholds or (model.config.abstain_threshold, model.config.abstain_evidence_threshold)
         half = len(self.pools.houses) // 2
         items = self.world_items(self.pools.houses[half:], self._absent_houses()[half:])
         evidence = self._world_evidence(items)
         barred = {} if lm_t is None else {"bad_words_ids": [[abstain_token(model.backbone)]]}
-        out: dict = {"abstain_threshold": lm_t, "abstain_lexical_threshold": lex_t}
+        out: dict = {"abstain_threshold": lm_t, "abstain_evidence_threshold": lex_t}
         decided: dict[str, list[tuple[str, bool, bool]]] = {}  # group -> (key, right, abstained)
         for group, rows in items.items():
             ev = evidence[group]
@@ -551,7 +561,7 @@ class Evaluator:
         def rate(rows):
             return float(np.mean([abstains(m, lex, lm_t, lex_t) for m, lex in rows]))
 
-        return {"threshold": lm_t, "lexical_threshold": lex_t, "houses": half,
+        return {"threshold": lm_t, "evidence_threshold": lex_t, "houses": half,
                 "calibration_false_abstention": rate(inside), "calibration_abstention_outside": rate(outside)}
 
     # ----------------------------------------------------------- image tokens
@@ -647,7 +657,7 @@ SUMMARY_KEYS = [
     *[f"world.vqa_families.{f}" for f in (*FAMILIES, "trained", "held_out")],
     "world.abstention.absent_house", "world.abstention.unknown_question", "world.abstention.licence_text",
     "world.abstention.outside", "world.abstention.false_abstention", "world.abstain_threshold",
-    "world.abstain_lexical_threshold",
+    "world.abstain_evidence_threshold",
 ]
 
 
@@ -763,7 +773,7 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path | None = None, cfg: Eva
         with torch.no_grad():
             calibration = Evaluator(model, cfg, "heldout").calibrate_abstention()
         model.config.abstain_threshold = calibration["threshold"]
-        model.config.abstain_lexical_threshold = calibration["lexical_threshold"]
+        model.config.abstain_evidence_threshold = calibration["evidence_threshold"]
         from model.sugar import CONFIG_FILE
 
         model.config.save(Path(checkpoint) / CONFIG_FILE)
