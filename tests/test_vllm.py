@@ -97,7 +97,9 @@ def stack(venv, ckpt, tmp_path_factory):
     seed_index(tmp / "ix", ckpt, n=6)
     vllm = VLLMServer(venv, ckpt, free_port(), tmp / "vllm.log")
     startup = vllm.start()
-    common = dict(ready_cache_s=0, vllm_timeout_s=10, gen_timeout_s=60)
+    # the server's default read timeout: the first calls of each kind (the abstention's log-probabilities,
+    # a barred token) warm vLLM's CPU sampler up for seconds; an outage is refused at connect, at once
+    common = dict(ready_cache_s=0, vllm_timeout_s=60, gen_timeout_s=60)
     v_app = create_app(settings_for(ckpt, tmp / "ix", engine="vllm", vllm_url=f"http://127.0.0.1:{vllm.port}",
                                     vllm_max_model_len=MAX_LEN, **common))
     h_app = create_app(settings_for(ckpt, tmp / "ix", **common))
@@ -152,9 +154,13 @@ def test_outage_turns_ready_red_and_503_then_recovers(stack):
     assert r.status_code == 503 and "vLLM" in r.json()["checks"]["error"]
     t = time.time()
     r = httpx.post(stack["v"] + "/generate", timeout=60,
-                   json={"query": {"slices": [{"type": "text", "text": "hi"}]}, "max_tokens": 4})
+                   json={"query": {"slices": [{"type": "text", "text": QUESTIONS[0]}]}, "max_tokens": 4})
     assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable"
     assert time.time() - t < 15, "an outage must not hang the request"
+    # a question the documents hold no trace of is abstained from without asking the engine
+    r = httpx.post(stack["v"] + "/generate", timeout=60,
+                   json={"query": {"slices": [{"type": "text", "text": "hi"}]}, "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["finish_reason"] == "abstained"
     assert httpx.get(stack["v"] + "/health").status_code == 200
     vllm.start()
     assert httpx.get(stack["v"] + "/ready", timeout=30).status_code == 200
