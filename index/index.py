@@ -53,7 +53,8 @@ from model.sample import Sample
 from model.search import LEXICAL_WEIGHT, SEARCH_MODES, SearchParams
 
 from .backends import Backend, Store, Vectors, open_backend
-from .store import IndexRefused, StoredDocument, query_terms
+from .pg import lexical_terms
+from .store import IndexRefused, StoredDocument
 from .vectors import VectorSettings
 
 logger = logging.getLogger(__name__)
@@ -534,13 +535,6 @@ def one_per_group(hits: list[Hit], key: str) -> list[Hit]:
             seen.add(group)
             out.append(h)
     return out
-
-
-def lexical_terms(text: str) -> list[str]:
-    """The distinct terms of `text` as the text index tokenises it, in order."""
-    from .pg import lexical_tokens
-
-    return list(dict.fromkeys(t for q in query_terms(text) for t in lexical_tokens(q)))
 
 
 def term_evidence(question: str, used: Sequence[str], indexes: Sequence[DocumentIndex]) -> float | None:

@@ -126,6 +126,11 @@ def lexical_tokens(text: str) -> list[str]:
     return _TOKEN.findall(folded)
 
 
+def lexical_terms(text: str) -> list[str]:
+    """The distinct terms of a lexical query as the text index tokenises them, in order."""
+    return list(dict.fromkeys(t for q in query_terms(text) for t in lexical_tokens(q)))
+
+
 def vector_literal(v: np.ndarray) -> str:
     """pgvector's text form, "[0.5, -1.25, …]" (Python's list repr: each float32 as the double
     it is, exactly; pgvector skips the spaces)."""
@@ -477,7 +482,7 @@ class PgStore(ThreadConnections):
     def lexical(self, text: str, limit: int, version: str | None = None,
                 allowed: set[int] | None = None) -> list[tuple[int, float]]:
         """(fid, BM25) best first, as `DocumentStore.lexical` (the same formula, in SQL)."""
-        terms = list(dict.fromkeys(t for q in query_terms(text) for t in lexical_tokens(q)))
+        terms = lexical_terms(text)
         if not terms or limit <= 0:
             return []
         rows = self._read(BM25 + ("" if allowed is not None else " LIMIT %(limit)s"),
