@@ -290,3 +290,15 @@ PRESETS["shipped_world_tune"] = {**PRESETS["shipped_world"], "steps": 1500, "lr"
                                  "knowledge_text_negatives": 0.5,
                                  "pair_kinds": {"caption": 0.45, "knowledge": 0.3, "page": 0.1, "fashion": 0.1,
                                                 "passage": 0.05}}
+
+
+# the claims on the recipe that ships (issue #30, goal 5; docs/EXPERIMENTS.md §12.5): `claims_staged`'s
+# budget and pools (500 generative steps, then 300 joint ones, one thread) with the shipped
+# checkpoint's final data — the `shipped_world` generative mix (six banner attributes, the trained
+# phrasing families, abstention examples, RAG with the gold document first 90 % of the time and
+# nearest the question) and the `shipped_world_tune` pairs (knowledge pairs at 0.3 with a real-text
+# hard negative half of the time, inverse-cloze passages)
+PRESETS["claims_world"] = {**PRESETS["claims_staged"], "context_order": "best_last", "rag_gold_first": 0.9,
+                           "gen_kinds": PRESETS["shipped_world"]["gen_kinds"],
+                           "knowledge_text_negatives": PRESETS["shipped_world_tune"]["knowledge_text_negatives"],
+                           "pair_kinds": PRESETS["shipped_world_tune"]["pair_kinds"]}

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", default="tiny", help="shipped (the recipe of the checkpoint in the package; then "
                    "shipped_rag, shipped_houses, shipped_world and shipped_world_tune, each with --set init=DIR, "
                    "continue it), tiny "
-                   "(300 steps, the default), claims, claims_staged or smoke (training/config.py)")
+                   "(300 steps, the default), claims, claims_staged, claims_world or smoke (training/config.py)")
     p.add_argument("--config", type=Path, help="a JSON recipe (training/recipes/); overrides the preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (JSON value), repeatable")
