@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from abc import ABC
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,10 +110,26 @@ class CachedTeacher(Teacher):
         if self.file is None or not self.cache:
             return
         self.file.parent.mkdir(parents=True, exist_ok=True)
+        # processes may share the cache (`sugar eval --ablations --seed-start` in two shells):
+        # keep what another one wrote since, and write through a file of this writer's own, so
+        # that two flushes at once never take each other's temporary file
+        if self.file.is_file():
+            try:
+                data = torch.load(self.file, weights_only=True)
+            except (OSError, RuntimeError, EOFError) as e:  # unreadable: this flush rewrites it
+                logger.warning("teacher cache %s unreadable (%s): rewritten", self.file, e)
+            else:
+                for k, v in zip(data["keys"], data["vectors"], strict=True):
+                    self.cache.setdefault(k, v)
         keys = list(self.cache)
-        tmp = self.file.with_suffix(".tmp")
-        torch.save({"keys": keys, "vectors": torch.stack([self.cache[k] for k in keys])}, tmp)
-        os.replace(tmp, self.file)
+        fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=self.file.stem + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"keys": keys, "vectors": torch.stack([self.cache[k] for k in keys])}, f)
+            os.replace(tmp, self.file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 # ------------------------------------------------------------------ offline

@@ -46,6 +46,39 @@ def test_cache_computes_each_distinct_slice_once_and_persists(tmp_path):
     assert again.inner.calls == 0
 
 
+def test_two_processes_flushing_one_cache_at_once_both_land(tmp_path, monkeypatch):
+    """Two trainings sharing a teacher cache (ablation seeds in two shells) flush at the same
+    moment: the second flush runs between the first's write and its rename. Both must succeed
+    (a shared temporary name made the first rename fail: FileNotFoundError), and a flush keeps
+    the features another writer put in the file since (the last of two simultaneous writers
+    wins, and its next flush brings the other's back)."""
+    import os
+
+    from model import teachers
+
+    first, second = CachedTeacher(CountingTeacher(), tmp_path), CachedTeacher(CountingTeacher(), tmp_path)
+    a = first.encode_slices([Slice.of_text("ab")])
+    b = second.encode_slices([Slice.of_text("abcd")])
+    real_replace, calls = os.replace, []
+
+    def interleaved(src, dst):
+        calls.append(src)
+        if len(calls) == 1:  # the first writer is between its write and its rename
+            second.flush()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(teachers.os, "replace", interleaved)
+    first.flush()
+    assert len(calls) == 2 and calls[0] != calls[1]
+    monkeypatch.setattr(teachers.os, "replace", real_replace)
+    assert not list(tmp_path.glob("*.tmp"))
+    second.flush()  # reads the first's features back in before writing
+    again = CachedTeacher(CountingTeacher(), tmp_path)
+    torch.testing.assert_close(again.encode_slices([Slice.of_text("ab"), Slice.of_text("abcd")]),
+                               torch.cat([a, b]))
+    assert again.inner.calls == 0
+
+
 def test_unsupported_modality_is_zero():
     t = CountingTeacher()
     out = t.encode_slices([Slice.of_text("x"), Slice.of_image(make_image(0))])
