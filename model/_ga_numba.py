@@ -82,6 +82,12 @@ def available() -> bool:
     return numba is not None
 
 
+def set_threads(n: int) -> None:
+    """numba's threads for the calling thread (at most its configured pool, NUMBA_NUM_THREADS)."""
+    if numba is not None:
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 def ga_log_kernel_fused(
     g: np.ndarray,
     x2: np.ndarray,

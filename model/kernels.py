@@ -45,6 +45,15 @@ _LINEAR_FLOOR = {torch.float32: -70.0, torch.float64: -600.0, torch.bfloat16: -7
 _CHUNK_CELLS = 1 << 24  # cells of q per chunk of pairs (64 MiB in float32)
 
 
+def set_threads(n: int) -> None:
+    """Use `n` CPU threads for torch and for the fused numba forward. Both run on the same
+    OpenMP runtime, and numba's first parallel launch sets the calling thread's OpenMP team size
+    to its own count (all cores): with torch alone set, a one-thread training ran two threads
+    from its first joint step on (measured: `omp_get_max_threads()` 1 -> 2)."""
+    torch.set_num_threads(n)
+    _ga_numba.set_threads(n)
+
+
 def local_log_kernel(d2: torch.Tensor, sigma: float) -> torch.Tensor:
     """Cuturi's local log-kernel from squared distances (any shape)."""
     z = d2 / (2.0 * sigma * sigma)

@@ -92,6 +92,7 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
 
     from index import IndexRefused
     from index.collections import Collections
+    from model.kernels import set_threads
     from model.sugar import SugarModel
 
     from .embedder import make_embedder
@@ -102,7 +103,7 @@ def load_service(settings: Settings, metrics: Metrics, batching: bool = True) ->
     location = settings.index_url or settings.index
     assert settings.checkpoint is not None and location is not None
     if settings.threads:
-        torch.set_num_threads(settings.threads)
+        set_threads(settings.threads)
     device = resolve_device(settings)
     model = SugarModel.from_pretrained(settings.checkpoint, device=device, dtype=getattr(torch, settings.dtype))
     logger.info("model on %s (%s): embedding and in-process generation run there", device, settings.dtype)

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.heads import GlobalBatchNorm
+from model.kernels import set_threads
 
 from .build import build_model, build_teachers, merge_lora, teacher_minimal_pair_accuracy
 from .collate import encode_step
@@ -46,7 +47,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.cache_dir = Path(cache_dir) if cache_dir else self.out / "teacher-cache"
         if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+            set_threads(self.cfg.threads)
         self.accel = Accelerator(
             cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=self.cfg.grad_accum,

@@ -136,15 +136,9 @@ def _embed_throughput(quick: bool) -> dict:
 
 
 def run(*, quick: bool = False, threads: int = 2) -> dict:
-    import torch
+    from model.kernels import set_threads
 
-    torch.set_num_threads(threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
+    set_threads(threads)
     grid = QUICK_GRID if quick else FULL_GRID
     repeat = 2 if quick else 3
     budget = 0.5 if quick else 4.0
