@@ -47,7 +47,8 @@ class Settings(BaseSettings):
                                 description="the vLLM pooling server (embed_engine vllm)")
     vllm_embed_model: str | None = Field(default=None,
                                          description="the pooling server's model name (default: its first)")
-    threads: int = Field(default=0, description="torch intra-op threads (0: torch's default)")
+    threads: int = Field(default=0,
+                         description="CPU threads of torch and of the GA kernel's numba forward (0: their defaults)")
     device: str = Field(default="auto", description=(
         "where embedding and in-process generation run: auto (CUDA when present), cpu, cuda or cuda:N; cuda "
         "without a GPU is refused at start-up, never a silent fallback"))

@@ -50,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     bf16: bool = False
-    threads: int = 0  # torch intra-op threads; 0: leave torch's default
+    threads: int = 0  # CPU threads of torch and numba (model.kernels.set_threads); 0: their defaults
     # Sugar losses (docs/METHOD.md §6)
     ablation: str = "joint"
     lam: float = 1.0  # λ, weight of the discriminative loss
