@@ -82,10 +82,17 @@ def available() -> bool:
     return numba is not None
 
 
+_threads: int | None = None  # set_threads' count, for every thread that launches the forward
+
+
 def set_threads(n: int) -> None:
-    """numba's threads for the calling thread (at most its configured pool, NUMBA_NUM_THREADS)."""
+    """numba's threads (at most its configured pool, NUMBA_NUM_THREADS). numba keeps the count
+    per thread, so the calling thread takes it now and any other (a server's executor threads)
+    at its first launch of the forward."""
+    global _threads
     if numba is not None:
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        _threads = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(_threads)
 
 
 def ga_log_kernel_fused(
@@ -102,6 +109,8 @@ def ga_log_kernel_fused(
     n, By = y2.shape
     out = np.empty((Bx, By), dtype=np.float64)
     mode = 0 if gamma == 1.0 else (2 if gamma == 0.0 else 1)
+    if _threads is not None and numba.get_num_threads() != _threads:
+        numba.set_num_threads(_threads)
     inv_gamma = 1.0 / gamma if gamma > 0 else 1.0
     _ga_rows(
         g, x2, y2, xl.astype(np.int64), yl.astype(np.int64), Bx, By, m, n,

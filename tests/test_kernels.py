@@ -211,8 +211,9 @@ def test_pad_sequences():
 def test_set_threads_holds_after_the_fused_forward_runs():
     """numba and torch share one OpenMP runtime: numba's first parallel launch set torch's team
     to numba's count (all cores), so `threads: 1` training ran two threads from its first joint
-    step on. `set_threads` sets both; checked in a fresh interpreter (a parallel torch op, the
-    fused forward, then torch's count) with a numba pool of two."""
+    step on. `set_threads` sets both, for the calling thread and for any other that launches the
+    forward (a server's executor threads); checked in a fresh interpreter (a parallel torch op,
+    the fused forward, then torch's count) with a numba pool of two."""
     import os
     import subprocess
     import sys
@@ -220,20 +221,23 @@ def test_set_threads_holds_after_the_fused_forward_runs():
 
     root = Path(__file__).resolve().parents[1]
     script = (
-        "import numpy as np, torch\n"
+        "import threading, numba, numpy as np, torch\n"
         "from model import _ga_numba\n"
         "from model.kernels import set_threads\n"
         "set_threads(1)\n"
-        "a = torch.randn(256, 256); (a @ a).sum()\n"
-        "g = np.random.default_rng(0).random((6, 6))\n"
-        "_ga_numba.ga_log_kernel_fused(g, np.ones((3, 2)), np.ones((3, 2)), np.full(2, 3), np.full(2, 3), 1.0, 1.0)\n"
-        "(a @ a).sum()\n"
-        "import numba\n"
-        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+        "def run():\n"
+        "    a = torch.randn(256, 256); (a @ a).sum()\n"
+        "    g = np.random.default_rng(0).random((6, 6))\n"
+        "    o, n = np.ones((3, 2)), np.full(2, 3)\n"
+        "    _ga_numba.ga_log_kernel_fused(g, o, o, n, n, 1.0, 1.0)\n"
+        "    (a @ a).sum()\n"
+        "    print(torch.get_num_threads(), numba.get_num_threads())\n"
+        "run()\n"
+        "t = threading.Thread(target=run); t.start(); t.join()  # a thread that never set its count\n"
     )
     env = {**os.environ, "NUMBA_NUM_THREADS": "2", "PYTHONPATH": str(root)}
     env.pop("OMP_NUM_THREADS", None)
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["1", "1"]
+    assert out.stdout.split() == ["1", "1", "1", "1"]  # the setting thread, then another one
