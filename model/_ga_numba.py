@@ -87,8 +87,9 @@ _threads: int | None = None  # set_threads' count, for every thread that launche
 
 def set_threads(n: int) -> None:
     """numba's threads (at most its configured pool, NUMBA_NUM_THREADS). numba keeps the count
-    per thread, so the calling thread takes it now and any other (a server's executor threads)
-    at its first launch of the forward."""
+    per thread, so every thread that launches the forward takes it there (a server's executor
+    threads too); set here as well, which starts numba's pool now, before torch's first parallel
+    op (started later, at the first launch, it left the calling thread's torch on all cores)."""
     global _threads
     if numba is not None:
         _threads = max(1, min(n, numba.config.NUMBA_NUM_THREADS))

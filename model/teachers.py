@@ -81,11 +81,13 @@ class CachedTeacher(Teacher):
         self.role, self.name, self.dim = teacher.role, teacher.name, teacher.dim
         self.cache: dict[str, torch.Tensor] = {}
         self.file = None
+        self._stamp: tuple[int, int] | None = None  # the file as this writer last read or wrote it
         self.hits = self.misses = 0
         if cache_dir is not None:
             tag = hashlib.sha256(teacher.name.encode()).hexdigest()[:12]
             self.file = Path(cache_dir) / f"teacher-{teacher.role}-{tag}.pt"
             if self.file.is_file():
+                self._stamp = _stamp(self.file)
                 data = torch.load(self.file, weights_only=True)
                 self.cache = dict(zip(data["keys"], data["vectors"], strict=True))
                 logger.info("teacher %s: %d cached features from %s", self.name, len(self.cache), self.file)
@@ -113,7 +115,9 @@ class CachedTeacher(Teacher):
         # processes may share the cache (`sugar eval --ablations --seed-start` in two shells):
         # keep what another one wrote since, and write through a file of this writer's own, so
         # that two flushes at once never take each other's temporary file
-        if self.file.is_file():
+        # (read back only when the file changed since this writer last read or wrote it: an
+        # image cache is 150 MB, and a training flushes at every checkpoint)
+        if self.file.is_file() and _stamp(self.file) != self._stamp:
             try:
                 data = torch.load(self.file, weights_only=True)
             except (OSError, RuntimeError, EOFError) as e:  # unreadable: this flush rewrites it
@@ -124,12 +128,19 @@ class CachedTeacher(Teacher):
         keys = list(self.cache)
         fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=self.file.stem + ".", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)  # as a plain open would leave it (mkstemp's is 0600)
             with os.fdopen(fd, "wb") as f:
                 torch.save({"keys": keys, "vectors": torch.stack([self.cache[k] for k in keys])}, f)
             os.replace(tmp, self.file)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._stamp = _stamp(self.file)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
 
 
 # ------------------------------------------------------------------ offline

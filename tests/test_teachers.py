@@ -79,6 +79,26 @@ def test_two_processes_flushing_one_cache_at_once_both_land(tmp_path, monkeypatc
     assert again.inner.calls == 0
 
 
+def test_a_flush_reads_the_file_back_only_when_another_writer_changed_it(tmp_path, monkeypatch):
+    from model import teachers
+
+    t = CachedTeacher(CountingTeacher(), tmp_path)
+    t.encode_slices([Slice.of_text("ab")])
+    t.flush()
+    loads = []
+    real_load = teachers.torch.load
+    monkeypatch.setattr(teachers.torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    t.encode_slices([Slice.of_text("abc")])
+    t.flush()
+    assert loads == []  # nobody else wrote: no read
+    other = CachedTeacher(CountingTeacher(), tmp_path)  # reads the file (1)
+    other.encode_slices([Slice.of_text("abcd")])
+    other.flush()
+    t.flush()  # the file changed under it: read back (2)
+    assert len(loads) == 2
+    assert (t.file.stat().st_mode & 0o777) == 0o644
+
+
 def test_unsupported_modality_is_zero():
     t = CountingTeacher()
     out = t.encode_slices([Slice.of_text("x"), Slice.of_image(make_image(0))])
