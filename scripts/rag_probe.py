@@ -19,7 +19,14 @@ family (`family:<family>`, a random attribute; training/phrasing.py), and absten
 share answered "not in the documents" where the documents cannot answer (`abstain:absent` —
 the house is not among them —, `abstain:unknown` — a held-out question about what banners do
 not show —, `abstain:text` — held-out licence passages, Apache-2.0 and GPL-3) and where they
-can (`false_abstain`, over the attribute and family items). `--linear-readout` first reports
+can (`false_abstain`, over the attribute and family items); `mixed` asks a house ranked first
+with two held-out licence passages after it (an index holding uploads beside the houses), and
+`mixed_abstain` is how often that answerable question is answered "not in the documents". The
+server decides by a margin threshold, not the greedy token: `served:` applies the checkpoint's
+(or `--abstain-threshold`), `cal:` the threshold fitted in-sample to abstain on 3 % of the
+answerable items (`cal:threshold`), as `sugar eval --calibrate` fits it on the evaluation split.
+`--unknown-questions wide` and `--text-distractors` are TrainConfig.unknown_questions and
+rag_text_distractors; `--families` may name the training-only `filler`. `--linear-readout` first reports
 what a linear classifier reads from the frozen image tokens of the training scenes' banners
 (`readout:<attribute>` on the built-in houses): is the attribute in the tokens at all?
 """
@@ -37,10 +44,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.kernels import set_threads  # noqa: E402
 from model.sample import Sample, Slice  # noqa: E402
-from model.sugar import SugarModel  # noqa: E402
+from model.sugar import SugarModel, abstain_margin  # noqa: E402
 from training.collate import encode_gen  # noqa: E402
 from training.data import GenExample, SyntheticPools, builtin_houses, licence_passages  # noqa: E402
+from training.evaluate import calibrate_threshold  # noqa: E402
 from training.losses import GenerativeLoss  # noqa: E402
 from training.phrasing import ABSTAIN, FAMILIES, TEXT_HELD_OUT, unknown_question  # noqa: E402
 from training.schedule import warmup_cosine  # noqa: E402
@@ -80,6 +89,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train the vision tower and projector too (default: frozen, as in the staged recipe)")
     p.add_argument("--vision-lr-scale", type=float, default=1.0,
                    help="with --train-vision: the vision side's learning rate as a multiple of --lr")
+    p.add_argument("--unknown-questions", choices=["base", "wide"], default="base",
+                   help="the abstention examples' unanswerable questions (TrainConfig.unknown_questions)")
+    p.add_argument("--text-distractors", type=float, default=0.0,
+                   help="RAG examples with real-text distractors (TrainConfig.rag_text_distractors)")
+    p.add_argument("--abstain-threshold", type=float, default=None,
+                   help="also report the served rule (`served:<key>`: abstained when the first answer token's "
+                        "margin for the abstention is at least this; default: the checkpoint's abstain_threshold)")
     p.add_argument("--save", default="", help="save the continued model here (SugarModel.save_pretrained)")
     return p.parse_args(argv)
 
@@ -125,6 +141,10 @@ def world_set(n: int, seed: int) -> list[tuple[str, GenExample]]:
         for family in FAMILIES:
             _, question, answer = h.question(rng, family)
             out.append((f"family:{family}", GenExample(q(question), answer, "rag", documents=among(h))))
+        if texts:  # the asked house ranked first, real text after it (an index with uploads beside the houses)
+            _, question, answer = h.question(rng, "canonical")
+            out.append(("mixed", GenExample(q(question), answer, "rag",
+                                            documents=[h.document(), *[q(t) for t in rng.sample(texts, 2)]])))
         absent = [o.document() for o in rng.sample([o for o in every if o is not h], 3)]
         out.append(("abstain:absent", GenExample(q(h.question(rng)[1]), ABSTAIN, "abstain", documents=absent)))
         out.append(("abstain:unknown", GenExample(q(unknown_question(h.name, True, rng)), ABSTAIN, "abstain",
@@ -135,14 +155,23 @@ def world_set(n: int, seed: int) -> list[tuple[str, GenExample]]:
     return out
 
 
-def accuracy(model: SugarModel, items: list[tuple[str, GenExample]]) -> dict[str, float]:
+def accuracy(model: SugarModel, items: list[tuple[str, GenExample]],
+             threshold: float | None = None) -> dict[str, float]:
     """Teacher-forced first answer token right, per key; `false_abstain`: the share of the
-    answerable items (attr:, family:) whose first token is the abstention's."""
+    answerable items (attr:, family:) whose first token is the abstention's. Then the server's
+    rule (server/engine.py Abstain: abstained where the first token's log-probability margin for
+    the abstention over the best other token is at least a threshold) twice: `served:` at
+    `threshold` (the checkpoint's, or --abstain-threshold), and `cal:` at the threshold that
+    abstains on CALIBRATION_FALSE_ABSTENTION of these answerable items (`cal:threshold`; as
+    `sugar eval --calibrate` fits it, here in-sample) — how well the margin separates the two."""
     vlm = model.vlm
     was = vlm.training
     vlm.eval()
     hits: dict[str, list[bool]] = {}
-    abstain_first = None
+    margins: list[tuple[str, float]] = []  # (key or "answerable", margin) of the items the rule decides
+    # the abstention's first answer token, known before the first answerable item is scored
+    _, probe_labels = encode_gen(model, [GenExample(Sample([Slice.of_text("?")]), ABSTAIN, "abstain")])
+    abstain_first = int(probe_labels[0, int((probe_labels[0] != -100).nonzero()[0])])
     with torch.no_grad():
         for i in range(0, len(items), 32):
             chunk = items[i : i + 32]
@@ -152,14 +181,24 @@ def accuracy(model: SugarModel, items: list[tuple[str, GenExample]]) -> dict[str
                 pos = int((labels[j] != -100).nonzero()[0])
                 pred = int(logits[j, pos - 1].argmax())
                 hits.setdefault(key, []).append(pred == int(labels[j, pos]))
-                if ex.answer == ABSTAIN:
-                    abstain_first = int(labels[j, pos])
-                elif key.startswith(("attr:", "family:")):
-                    hits.setdefault("false_abstain", []).append(pred == abstain_first)
+                answerable = key.startswith(("attr:", "family:", "mixed"))
+                if answerable:
+                    hits.setdefault("mixed_abstain" if key == "mixed" else "false_abstain", []).append(
+                        pred == abstain_first)
+                if answerable or ex.answer == ABSTAIN:
+                    margins.append(("answerable" if answerable else key,
+                                    float(abstain_margin(logits[j, pos - 1 : pos].float(), abstain_first)[0])))
     vlm.train(was)
     out = {k: round(sum(v) / len(v), 3) for k, v in hits.items()}
-    if "false_abstain" in out and abstain_first is None:
-        del out["false_abstain"]
+    cal = calibrate_threshold([m for k, m in margins if k == "answerable"])
+    for prefix, t in (("served", threshold), ("cal", cal)):
+        if t is None:
+            continue
+        by: dict[str, list[bool]] = {}
+        for k, m in margins:
+            by.setdefault("false_abstain" if k == "answerable" else k, []).append(m >= t)
+        out.update({f"{prefix}:{k}": round(sum(v) / len(v), 3) for k, v in by.items()})
+    out["cal:threshold"] = round(cal, 2)
     return out
 
 
@@ -195,7 +234,7 @@ def linear_readout(model: SugarModel, houses: int, seed: int, steps: int = 300) 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     a = parse(argv)
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     torch.manual_seed(a.seed)
     model = SugarModel.from_pretrained(a.init)
     if a.context_order:
@@ -203,13 +242,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     items = (world_set if a.suite == "world" else lambda n, s: eval_set(n, s, a.question))(a.eval_houses, a.seed + 99)
     if a.linear_readout:
         print(linear_readout(model, a.houses, a.seed), flush=True)
-    rows = [{"step": 0, **accuracy(model, items)}]
+    thr = a.abstain_threshold if a.abstain_threshold is not None else model.config.abstain_threshold
+    rows = [{"step": 0, **accuracy(model, items, thr)}]
     print(rows[-1], flush=True)
     if not a.steps:
         return rows
     kinds = json.loads(a.kinds)
     pools = SyntheticPools("train", a.seed, 1500, 0, a.houses)
     pools.gold_first = a.gold_first
+    pools.unknown_questions = a.unknown_questions
+    pools.text_distractors = a.text_distractors
     if a.families:
         pools.families = tuple(json.loads(a.families))
     rng = random.Random(a.seed + 1)
@@ -234,7 +276,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         opt.step()
         sched.step()
         if (step + 1) % a.every == 0 or step + 1 == a.steps:
-            rows.append({"step": step + 1, "loss": round(loss.item(), 3), **accuracy(model, items),
+            rows.append({"step": step + 1, "loss": round(loss.item(), 3), **accuracy(model, items, thr),
                          "elapsed_s": round(time.time() - t0, 1)})
             print(rows[-1], flush=True)
     if a.save:

@@ -90,3 +90,21 @@ def test_probe_trains_the_vision_side_only_when_asked(tiny_ckpt, tmp_path):
         load("rag_probe").main(common + flag + ["--save", str(out)])
         after = list(vision_parameters(SugarModel.from_pretrained(out).backbone))
         assert any(not torch.equal(a.float(), b.float()) for a, b in zip(before, after, strict=True)) is moved
+
+
+def test_world_suite_reports_attributes_mixed_contexts_and_the_served_rule(tiny_ckpt):
+    from training.phrasing import FAMILIES
+
+    row = load("rag_probe").main(["--init", str(tiny_ckpt), "--suite", "world", "--eval-houses", "2",
+                                  "--threads", "1", "--abstain-threshold", "0.5"])[0]
+    keys = {*(f"attr:{a}" for a in ("color", "shape", "size", "count", "position", "texture")),
+            *(f"family:{f}" for f in FAMILIES), "mixed", "mixed_abstain", "false_abstain",
+            "abstain:absent", "abstain:unknown", "abstain:text"}
+    assert keys <= set(row)
+    decided = ("false_abstain", "abstain:absent", "abstain:unknown", "abstain:text")
+    for prefix in ("served", "cal"):
+        assert {f"{prefix}:{k}" for k in decided} <= set(row)
+    # 2 houses x (6 attributes + 8 families + 1 mixed) = 30 answerable items: a 3 % budget allows none
+    # at or above the fitted threshold
+    assert row["cal:false_abstain"] == 0.0 and isinstance(row["cal:threshold"], float)
+    assert all(0.0 <= v <= 1.0 for k, v in row.items() if k not in ("step", "cal:threshold"))

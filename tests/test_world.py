@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from training.data import SyntheticPools
 from training.world import (
     ATTRIBUTES,
@@ -229,6 +231,79 @@ def test_abstention_examples_cannot_be_answered_from_their_documents():
     trained = licence_passages(held_out=False)
     assert held_out and trained and not set(held_out) & set(trained)
     assert any("Apache License" in t for t in held_out) and not any("Apache License, Version 2.0" in t for t in trained)
+
+
+def test_wide_unknown_questions_are_drawn_only_when_asked_and_never_the_held_out_ones():
+    from training.config import TrainConfig
+    from training.phrasing import UNKNOWN_HELD_OUT, UNKNOWN_TRAINED, UNKNOWN_WIDE
+
+    def unknown_questions(mode: str) -> list[str]:
+        pools = SyntheticPools("train", 0, 10, 2, 12)
+        pools.unknown_questions = mode
+        rng = random.Random(0)
+        out = []
+        for _ in range(400):
+            ex = pools.gen_example(rng, {"abstain": 1.0})
+            q = ex.query.slices[0].text
+            if ex.kind == "abstain-unknown":
+                out.append((q, next(h.name for h in pools.houses if f"house {h.name.lower()}" in q.lower())))
+        return out
+
+    base = unknown_questions("base")
+    assert {q for q, _ in base} <= {t.format(n=n) for t in UNKNOWN_TRAINED for _, n in base}
+    wide = unknown_questions("wide")
+    templates = {t for q, n in wide for t in UNKNOWN_WIDE if t.format(n=n).lower() == q.lower()}
+    assert len(templates) >= 15  # far more than the four, and in the trained surface families
+    assert any(q == q.lower() for q, _ in wide) and any(q == q.upper() for q, _ in wide)
+    assert not set(UNKNOWN_WIDE) & set(UNKNOWN_HELD_OUT)
+    assert not any(w in t.lower().split() for t in UNKNOWN_WIDE for w in ("old", "lord", "age"))
+    assert TrainConfig().unknown_questions == "base"
+    with pytest.raises(ValueError, match="unknown_questions must be base or wide, got 'many'"):
+        TrainConfig(unknown_questions="many")
+
+
+def test_rag_examples_take_real_text_distractors_and_still_answer_the_banner():
+    from training.config import TrainConfig
+    from training.data import licence_passages
+
+    held_out = set(licence_passages(held_out=True))
+    for share in (0.0, 1.0):
+        pools = SyntheticPools("train", 0, 10, 2, 12)
+        pools.text_distractors = share
+        rng = random.Random(0)
+        with_text = 0
+        for _ in range(40):
+            ex = pools.rag_example(rng, 3)
+            houses = [d.metadata.get("house") for d in ex.documents if d.metadata]
+            texts = [d.text() for d in ex.documents if not d.metadata]
+            asked = next(h for h in pools.houses if f"house {h.name.lower()}" in ex.query.slices[0].text.lower())
+            assert len(ex.documents) == 3 and asked.name in houses and ex.answer != "not in the documents"
+            assert len(texts) <= 2
+            assert not set(texts) & held_out  # never the evaluation's licences
+            with_text += bool(texts)
+        assert with_text == (40 if share else 0)
+    with pytest.raises(ValueError, match="rag_text_distractors must be a probability"):
+        TrainConfig(rag_text_distractors=1.5)
+
+
+def test_the_filler_family_is_trained_only_and_shares_no_words_with_extra():
+    from training.config import TrainConfig
+    from training.phrasing import _EXTRA, _FILLER, FAMILIES, TRAIN_ONLY, banner_question, vqa_question
+
+    assert "filler" in TRAIN_ONLY and "filler" not in FAMILIES  # never in the evaluation's table
+    extra_words = {w.strip(":!?.,").lower() for pre, post in _EXTRA for w in (pre + post).split()}
+    filler_words = {w.strip(":!?.,").lower() for pre, post in _FILLER for w in (pre + post).split()}
+    assert not extra_words & filler_words
+    rng = random.Random(0)
+    for _ in range(30):
+        q = banner_question("color", "Vyd", "filler", rng)
+        assert "House Vyd" in q or "house Vyd" in q
+        assert any(q.startswith(pre) and q.endswith(post) for pre, post in _FILLER), q
+        v = vqa_question("size", False, "filler", rng)
+        assert any(v.startswith(pre) and v.endswith(post) for pre, post in _FILLER), v
+    assert TrainConfig(phrasings=["canonical", "filler"]).phrasings == ("canonical", "filler")
+    with pytest.raises(ValueError, match="phrasings must be a non-empty list"):
+        TrainConfig(phrasings=["chatter"])
 
 
 def test_knowledge_pairs_take_real_text_negatives_and_passage_pairs_are_inverse_cloze():

@@ -27,7 +27,7 @@ from PIL import Image
 from model.jsonl import Document, GenerativeRecord, PairRecord, RagRecord, read_jsonl
 from model.sample import Sample, Slice
 
-from .phrasing import ABSTAIN, TEXT_TRAINED, TRAINED, pick_family, unknown_question
+from .phrasing import ABSTAIN, TEXT_TRAINED, TRAINED, pick_family, unknown_question, wide_unknown_question
 from .world import (
     ATTRIBUTES,
     BLOB,
@@ -235,6 +235,12 @@ class SyntheticPools:
         self.gold_first = 0.0
         # the probability of a real-text hard negative on a knowledge pair (TrainConfig.knowledge_text_negatives)
         self.text_negatives = 0.0
+        # the abstention examples' unanswerable questions: "base" (training/phrasing.py's
+        # UNKNOWN_TRAINED) or "wide" (UNKNOWN_WIDE, with trained surface families; TrainConfig.unknown_questions)
+        self.unknown_questions = "base"
+        # the probability that a RAG example's distractors include real-text passages (Debian's
+        # licences but the evaluation's; TrainConfig.rag_text_distractors); 0 draws nothing
+        self.text_distractors = 0.0
         self.fashion: tuple[np.ndarray, np.ndarray] | None = None
         if n_fashion and fashion_available():
             imgs, labels = load_fashion("train" if split == "train" else "test")
@@ -358,6 +364,11 @@ class SyntheticPools:
         distractors = rng.sample([h for h in self.houses if h is not house], k - 1)
         pos = (0 if rng.random() < self.gold_first else rng.randrange(k)) if position is None else position
         ctx = [h.document() for h in distractors]
+        if self.text_distractors and k > 1 and self.licences and rng.random() < self.text_distractors:
+            # real text among the documents, as an index holding uploads beside the houses retrieves it
+            n = rng.randint(1, k - 1)
+            ctx[:n] = [text(t) for t in rng.sample(self.licences, n)]
+            rng.shuffle(ctx)
         ctx.insert(pos, house.document())
         _, q, a = house.question(rng, pick_family(rng, self.families))
         return GenExample(text(q), a, "rag", documents=ctx)
@@ -379,8 +390,9 @@ class SyntheticPools:
         if r < 0.6:
             ctx = [h.document() for h in others[: k - 1]]
             ctx.insert(0 if rng.random() < self.gold_first else rng.randrange(k), house.document())
-            return GenExample(text(unknown_question(house.name, False, rng)), ABSTAIN, "abstain-unknown",
-                              documents=ctx)
+            q = (wide_unknown_question(house.name, rng, self.families) if self.unknown_questions == "wide"
+                 else unknown_question(house.name, False, rng))
+            return GenExample(text(q), ABSTAIN, "abstain-unknown", documents=ctx)
         _, q, _ = house.question(rng, pick_family(rng, self.families))
         return GenExample(text(q), ABSTAIN, "abstain-absent", documents=[h.document() for h in others])
 

@@ -76,6 +76,8 @@ class Trainer:
             self.pools.gold_first = c.rag_gold_first
             self.pools.text_negatives = c.knowledge_text_negatives
             self.pools.families = c.phrasings
+            self.pools.unknown_questions = c.unknown_questions
+            self.pools.text_distractors = c.rag_text_distractors
         self.model = build_model(c, self.pools.tokenizer_corpus())
         for mod in self.model.modules():  # heads and the tiny projector's batch norms
             if isinstance(mod, GlobalBatchNorm):

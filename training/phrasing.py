@@ -14,10 +14,13 @@ Every question here is built from a *family* of phrasings:
 | `request` | a request, not a question | Tell me the colour of the banner of House Vyd. |
 | `punctuation` | the question mark dropped or doubled | What colour is the banner of House Vyd |
 | `extra` | extra words around it | Quick question: what colour is the banner of House Vyd, please? |
+| `filler` | other words around it (training only) | Hey, what colour is the banner of House Vyd? Be brief. |
 
 `TRAINED` families appear in training; `HELD_OUT` ones only in the evaluation (`sugar eval`
 prints accuracy by family), so a held-out score near the trained one says the model reads
-the question, not its surface.
+the question, not its surface. `TRAIN_ONLY` families are drawn in training when a recipe
+names them (TrainConfig.phrasings) and never evaluated: `filler` puts words around a question as
+`extra` does, from a disjoint set, so that `extra` stays a held-out test of words never trained.
 
 `ABSTAIN` is the one answer for a question the documents cannot answer: the asked house is
 not among them, they do not show the asked thing (a motto, a founder), or they are not of
@@ -34,6 +37,7 @@ from model.prompts import ABSTAIN_ANSWER
 FAMILIES = ("canonical", "order", "synonym", "case", "spelling", "request", "punctuation", "extra")
 TRAINED = ("canonical", "order", "synonym", "case", "spelling", "request")
 HELD_OUT = ("punctuation", "extra")
+TRAIN_ONLY = ("filler",)
 
 ABSTAIN = ABSTAIN_ANSWER
 
@@ -134,11 +138,27 @@ VQA: dict[str, dict[str, tuple[str, ...]]] = {
 
 _EXTRA = (("Quick question: ", ""), ("", " Thanks!"), ("I would like to know: ", ""), ("Please: ", ""),
           ("", " Answer in one word."))
+# the `filler` family's words (training only): none of `_EXTRA`'s
+_FILLER = (("Hey, ", ""), ("Hello! ", ""), ("Can you tell me: ", ""), ("Another thing: ", ""), ("", " Thank you."),
+           ("", " Be brief."), ("", " Just curious."), ("", " Cheers."))
 
 # questions whose answer no banner document holds (trained / held out of training)
 UNKNOWN_TRAINED = ("What is the motto of House {n}?", "Who founded House {n}?", "Where is the castle of House {n}?",
                    "Which animal is on the banner of House {n}?")
 UNKNOWN_HELD_OUT = ("How old is House {n}?", "What is the name of the lord of House {n}?")
+# TrainConfig.unknown_questions "wide": the trained four and more of the kind — about the house
+# (people, lands, trade, customs) and about what a banner does not show (words, flowers, who made
+# it) —, none about the held-out ones' age or lord
+UNKNOWN_WIDE = UNKNOWN_TRAINED + (
+    "What are the words of House {n}?", "How many knights serve House {n}?", "Who is the heir of House {n}?",
+    "Which river flows through the lands of House {n}?", "What is the seat of House {n} called?",
+    "Which house is allied with House {n}?", "What does House {n} trade in?", "Who is the enemy of House {n}?",
+    "Which god does House {n} pray to?", "What food is House {n} known for?",
+    "How many people live in the lands of House {n}?", "What language is spoken by House {n}?",
+    "When is the feast day of House {n}?", "Which region does House {n} hold?",
+    "What word is written on the banner of House {n}?", "Which flower is on the banner of House {n}?",
+    "Who sewed the banner of House {n}?", "Where does the banner of House {n} hang?",
+    "How much gold does House {n} have?", "Which ships does House {n} sail?")
 
 # questions about real text (licences) whose answers the world's model cannot read
 TEXT_TRAINED = ("What does this license say about warranty?", "Who holds the copyright?",
@@ -155,8 +175,8 @@ def _family_text(text: str, family: str, rng: random.Random) -> str:
     if family == "punctuation":
         base = text.rstrip("?.!")
         return base + rng.choice(("", " ?", "??", "?!", " .", "..."))
-    if family == "extra":
-        pre, post = rng.choice(_EXTRA)
+    if family in ("extra", "filler"):
+        pre, post = rng.choice(_EXTRA if family == "extra" else _FILLER)
         base = text[0].lower() + text[1:] if pre else text
         return pre + base + post
     return text
@@ -168,7 +188,7 @@ def _pick(options: tuple[str, ...], rng: random.Random) -> str:
 
 def _templates(table: dict[str, tuple[str, ...]], family: str) -> tuple[str, ...]:
     # case, punctuation and extra words change the surface of a canonical or synonym phrasing
-    if family in ("case", "punctuation", "extra"):
+    if family in ("case", "punctuation", "extra", "filler"):
         return table["canonical"] + table.get("synonym", ())
     return table.get(family) or table["canonical"]
 
@@ -188,6 +208,12 @@ def vqa_question(attribute: str, plural: bool, family: str, rng: random.Random) 
 
 def unknown_question(name: str, held_out: bool, rng: random.Random) -> str:
     return rng.choice(UNKNOWN_HELD_OUT if held_out else UNKNOWN_TRAINED).format(n=name)
+
+
+def wide_unknown_question(name: str, rng: random.Random, families: tuple[str, ...] = TRAINED) -> str:
+    """A training question the documents cannot answer, from `UNKNOWN_WIDE`, with the surface
+    change of a trained family (the lower case the served questions come in)."""
+    return _family_text(rng.choice(UNKNOWN_WIDE).format(n=name), pick_family(rng, families), rng)
 
 
 def pick_family(rng: random.Random, families: tuple[str, ...] = TRAINED) -> str:
