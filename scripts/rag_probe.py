@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.kernels import set_threads  # noqa: E402
 from model.sample import Sample, Slice  # noqa: E402
-from model.sugar import SugarModel, abstain_margin  # noqa: E402
+from model.sugar import SugarModel, abstain_margin, abstain_token  # noqa: E402
 from training.collate import encode_gen  # noqa: E402
 from training.data import GenExample, SyntheticPools, builtin_houses, licence_passages  # noqa: E402
 from training.evaluate import calibrate_threshold  # noqa: E402
@@ -169,9 +169,7 @@ def accuracy(model: SugarModel, items: list[tuple[str, GenExample]],
     vlm.eval()
     hits: dict[str, list[bool]] = {}
     margins: list[tuple[str, float]] = []  # (key or "answerable", margin) of the items the rule decides
-    # the abstention's first answer token, known before the first answerable item is scored
-    _, probe_labels = encode_gen(model, [GenExample(Sample([Slice.of_text("?")]), ABSTAIN, "abstain")])
-    abstain_first = int(probe_labels[0, int((probe_labels[0] != -100).nonzero()[0])])
+    abstain_first = abstain_token(model.backbone)  # the server's and the evaluation's token
     with torch.no_grad():
         for i in range(0, len(items), 32):
             chunk = items[i : i + 32]

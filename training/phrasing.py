@@ -141,6 +141,10 @@ _EXTRA = (("Quick question: ", ""), ("", " Thanks!"), ("I would like to know: ",
 # the `filler` family's words (training only): none of `_EXTRA`'s
 _FILLER = (("Hey, ", ""), ("Hello! ", ""), ("Can you tell me: ", ""), ("Another thing: ", ""), ("", " Thank you."),
            ("", " Be brief."), ("", " Just curious."), ("", " Cheers."))
+# families that put words around a question, and their (before, after) words
+_AROUND = {"extra": _EXTRA, "filler": _FILLER}
+# families that change a canonical or synonym phrasing's surface, not its words
+_SURFACE = ("case", "punctuation", *_AROUND)
 
 # questions whose answer no banner document holds (trained / held out of training)
 UNKNOWN_TRAINED = ("What is the motto of House {n}?", "Who founded House {n}?", "Where is the castle of House {n}?",
@@ -175,8 +179,8 @@ def _family_text(text: str, family: str, rng: random.Random) -> str:
     if family == "punctuation":
         base = text.rstrip("?.!")
         return base + rng.choice(("", " ?", "??", "?!", " .", "..."))
-    if family in ("extra", "filler"):
-        pre, post = rng.choice(_EXTRA if family == "extra" else _FILLER)
+    if family in _AROUND:
+        pre, post = rng.choice(_AROUND[family])
         base = text[0].lower() + text[1:] if pre else text
         return pre + base + post
     return text
@@ -188,7 +192,7 @@ def _pick(options: tuple[str, ...], rng: random.Random) -> str:
 
 def _templates(table: dict[str, tuple[str, ...]], family: str) -> tuple[str, ...]:
     # case, punctuation and extra words change the surface of a canonical or synonym phrasing
-    if family in ("case", "punctuation", "extra", "filler"):
+    if family in _SURFACE:
         return table["canonical"] + table.get("synonym", ())
     return table.get(family) or table["canonical"]
 
