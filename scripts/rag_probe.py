@@ -89,7 +89,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train the vision tower and projector too (default: frozen, as in the staged recipe)")
     p.add_argument("--vision-lr-scale", type=float, default=1.0,
                    help="with --train-vision: the vision side's learning rate as a multiple of --lr")
-    p.add_argument("--unknown-questions", choices=["base", "wide"], default="base",
+    p.add_argument("--unknown-questions", choices=["base", "wide", "swapped", "words"], default="base",
                    help="the abstention examples' unanswerable questions (TrainConfig.unknown_questions)")
     p.add_argument("--text-distractors", type=float, default=0.0,
                    help="RAG examples with real-text distractors (TrainConfig.rag_text_distractors)")

@@ -233,9 +233,9 @@ def test_abstention_examples_cannot_be_answered_from_their_documents():
     assert any("Apache License" in t for t in held_out) and not any("Apache License, Version 2.0" in t for t in trained)
 
 
-def test_wide_unknown_questions_are_drawn_only_when_asked_and_never_the_held_out_ones():
+def test_wide_and_swapped_unknown_questions_are_drawn_only_when_asked_and_never_the_held_out_ones():
     from training.config import TrainConfig
-    from training.phrasing import UNKNOWN_HELD_OUT, UNKNOWN_TRAINED, UNKNOWN_WIDE
+    from training.phrasing import BANNER, NOT_SHOWN, UNKNOWN_HELD_OUT, UNKNOWN_TRAINED, UNKNOWN_WIDE
 
     def unknown_questions(mode: str) -> list[str]:
         pools = SyntheticPools("train", 0, 10, 2, 12)
@@ -257,8 +257,19 @@ def test_wide_unknown_questions_are_drawn_only_when_asked_and_never_the_held_out
     assert any(q == q.lower() for q, _ in wide) and any(q == q.upper() for q, _ in wide)
     assert not set(UNKNOWN_WIDE) & set(UNKNOWN_HELD_OUT)
     assert not any(w in t.lower().split() for t in UNKNOWN_WIDE for w in ("old", "lord", "age"))
+    # swapped: half the trained four, half a banner question with the banner swapped for a thing
+    # the document does not show (one noun apart from an answerable question)
+    swapped = unknown_questions("swapped")
+    four = [q for q, n in swapped if q in {t.format(n=n) for t in UNKNOWN_TRAINED}]
+    banner_forms = {t.format(n=n).replace("banner", thing).lower(): thing for _, n in swapped
+                    for fams in BANNER.values() for ts in fams.values() for t in ts for thing in NOT_SHOWN}
+    others = [q for q, _ in swapped if q not in four]
+    assert 0.35 < len(four) / len(swapped) < 0.65
+    assert all("banner" not in q.lower() for q in others)
+    hits = [banner_forms.get(q.lower()) for q in others]  # the trained families change case, not words
+    assert None not in hits and len(set(hits)) >= 8 and any(q == q.lower() for q in others)
     assert TrainConfig().unknown_questions == "base"
-    with pytest.raises(ValueError, match="unknown_questions must be base or wide, got 'many'"):
+    with pytest.raises(ValueError, match="unknown_questions must be base, wide, swapped or words, got 'many'"):
         TrainConfig(unknown_questions="many")
 
 

@@ -103,8 +103,11 @@ class TrainConfig:
     # else one of these); the evaluation also asks the held-out ones
     phrasings: tuple[str, ...] = TRAINED
     # the abstention examples' unanswerable questions about a present house: "base" (four
-    # questions) or "wide" (training/phrasing.py's UNKNOWN_WIDE, in the trained surface families);
-    # "base" keeps the earlier recipes' data streams
+    # questions), "wide" (training/phrasing.py's UNKNOWN_WIDE, in the trained surface families) or
+    # "swapped" (half the four, half banner questions about a thing the documents do not show:
+    # phrasing.swapped_unknown_question) or "words" (half the four, half questions about any word of
+    # the training licences that is not the world's: phrasing.word_unknown_question); "base" keeps
+    # the earlier recipes' data streams
     unknown_questions: str = "base"
     gen_kinds: dict[str, float] = field(
         default_factory=lambda: {"caption": 0.15, "vqa": 0.55, "rag": 0.2, "fashion": 0.1})
@@ -154,8 +157,8 @@ class TrainConfig:
         unknown = sorted(set(self.phrasings) - set(FAMILIES + TRAIN_ONLY))
         if unknown or not self.phrasings:
             raise ValueError(f"phrasings must be a non-empty list of {FAMILIES + TRAIN_ONLY}, got unknown {unknown}")
-        if self.unknown_questions not in ("base", "wide"):
-            raise ValueError(f"unknown_questions must be base or wide, got {self.unknown_questions!r}")
+        if self.unknown_questions not in ("base", "wide", "swapped", "words"):
+            raise ValueError(f"unknown_questions must be base, wide, swapped or words, got {self.unknown_questions!r}")
         if self.vision_lr_scale < 0:
             raise ValueError("vision_lr_scale must be >= 0")
         if self.ablation not in ABLATIONS:

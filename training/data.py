@@ -27,7 +27,17 @@ from PIL import Image
 from model.jsonl import Document, GenerativeRecord, PairRecord, RagRecord, read_jsonl
 from model.sample import Sample, Slice
 
-from .phrasing import ABSTAIN, TEXT_TRAINED, TRAINED, pick_family, unknown_question, wide_unknown_question
+from .phrasing import (
+    ABSTAIN,
+    TEXT_TRAINED,
+    TRAINED,
+    askable_words,
+    pick_family,
+    swapped_unknown_question,
+    unknown_question,
+    wide_unknown_question,
+    word_unknown_question,
+)
 from .world import (
     ATTRIBUTES,
     BLOB,
@@ -226,6 +236,7 @@ class SyntheticPools:
         # question phrasings drawn for training (training/phrasing.py; TrainConfig.phrasings)
         self.families: tuple[str, ...] = TRAINED
         self._licences: list[str] | None = None  # real-text passages (abstention), read when first asked
+        self._askable: tuple[str, ...] | None = None
         self._images: dict[tuple, Image.Image] = {}
         # examples of one kind drawn as another (Fashion-MNIST absent): counted, reported in
         # training.json (`data_report`) and logged by the trainer
@@ -236,7 +247,8 @@ class SyntheticPools:
         # the probability of a real-text hard negative on a knowledge pair (TrainConfig.knowledge_text_negatives)
         self.text_negatives = 0.0
         # the abstention examples' unanswerable questions: "base" (training/phrasing.py's
-        # UNKNOWN_TRAINED) or "wide" (UNKNOWN_WIDE, with trained surface families; TrainConfig.unknown_questions)
+        # UNKNOWN_TRAINED), "wide" (UNKNOWN_WIDE), "swapped" or "words" (phrasing.swapped_unknown_question,
+        # word_unknown_question; TrainConfig.unknown_questions)
         self.unknown_questions = "base"
         # the probability that a RAG example's distractors include real-text passages (Debian's
         # licences but the evaluation's; TrainConfig.rag_text_distractors); 0 draws nothing
@@ -390,8 +402,14 @@ class SyntheticPools:
         if r < 0.6:
             ctx = [h.document() for h in others[: k - 1]]
             ctx.insert(0 if rng.random() < self.gold_first else rng.randrange(k), house.document())
-            q = (wide_unknown_question(house.name, rng, self.families) if self.unknown_questions == "wide"
-                 else unknown_question(house.name, False, rng))
+            if self.unknown_questions == "wide":
+                q = wide_unknown_question(house.name, rng, self.families)
+            elif self.unknown_questions == "swapped":
+                q = swapped_unknown_question(house.name, rng, self.families)
+            elif self.unknown_questions == "words":
+                q = word_unknown_question(house.name, rng, self.askable, self.families)
+            else:
+                q = unknown_question(house.name, False, rng)
             return GenExample(text(q), ABSTAIN, "abstain-unknown", documents=ctx)
         _, q, _ = house.question(rng, pick_family(rng, self.families))
         return GenExample(text(q), ABSTAIN, "abstain-absent", documents=[h.document() for h in others])
@@ -401,6 +419,13 @@ class SyntheticPools:
         if self._licences is None:
             self._licences = licence_passages(held_out=False)
         return self._licences
+
+    @property
+    def askable(self) -> tuple[str, ...]:
+        """The words of the training licences a "words" unanswerable question asks about."""
+        if self._askable is None:
+            self._askable = askable_words(self.licences)
+        return self._askable
 
     def binding_example(self, rng: random.Random, k: int) -> GenExample:
         """The RAG task with the banners told in words: k houses' documents as text (\"The

@@ -31,6 +31,7 @@ and a held-out set.
 from __future__ import annotations
 
 import random
+import re
 
 from model.prompts import ABSTAIN_ANSWER
 
@@ -163,6 +164,16 @@ UNKNOWN_WIDE = UNKNOWN_TRAINED + (
     "What word is written on the banner of House {n}?", "Which flower is on the banner of House {n}?",
     "Who sewed the banner of House {n}?", "Where does the banner of House {n} hang?",
     "How much gold does House {n} have?", "Which ships does House {n} sail?")
+# TrainConfig.unknown_questions "swapped": the things a house has that its document does not show
+# (the document is its banner); a banner question about one of them is the answerable
+# question's minimal pair, one noun apart
+NOT_SHOWN = ("castle", "shield", "cloak", "ship", "sword", "gate", "tower", "helmet", "hall", "horse")
+# TrainConfig.unknown_questions "words": the asked thing is any word of real text (`askable_words`
+# of the training licences, about 1,500), in the banner questions' place of the banner or in one
+# of these forms in the place of the attribute — so that only the world's own words are answered
+_WORD_FORMS = ("What {w} is the banner of House {n}?", "What {w} is on the banner of House {n}?",
+               "What is the {w} of House {n}?", "Which {w} does House {n} have?", "Tell me the {w} of House {n}.",
+               "What is the {w} of the banner of House {n}?", "House {n}'s {w}: what is it?")
 
 # questions about real text (licences) whose answers the world's model cannot read
 TEXT_TRAINED = ("What does this license say about warranty?", "Who holds the copyright?",
@@ -197,9 +208,10 @@ def _templates(table: dict[str, tuple[str, ...]], family: str) -> tuple[str, ...
     return table.get(family) or table["canonical"]
 
 
-def banner_question(attribute: str, name: str, family: str, rng: random.Random) -> str:
-    """A question about the banner of House `name`, phrased in `family`."""
-    text = _pick(_templates(BANNER[attribute], family), rng).format(n=name)
+def banner_question(attribute: str, name: str, family: str, rng: random.Random, thing: str = "banner") -> str:
+    """A question about the banner (or, asked with another `thing`, about that) of House `name`,
+    phrased in `family`."""
+    text = _pick(_templates(BANNER[attribute], family), rng).format(n=name).replace("banner", thing)
     return _family_text(text, family, rng)
 
 
@@ -218,6 +230,49 @@ def wide_unknown_question(name: str, rng: random.Random, families: tuple[str, ..
     """A training question the documents cannot answer, from `UNKNOWN_WIDE`, with the surface
     change of a trained family (the lower case the served questions come in)."""
     return _family_text(rng.choice(UNKNOWN_WIDE).format(n=name), pick_family(rng, families), rng)
+
+
+def swapped_unknown_question(name: str, rng: random.Random, families: tuple[str, ...] = TRAINED) -> str:
+    """A training question the documents cannot answer: half the time one of `UNKNOWN_TRAINED`,
+    else a banner question (any attribute, a trained family) about a thing of `NOT_SHOWN` instead
+    of the banner — "What colour is the castle of House Vyd?" —, so that what is asked about, not
+    the question's form, decides between the answer and "not in the documents"."""
+    if rng.random() < 0.5:
+        return unknown_question(name, False, rng)
+    attribute = rng.choice(tuple(BANNER))
+    return banner_question(attribute, name, pick_family(rng, families), rng, rng.choice(NOT_SHOWN))
+
+
+def world_words() -> frozenset[str]:
+    """Every word the world's answerable questions and answers use (the templates, the attribute
+    values), and the words of the held-out unanswerable questions (kept held out)."""
+    from .world import COLORS, COUNT_WORDS, POSITIONS, SHAPES, SIZES, TEXTURES
+
+    texts = [t for table in (BANNER, VQA) for fams in table.values() for ts in fams.values() for t in ts]
+    texts += [*UNKNOWN_HELD_OUT, *SHAPES, *COLORS, *SIZES, *POSITIONS, *TEXTURES, *COUNT_WORDS.values()]
+    texts += ["colour color shapes age banners house houses"]
+    return frozenset(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
+
+
+def askable_words(texts: list[str]) -> tuple[str, ...]:
+    """The words (3 to 10 letters) of `texts` that are none of `world_words`: things a question
+    can ask about that no document of the world shows."""
+    known = world_words()
+    return tuple(sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())
+                         if 3 <= len(w) <= 10 and w not in known}))
+
+
+def word_unknown_question(name: str, rng: random.Random, words: tuple[str, ...],
+                          families: tuple[str, ...] = TRAINED) -> str:
+    """A training question the documents cannot answer: half the time one of `UNKNOWN_TRAINED`,
+    else a question about a word of `words` — a banner question with it in the banner's place, or
+    one of `_WORD_FORMS` with it in the attribute's —, in a trained family."""
+    if rng.random() < 0.5 or not words:
+        return unknown_question(name, False, rng)
+    w, family = rng.choice(words), pick_family(rng, families)
+    if rng.random() < 0.5:
+        return banner_question(rng.choice(tuple(BANNER)), name, family, rng, w)
+    return _family_text(rng.choice(_WORD_FORMS).format(w=w, n=name), family, rng)
 
 
 def pick_family(rng: random.Random, families: tuple[str, ...] = TRAINED) -> str:
