@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -233,9 +234,17 @@ def test_abstention_examples_cannot_be_answered_from_their_documents():
     assert any("Apache License" in t for t in held_out) and not any("Apache License, Version 2.0" in t for t in trained)
 
 
-def test_wide_and_swapped_unknown_questions_are_drawn_only_when_asked_and_never_the_held_out_ones():
+def test_wide_swapped_and_word_unknown_questions_are_drawn_only_when_asked_and_never_the_held_out_ones():
     from training.config import TrainConfig
-    from training.phrasing import BANNER, NOT_SHOWN, UNKNOWN_HELD_OUT, UNKNOWN_TRAINED, UNKNOWN_WIDE
+    from training.phrasing import (
+        BANNER,
+        NOT_SHOWN,
+        UNKNOWN_HELD_OUT,
+        UNKNOWN_TRAINED,
+        UNKNOWN_WIDE,
+        askable_words,
+        world_words,
+    )
 
     def unknown_questions(mode: str) -> list[str]:
         pools = SyntheticPools("train", 0, 10, 2, 12)
@@ -268,6 +277,18 @@ def test_wide_and_swapped_unknown_questions_are_drawn_only_when_asked_and_never_
     assert all("banner" not in q.lower() for q in others)
     hits = [banner_forms.get(q.lower()) for q in others]  # the trained families change case, not words
     assert None not in hits and len(set(hits)) >= 8 and any(q == q.lower() for q in others)
+    # words: half the four, half about a word of the training licences that no world question uses
+    askable = set(askable_words(["The Licensor grants a licence; the old lord's name, colour and shape."]))
+    assert askable == {"the", "licensor", "grants", "licence", "and"} - world_words() and "the" not in askable
+    assert not {"old", "lord", "name", "age", "colour", "banner", "striped", "left"} & askable
+    words = unknown_questions("words")
+    asked = [q for q, n in words if q not in {t.format(n=n) for t in UNKNOWN_TRAINED}]
+    assert 0.35 < len(asked) / len(words) < 0.65
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    for q in asked:
+        assert set(re.findall(r"[a-z]+", q.lower())) & set(pools.askable), q
+    if pools.licences:
+        assert len(pools.askable) > 1000 and len({q.lower() for q in asked}) > 0.9 * len(asked)
     assert TrainConfig().unknown_questions == "base"
     with pytest.raises(ValueError, match="unknown_questions must be base, wide, swapped or words, got 'many'"):
         TrainConfig(unknown_questions="many")

@@ -173,7 +173,11 @@ NOT_SHOWN = ("castle", "shield", "cloak", "ship", "sword", "gate", "tower", "hel
 # of these forms in the place of the attribute — so that only the world's own words are answered
 _WORD_FORMS = ("What {w} is the banner of House {n}?", "What {w} is on the banner of House {n}?",
                "What is the {w} of House {n}?", "Which {w} does House {n} have?", "Tell me the {w} of House {n}.",
-               "What is the {w} of the banner of House {n}?", "House {n}'s {w}: what is it?")
+               "What is the {w} of the banner of House {n}?", "House {n}'s {w}: what is it?",
+               # "How" began only answerable questions (how many shapes, how big), and the model
+               # answered "How old is House X?" with a count: "How" with anything else abstains
+               "How {w} is House {n}?", "How {w} is the banner of House {n}?", "How many {w} does House {n} have?",
+               "How much {w} does House {n} have?", "How {w} are the people of House {n}?")
 
 # questions about real text (licences) whose answers the world's model cannot read
 TEXT_TRAINED = ("What does this license say about warranty?", "Who holds the copyright?",
