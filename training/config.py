@@ -105,8 +105,8 @@ class TrainConfig:
     # the abstention examples' unanswerable questions about a present house: "base" (four
     # questions), "wide" (training/phrasing.py's UNKNOWN_WIDE, in the trained surface families) or
     # "swapped" (half the four, half banner questions about a thing the documents do not show:
-    # phrasing.swapped_unknown_question) or "words" (half the four, half questions about any word of
-    # the training licences that is not the world's: phrasing.word_unknown_question); "base" keeps
+    # phrasing.swapped_unknown_question) or "words" (a third the four, else questions about any word
+    # of the training licences that is not the world's: phrasing.word_unknown_question); "base" keeps
     # the earlier recipes' data streams
     unknown_questions: str = "base"
     gen_kinds: dict[str, float] = field(

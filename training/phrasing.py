@@ -173,11 +173,12 @@ NOT_SHOWN = ("castle", "shield", "cloak", "ship", "sword", "gate", "tower", "hel
 # of these forms in the place of the attribute — so that only the world's own words are answered
 _WORD_FORMS = ("What {w} is the banner of House {n}?", "What {w} is on the banner of House {n}?",
                "What is the {w} of House {n}?", "Which {w} does House {n} have?", "Tell me the {w} of House {n}.",
-               "What is the {w} of the banner of House {n}?", "House {n}'s {w}: what is it?",
-               # "How" began only answerable questions (how many shapes, how big), and the model
-               # answered "How old is House X?" with a count: "How" with anything else abstains
-               "How {w} is House {n}?", "How {w} is the banner of House {n}?", "How many {w} does House {n} have?",
-               "How much {w} does House {n} have?", "How {w} are the people of House {n}?")
+               "What is the {w} of the banner of House {n}?", "House {n}'s {w}: what is it?")
+# "How" began only answerable questions (how many shapes, how big), and the shipped model answered
+# "How old is House X?" with a count (0 of 60 abstained, against 93-100 % for the other unanswerable
+# questions): "How" with anything else abstains
+_HOW_FORMS = ("How {w} is House {n}?", "How {w} is the banner of House {n}?", "How many {w} does House {n} have?",
+              "How much {w} does House {n} have?", "How {w} are the people of House {n}?")
 
 # questions about real text (licences) whose answers the world's model cannot read
 TEXT_TRAINED = ("What does this license say about warranty?", "Who holds the copyright?",
@@ -268,12 +269,16 @@ def askable_words(texts: list[str]) -> tuple[str, ...]:
 
 def word_unknown_question(name: str, rng: random.Random, words: tuple[str, ...],
                           families: tuple[str, ...] = TRAINED) -> str:
-    """A training question the documents cannot answer: half the time one of `UNKNOWN_TRAINED`,
-    else a question about a word of `words` — a banner question with it in the banner's place, or
-    one of `_WORD_FORMS` with it in the attribute's —, in a trained family."""
-    if rng.random() < 0.5 or not words:
+    """A training question the documents cannot answer, in a trained family: a third of the time
+    one of `UNKNOWN_TRAINED`, a third one of `_HOW_FORMS` about a word of `words`, else a banner
+    question with the word in the banner's place or one of `_WORD_FORMS` with it in the
+    attribute's."""
+    r = rng.random()
+    if r < 1 / 3 or not words:
         return unknown_question(name, False, rng)
     w, family = rng.choice(words), pick_family(rng, families)
+    if r < 2 / 3:
+        return _family_text(rng.choice(_HOW_FORMS).format(w=w, n=name), family, rng)
     if rng.random() < 0.5:
         return banner_question(rng.choice(tuple(BANNER)), name, family, rng, w)
     return _family_text(rng.choice(_WORD_FORMS).format(w=w, n=name), family, rng)
