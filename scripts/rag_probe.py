@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pools = SyntheticPools("train", a.seed, 1500, 0, a.houses)
     pools.gold_first = a.gold_first
     pools.unknown_questions = a.unknown_questions
+    pools.tokenize = model.backbone.tokenizer.tokenize
     pools.text_distractors = a.text_distractors
     if a.families:
         pools.families = tuple(json.loads(a.families))

@@ -17,6 +17,7 @@ import gzip
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,7 @@ from .phrasing import (
     TEXT_TRAINED,
     TRAINED,
     askable_words,
+    or_lookalikes,
     pick_family,
     swapped_unknown_question,
     unknown_question,
@@ -237,6 +239,8 @@ class SyntheticPools:
         self.families: tuple[str, ...] = TRAINED
         self._licences: list[str] | None = None  # real-text passages (abstention), read when first asked
         self._askable: tuple[str, ...] | None = None
+        self._lookalikes: tuple[str, ...] | None = None
+        self.tokenize: Callable[[str], list[str]] | None = None  # the model's tokenizer ("words" questions)
         self._images: dict[tuple, Image.Image] = {}
         # examples of one kind drawn as another (Fashion-MNIST absent): counted, reported in
         # training.json (`data_report`) and logged by the trainer
@@ -407,7 +411,7 @@ class SyntheticPools:
             elif self.unknown_questions == "swapped":
                 q = swapped_unknown_question(house.name, rng, self.families)
             elif self.unknown_questions == "words":
-                q = word_unknown_question(house.name, rng, self.askable, self.families)
+                q = word_unknown_question(house.name, rng, self.askable, self.families, self.lookalikes)
             else:
                 q = unknown_question(house.name, False, rng)
             return GenExample(text(q), ABSTAIN, "abstain-unknown", documents=ctx)
@@ -426,6 +430,14 @@ class SyntheticPools:
         if self._askable is None:
             self._askable = askable_words(self.licences)
         return self._askable
+
+    @property
+    def lookalikes(self) -> tuple[str, ...]:
+        """The askable words the model's tokenizer (`tokenize`, set by the trainer) begins as it
+        begins "or" (phrasing.or_lookalikes); none without a tokenizer."""
+        if self._lookalikes is None:
+            self._lookalikes = or_lookalikes(self.askable, self.tokenize) if self.tokenize else ()
+        return self._lookalikes
 
     def binding_example(self, rng: random.Random, k: int) -> GenExample:
         """The RAG task with the banners told in words: k houses' documents as text (\"The

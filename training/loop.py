@@ -79,6 +79,8 @@ class Trainer:
             self.pools.unknown_questions = c.unknown_questions
             self.pools.text_distractors = c.rag_text_distractors
         self.model = build_model(c, self.pools.tokenizer_corpus())
+        if isinstance(self.pools, SyntheticPools):
+            self.pools.tokenize = self.model.backbone.tokenizer.tokenize
         for mod in self.model.modules():  # heads and the tiny projector's batch norms
             if isinstance(mod, GlobalBatchNorm):
                 mod.process_group = self.group

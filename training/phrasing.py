@@ -267,16 +267,27 @@ def askable_words(texts: list[str]) -> tuple[str, ...]:
                          if 3 <= len(w) <= 10 and w not in known}))
 
 
+def or_lookalikes(words: tuple[str, ...], tokenize) -> tuple[str, ...]:
+    """The words of `words` that `tokenize` (the model's tokenizer) begins with the first piece of
+    " or" where it splits " or" into more: the word a choice question ("striped or solid?") is
+    recognised by. The shipped model read such a word as "or" and answered "How old is House X?"
+    (" o", "l", "d") with "striped" or "solid"."""
+    pieces = tokenize(" or")
+    if len(pieces) < 2:
+        return ()
+    return tuple(w for w in words if (own := tokenize(" " + w))[0] == pieces[0] and own[:2] != pieces[:2])
+
+
 def word_unknown_question(name: str, rng: random.Random, words: tuple[str, ...],
-                          families: tuple[str, ...] = TRAINED) -> str:
+                          families: tuple[str, ...] = TRAINED, lookalikes: tuple[str, ...] = ()) -> str:
     """A training question the documents cannot answer, in a trained family: a third of the time
     one of `UNKNOWN_TRAINED`, a third one of `_HOW_FORMS` about a word of `words`, else a banner
     question with the word in the banner's place or one of `_WORD_FORMS` with it in the
-    attribute's."""
+    attribute's. Where `lookalikes` are given (`or_lookalikes`), half the words are drawn from them."""
     r = rng.random()
     if r < 1 / 3 or not words:
         return unknown_question(name, False, rng)
-    w, family = rng.choice(words), pick_family(rng, families)
+    w, family = rng.choice(lookalikes if lookalikes and rng.random() < 0.5 else words), pick_family(rng, families)
     if r < 2 / 3:
         return _family_text(rng.choice(_HOW_FORMS).format(w=w, n=name), family, rng)
     if rng.random() < 0.5:
