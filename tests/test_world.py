@@ -290,6 +290,7 @@ def test_wide_swapped_and_word_unknown_questions_are_drawn_only_when_asked_and_n
         assert set(re.findall(r"[a-z]+", q.lower())) & set(pools.askable), q
     if pools.licences:
         assert len(pools.askable) > 1000 and len({q.lower() for q in asked}) > 0.9 * len(asked)
+    assert pools.lookalikes == ()  # no tokenizer given
     assert TrainConfig().unknown_questions == "base"
     with pytest.raises(ValueError, match="unknown_questions must be base, wide, swapped or words, got 'many'"):
         TrainConfig(unknown_questions="many")
@@ -370,3 +371,30 @@ def test_knowledge_pairs_take_real_text_negatives_and_passage_pairs_are_inverse_
     ex = pools.pair_example(rng, {"passage": 1.0}, 0.5)
     assert ex.kind == "knowledge" and not ex.negatives
     assert pools.substitutions["pair passage -> knowledge (no licence texts in /usr/share/common-licenses)"] == 1
+
+
+def test_or_lookalikes_are_the_words_a_tokenizer_begins_as_it_begins_or():
+    from transformers import AutoTokenizer
+
+    from model.sugar import DEFAULT_CHECKPOINT
+    from training.phrasing import or_lookalikes
+
+    def two_pieces(s: str) -> list[str]:  # " or" -> [" o", "r"], " old" -> [" o", "ld"]
+        return [s[:2], s[2:]] if len(s) > 2 else [s]
+
+    words = ("old", "other", "or", "open", "banner", "ox")
+    assert or_lookalikes(words, two_pieces) == ("old", "other", "open", "ox")
+    assert or_lookalikes(words, lambda s: [s]) == ()  # " or" one piece: nothing looks like it
+    # the shipped checkpoint's tokenizer splits " or" as " o" + "r", as it splits " old"
+    tok = AutoTokenizer.from_pretrained(DEFAULT_CHECKPOINT / "backbone")
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    pools.unknown_questions, pools.tokenize = "words", tok.tokenize
+    if not pools.licences:
+        pytest.skip("no licence texts")
+    assert tok.tokenize(" or")[0] == tok.tokenize(" old")[0] and 10 < len(pools.lookalikes) < len(pools.askable) / 10
+    assert set(pools.lookalikes) <= set(pools.askable) and "old" not in pools.lookalikes
+    rng = random.Random(0)
+    asked = [ex.query.slices[0].text for ex in (pools.gen_example(rng, {"abstain": 1.0}) for _ in range(600))
+             if ex.kind == "abstain-unknown"]
+    drawn = [q for q in asked if set(re.findall(r"[a-z]+", q.lower())) & set(pools.lookalikes)]
+    assert 0.2 < len(drawn) / len(asked) < 0.5  # half of the two thirds that ask about a word

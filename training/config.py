@@ -316,11 +316,6 @@ PRESETS["shipped_world_tune"] = {**PRESETS["shipped_world"], "steps": 1500, "lr"
 # A warm start: `sugar train --preset shipped_world_mixed --set init=model/default_checkpoint`
 PRESETS["shipped_world_mixed"] = {**PRESETS["shipped_world_tune"], "steps": 1200, "rag_text_distractors": 0.3}
 
-# the shipped checkpoint continued with unanswerable questions about any word that is not the
-# world's, a third of them "How" questions (issue #30, docs/EXPERIMENTS.md §12.8): the shipped model
-# answered "How old is House X?" with a count, as it had only ever seen "How" begin a count or a
-# size question. A warm start: `sugar train --preset shipped_world_words --set init=model/default_checkpoint`
-PRESETS["shipped_world_words"] = {**PRESETS["shipped_world_mixed"], "unknown_questions": "words"}
 
 # the claims on the recipe that ships (issue #30, goal 5; docs/EXPERIMENTS.md §12.5): `claims_staged`'s
 # budget and pools (500 generative steps, then 300 joint ones, one thread) with the shipped
