@@ -93,6 +93,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the abstention examples' unanswerable questions (TrainConfig.unknown_questions)")
     p.add_argument("--text-distractors", type=float, default=0.0,
                    help="RAG examples with real-text distractors (TrainConfig.rag_text_distractors)")
+    p.add_argument("--abstain-unknown-share", type=float, default=0.3,
+                   help="the abstention examples' unanswerable questions about a present house "
+                        "(TrainConfig.abstain_unknown_share)")
     p.add_argument("--abstain-threshold", type=float, default=None,
                    help="also report the served rule (`served:<key>`: abstained when the first answer token's "
                         "margin for the abstention is at least this; default: the checkpoint's abstain_threshold)")
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pools.unknown_questions = a.unknown_questions
     pools.tokenize = model.backbone.tokenizer.tokenize
     pools.text_distractors = a.text_distractors
+    pools.unknown_share = a.abstain_unknown_share
     if a.families:
         pools.families = tuple(json.loads(a.families))
     rng = random.Random(a.seed + 1)

@@ -109,6 +109,9 @@ class TrainConfig:
     # of the training licences that is not the world's: phrasing.word_unknown_question); "base" keeps
     # the earlier recipes' data streams
     unknown_questions: str = "base"
+    # the abstention examples: real text 3 in 10, an unanswerable question about a present house
+    # this share, the rest about a house that is absent (served, the evidence rule catches those)
+    abstain_unknown_share: float = 0.3
     gen_kinds: dict[str, float] = field(
         default_factory=lambda: {"caption": 0.15, "vqa": 0.55, "rag": 0.2, "fashion": 0.1})
     pair_kinds: dict[str, float] = field(
@@ -149,6 +152,8 @@ class TrainConfig:
             raise ValueError("rag_gold_first must be a probability (0..1)")
         if not 0.0 <= self.rag_text_distractors <= 1.0:
             raise ValueError("rag_text_distractors must be a probability (0..1)")
+        if not 0.0 <= self.abstain_unknown_share <= 0.7:
+            raise ValueError("abstain_unknown_share must be in 0..0.7 (real text takes 0.3 of the abstention examples)")
         if not 0.0 <= self.knowledge_text_negatives <= 1.0:
             raise ValueError("knowledge_text_negatives must be a probability (0..1)")
         if self.context_order is not None and self.context_order not in CONTEXT_ORDERS:

@@ -257,6 +257,8 @@ class SyntheticPools:
         # the probability that a RAG example's distractors include real-text passages (Debian's
         # licences but the evaluation's; TrainConfig.rag_text_distractors); 0 draws nothing
         self.text_distractors = 0.0
+        # the share of the abstention examples about a present house (TrainConfig.abstain_unknown_share)
+        self.unknown_share = 0.3
         self.fashion: tuple[np.ndarray, np.ndarray] | None = None
         if n_fashion and fashion_available():
             imgs, labels = load_fashion("train" if split == "train" else "test")
@@ -391,7 +393,7 @@ class SyntheticPools:
 
     def abstain_example(self, rng: random.Random) -> GenExample:
         """A question the documents cannot answer, answered `ABSTAIN`: the asked house is not
-        among them (4 in 10), they do not show the asked thing (a motto, a founder: 3 in 10), or
+        among them (4 in 10), they do not show the asked thing (a motto, a founder: 3 in 10; `unknown_share`), or
         they are real text outside the world — licence passages asked about, or asked a banner
         question (3 in 10; Debian's licences but the two the evaluation asks about)."""
         r = rng.random()
@@ -403,7 +405,7 @@ class SyntheticPools:
             return GenExample(text(q), ABSTAIN, "abstain-text", documents=ctx)
         k = rng.choice([1, 2, 3, 4, 5])
         others = rng.sample([h for h in self.houses if h is not house], k)
-        if r < 0.6:
+        if r < 0.3 + self.unknown_share:
             ctx = [h.document() for h in others[: k - 1]]
             ctx.insert(0 if rng.random() < self.gold_first else rng.randrange(k), house.document())
             if self.unknown_questions == "wide":

@@ -78,6 +78,7 @@ class Trainer:
             self.pools.families = c.phrasings
             self.pools.unknown_questions = c.unknown_questions
             self.pools.text_distractors = c.rag_text_distractors
+            self.pools.unknown_share = c.abstain_unknown_share
         self.model = build_model(c, self.pools.tokenizer_corpus())
         if isinstance(self.pools, SyntheticPools):
             self.pools.tokenize = self.model.backbone.tokenizer.tokenize
