@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 
 import pytest
 
@@ -398,3 +399,20 @@ def test_or_lookalikes_are_the_words_a_tokenizer_begins_as_it_begins_or():
              if ex.kind == "abstain-unknown"]
     drawn = [q for q in asked if set(re.findall(r"[a-z]+", q.lower())) & set(pools.lookalikes)]
     assert 0.2 < len(drawn) / len(asked) < 0.5  # half of the two thirds that ask about a word
+
+
+def test_abstain_unknown_share_moves_the_abstention_examples_from_absent_houses_to_present_ones():
+    from training.config import TrainConfig
+
+    def kinds(share: float) -> Counter:
+        pools = SyntheticPools("train", 0, 10, 2, 12)
+        pools.unknown_share = share
+        rng = random.Random(0)
+        return Counter(pools.gen_example(rng, {"abstain": 1.0}).kind for _ in range(1000))
+
+    base, more = kinds(0.3), kinds(0.6)
+    assert base == kinds(TrainConfig().abstain_unknown_share)  # the default keeps the earlier stream
+    assert 0.25 < base["abstain-unknown"] / 1000 < 0.35 and 0.55 < more["abstain-unknown"] / 1000 < 0.65
+    assert more["abstain-absent"] < base["abstain-absent"] / 2 and abs(more["abstain-text"] - base["abstain-text"]) < 30
+    with pytest.raises(ValueError, match="abstain_unknown_share must be in 0..0.7"):
+        TrainConfig(abstain_unknown_share=0.8)
