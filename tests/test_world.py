@@ -243,8 +243,6 @@ def test_wide_swapped_and_word_unknown_questions_are_drawn_only_when_asked_and_n
         UNKNOWN_HELD_OUT,
         UNKNOWN_TRAINED,
         UNKNOWN_WIDE,
-        askable_words,
-        world_words,
     )
 
     def unknown_questions(mode: str) -> list[str]:
@@ -278,6 +276,8 @@ def test_wide_swapped_and_word_unknown_questions_are_drawn_only_when_asked_and_n
     assert all("banner" not in q.lower() for q in others)
     hits = [banner_forms.get(q.lower()) for q in others]  # the trained families change case, not words
     assert None not in hits and len(set(hits)) >= 8 and any(q == q.lower() for q in others)
+    from training.world import askable_words, world_words
+
     # words: a third the four, else about a word of the training licences that no world question uses
     askable = set(askable_words(["The Licensor grants a licence; the old lord's name, colour and shape."]))
     assert askable == {"the", "licensor", "grants", "licence", "and"} - world_words() and "the" not in askable

@@ -31,7 +31,6 @@ and a held-out set.
 from __future__ import annotations
 
 import random
-import re
 
 from model.prompts import ABSTAIN_ANSWER
 
@@ -168,7 +167,7 @@ UNKNOWN_WIDE = UNKNOWN_TRAINED + (
 # (the document is its banner); a banner question about one of them is the answerable
 # question's minimal pair, one noun apart
 NOT_SHOWN = ("castle", "shield", "cloak", "ship", "sword", "gate", "tower", "helmet", "hall", "horse")
-# TrainConfig.unknown_questions "words": the asked thing is any word of real text (`askable_words`
+# TrainConfig.unknown_questions "words": the asked thing is any word of real text (world.askable_words
 # of the training licences, about 1,500), in the banner questions' place of the banner or in one
 # of these forms in the place of the attribute — so that only the world's own words are answered
 _WORD_FORMS = ("What {w} is the banner of House {n}?", "What {w} is on the banner of House {n}?",
@@ -246,25 +245,6 @@ def swapped_unknown_question(name: str, rng: random.Random, families: tuple[str,
         return unknown_question(name, False, rng)
     attribute = rng.choice(tuple(BANNER))
     return banner_question(attribute, name, pick_family(rng, families), rng, rng.choice(NOT_SHOWN))
-
-
-def world_words() -> frozenset[str]:
-    """Every word the world's answerable questions and answers use (the templates, the attribute
-    values), and the words of the held-out unanswerable questions (kept held out)."""
-    from .world import COLORS, COUNT_WORDS, POSITIONS, SHAPES, SIZES, TEXTURES
-
-    texts = [t for table in (BANNER, VQA) for fams in table.values() for ts in fams.values() for t in ts]
-    texts += [*UNKNOWN_HELD_OUT, *SHAPES, *COLORS, *SIZES, *POSITIONS, *TEXTURES, *COUNT_WORDS.values()]
-    texts += ["colour color shapes age banners house houses"]
-    return frozenset(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
-
-
-def askable_words(texts: list[str]) -> tuple[str, ...]:
-    """The words (3 to 10 letters) of `texts` that are none of `world_words`: things a question
-    can ask about that no document of the world shows."""
-    known = world_words()
-    return tuple(sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())
-                         if 3 <= len(w) <= 10 and w not in known}))
 
 
 def or_lookalikes(words: tuple[str, ...], tokenize) -> tuple[str, ...]:

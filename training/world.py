@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
@@ -254,6 +255,25 @@ def answer_of(scene: Scene, attribute: str) -> str:
     if attribute == "count":
         return COUNT_WORDS[scene.count]
     return str(getattr(scene, attribute))
+
+
+def world_words() -> frozenset[str]:
+    """Every word the world's answerable questions and answers use (the templates, the attribute
+    values), and the words of the held-out unanswerable questions (kept held out)."""
+    from .phrasing import BANNER, UNKNOWN_HELD_OUT, VQA
+
+    texts = [t for table in (BANNER, VQA) for fams in table.values() for ts in fams.values() for t in ts]
+    texts += [*UNKNOWN_HELD_OUT, *SHAPES, *COLORS, *SIZES, *POSITIONS, *TEXTURES, *COUNT_WORDS.values()]
+    texts += ["colour color shapes age banners house houses"]
+    return frozenset(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
+
+
+def askable_words(texts: list[str]) -> tuple[str, ...]:
+    """The words (3 to 10 letters) of `texts` that are none of `world_words`: things a question
+    can ask about that no document of the world shows."""
+    known = world_words()
+    return tuple(sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())
+                         if 3 <= len(w) <= 10 and w not in known}))
 
 
 def vqa_for(scene: Scene, rng: random.Random, family: str = "canonical") -> tuple[str, str, str]:
