@@ -321,7 +321,6 @@ PRESETS["shipped_world_tune"] = {**PRESETS["shipped_world"], "steps": 1500, "lr"
 # A warm start: `sugar train --preset shipped_world_mixed --set init=model/default_checkpoint`
 PRESETS["shipped_world_mixed"] = {**PRESETS["shipped_world_tune"], "steps": 1200, "rag_text_distractors": 0.3}
 
-
 # the claims on the recipe that ships (issue #30, goal 5; docs/EXPERIMENTS.md §12.5): `claims_staged`'s
 # budget and pools (500 generative steps, then 300 joint ones, one thread) with the shipped
 # checkpoint's final data — the `shipped_world` generative mix (six banner attributes, the trained

@@ -392,10 +392,11 @@ class SyntheticPools:
         return GenExample(text(q), a, "rag", documents=ctx)
 
     def abstain_example(self, rng: random.Random) -> GenExample:
-        """A question the documents cannot answer, answered `ABSTAIN`: the asked house is not
-        among them (4 in 10), they do not show the asked thing (a motto, a founder: 3 in 10; `unknown_share`), or
-        they are real text outside the world — licence passages asked about, or asked a banner
-        question (3 in 10; Debian's licences but the two the evaluation asks about)."""
+        """A question the documents cannot answer, answered `ABSTAIN`: they are real text outside
+        the world — licence passages asked about, or asked a banner question (3 in 10; Debian's
+        licences but the two the evaluation asks about) —, they do not show the asked thing (a
+        motto, a founder: `unknown_share`, 3 in 10 by default), or the asked house is not among
+        them (the rest)."""
         r = rng.random()
         house = rng.choice(self.houses)
         if r < 0.3 and self.licences:
