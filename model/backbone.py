@@ -231,6 +231,78 @@ class Backbone(ABC):
         """The chat template saved with the backbone (vLLM renders prompts with it)."""
         self.tokenizer.chat_template = template
 
+    def keep_words_whole(self, words: Sequence[str], init: str = "mean") -> list[str]:
+        """Make the (BPE) tokenizer encode each of `words` — one pre-tokenizer word each, with its
+        leading space where it has one (" or") — as a single piece: the merges that join its
+        pieces are appended after the learned ones (the lowest priority, so a word that was
+        already one piece keeps its encoding), the pieces they make get new ids, and the LM's
+        input and output embeddings grow by those rows, each the mean of the rows of the pieces
+        it joins. `init="move"`: a word's whole piece takes its first piece's rows instead, and
+        the first piece's rows become the mean of the table (for a first piece the model learned
+        as that word: " o" read as "or"). Returns the new pieces (none when every word already
+        was one piece)."""
+        if init not in ("mean", "move"):
+            raise ValueError(f"keep_words_whole: init must be mean or move, got {init!r}")
+        import json
+
+        from tokenizers import Tokenizer
+
+        with self.lock:
+            backend = self.tokenizer.backend_tokenizer
+            spec = json.loads(backend.to_str())
+            if spec["model"]["type"] != "BPE":
+                raise ValueError(f"keep_words_whole needs a BPE tokenizer, this one is {spec['model']['type']}")
+            vocab: dict[str, int] = spec["model"]["vocab"]
+            merges: list = spec["model"]["merges"]
+            as_pairs = not merges or isinstance(merges[0], list)
+            known = {tuple(m) if as_pairs else tuple(m.split(" ")) for m in merges}
+            next_id = max([*vocab.values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
+            joined: dict[int, list[int]] = {}  # new id -> the ids of the pieces it joins
+            moved: dict[int, int] = {}  # a whole word's new id -> its first piece's id ("move")
+            for word in words:
+                if backend.pre_tokenizer is not None and len(backend.pre_tokenizer.pre_tokenize_str(word)) != 1:
+                    raise ValueError(f"keep_words_whole: {word!r} is not one word to the tokenizer")
+                pieces = backend.encode(word, add_special_tokens=False).tokens
+                ids = [vocab[p] for p in pieces]
+                current = pieces[0]
+                for k, piece in enumerate(pieces[1:], start=1):
+                    if (current, piece) not in known:
+                        known.add((current, piece))
+                        merges.append([current, piece] if as_pairs else f"{current} {piece}")
+                    current += piece
+                    if current not in vocab:
+                        vocab[current] = next_id
+                        joined[next_id] = ids[:k + 1]
+                        next_id += 1
+                if init == "move" and len(pieces) > 1 and joined.get(vocab[current]) == ids:
+                    moved[vocab[current]] = ids[0]
+            if not joined:
+                return []
+            self.tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))
+            for word in words:
+                got = self.tokenizer.backend_tokenizer.encode(word, add_special_tokens=False).tokens
+                if len(got) != 1:  # a merge of higher priority splits it another way
+                    raise ValueError(f"keep_words_whole: {word!r} still encodes as {got}")
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        if next_id > rows:
+            self.model.resize_token_embeddings(next_id, mean_resizing=False)
+        tables = [self.model.get_input_embeddings().weight]
+        out = self.model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != tables[0].data_ptr():
+            tables.append(out.weight)
+        with torch.no_grad():
+            for table in tables:
+                neutral = table[:rows].mean(0)
+                for new, parts in joined.items():
+                    table[new] = table[parts].mean(0)
+                for new, first in moved.items():
+                    table[new] = table[first]
+                    table[first] = neutral
+        added = [p for p, i in vocab.items() if i in joined]
+        logger.info("tokenizer: %d new pieces %s; embeddings %d -> %d rows", len(added), added, rows,
+                    self.model.get_input_embeddings().weight.shape[0])
+        return added
+
     # ------------------------------------------------------------ prompts -> tokens
     def _expand(self, prompt: Prompt, expansions: Sequence[str] | None = None) -> tuple[str, list[tuple[int, int]]]:
         """Expand each placeholder into its image's tokens, shifting the slice spans."""

@@ -18,9 +18,10 @@ server's hybrid retrieval ranks a named house), every phrasing
 family (`family:<family>`, a random attribute; training/phrasing.py), and abstention: the
 share answered "not in the documents" where the documents cannot answer (`abstain:absent` —
 the house is not among them —, `abstain:unknown` — a held-out question about what banners do
-not show —, `abstain:text` — held-out licence passages, Apache-2.0 and GPL-3) and where they
-can (`false_abstain`, over the attribute and family items); `mixed` asks a house ranked first
-with two held-out licence passages after it (an index holding uploads beside the houses), and
+not show; `abstain:unknown_mixed` the same with two held-out licence passages after the
+house —, `abstain:text` — held-out licence passages, Apache-2.0 and GPL-3) and where they can
+(`false_abstain`, over the attribute and family items); `mixed` asks a house ranked first with two
+held-out licence passages after it (an index holding uploads beside the houses), and
 `mixed_abstain` is how often that answerable question is answered "not in the documents". The
 server decides by a margin threshold, not the greedy token: `served:` applies the checkpoint's
 (or `--abstain-threshold`), `cal:` the threshold fitted in-sample to abstain on 3 % of the
@@ -93,9 +94,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the abstention examples' unanswerable questions (TrainConfig.unknown_questions)")
     p.add_argument("--text-distractors", type=float, default=0.0,
                    help="RAG examples with real-text distractors (TrainConfig.rag_text_distractors)")
+    p.add_argument("--unknown-text-distractors", type=float, default=0.0,
+                   help="unanswerable questions about a present house with real-text distractors "
+                        "(TrainConfig.unknown_text_distractors)")
     p.add_argument("--abstain-unknown-share", type=float, default=0.3,
                    help="the abstention examples' unanswerable questions about a present house "
                         "(TrainConfig.abstain_unknown_share)")
+    p.add_argument("--tokenizer-words", default=None,
+                   help='a JSON list of words the tokenizer keeps as one piece, e.g. \'[" or"]\' '
+                        "(TrainConfig.tokenizer_words)")
+    p.add_argument("--tokenizer-words-init", choices=["mean", "move"], default="mean",
+                   help="the new pieces' embedding rows (TrainConfig.tokenizer_words_init)")
     p.add_argument("--abstain-threshold", type=float, default=None,
                    help="also report the served rule (`served:<key>`: abstained when the first answer token's "
                         "margin for the abstention is at least this; default: the checkpoint's abstain_threshold)")
@@ -129,6 +138,7 @@ def world_set(n: int, seed: int) -> list[tuple[str, GenExample]]:
     every = builtin_houses()
     rng = random.Random(seed)
     texts = licence_passages(held_out=True)
+    mixing = random.Random(seed + 7)  # the unknown_mixed items' own draws: the other items stay as they were
     out = []
 
     def among(h, k=3):  # ranked first, as served (the prompt's order: the checkpoint's context_order)
@@ -150,8 +160,11 @@ def world_set(n: int, seed: int) -> list[tuple[str, GenExample]]:
                                             documents=[h.document(), *[q(t) for t in rng.sample(texts, 2)]])))
         absent = [o.document() for o in rng.sample([o for o in every if o is not h], 3)]
         out.append(("abstain:absent", GenExample(q(h.question(rng)[1]), ABSTAIN, "abstain", documents=absent)))
-        out.append(("abstain:unknown", GenExample(q(unknown_question(h.name, True, rng)), ABSTAIN, "abstain",
-                                                  documents=among(h))))
+        unknown = q(unknown_question(h.name, True, rng))
+        out.append(("abstain:unknown", GenExample(unknown, ABSTAIN, "abstain", documents=among(h))))
+        if texts:  # the same question, the house ranked first with real text after it (as `mixed`)
+            out.append(("abstain:unknown_mixed", GenExample(unknown, ABSTAIN, "abstain", documents=[
+                h.document(), *[q(t) for t in mixing.sample(texts, 2)]])))
         if texts:
             out.append(("abstain:text", GenExample(q(rng.choice(TEXT_HELD_OUT)), ABSTAIN, "abstain",
                                                    documents=[q(t) for t in rng.sample(texts, 2)])))
@@ -240,6 +253,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = SugarModel.from_pretrained(a.init)
     if a.context_order:
         model.config.prompts.context_order = a.context_order
+    if a.tokenizer_words:
+        model.backbone.keep_words_whole(json.loads(a.tokenizer_words), a.tokenizer_words_init)
     items = (world_set if a.suite == "world" else lambda n, s: eval_set(n, s, a.question))(a.eval_houses, a.seed + 99)
     if a.linear_readout:
         print(linear_readout(model, a.houses, a.seed), flush=True)
@@ -255,6 +270,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pools.tokenize = model.backbone.tokenizer.tokenize
     pools.text_distractors = a.text_distractors
     pools.unknown_share = a.abstain_unknown_share
+    pools.unknown_text_distractors = a.unknown_text_distractors
     if a.families:
         pools.families = tuple(json.loads(a.families))
     rng = random.Random(a.seed + 1)

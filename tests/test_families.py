@@ -243,3 +243,46 @@ def test_sugar_train_base_dir_with_lora_then_serve(family, tmp_path):
                                           "image_url": {"url": "data:image/png;base64," + b64_image(3, (50, 30))}}]}]})
         assert chat.status_code == 200, chat.text
 
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keep_words_whole_adds_pieces_rows_and_round_trips(family, tmp_path):
+    m = build_tiny_model(SugarConfig(embed_dim=16), TinyConfig(**{**SMOKE_TINY, "family": family}))
+    bb, word = m.backbone, " zyzzyva"
+    tok = bb.tokenizer
+    probe = ["the banner of House Vyd", "striped or solid? a zebra",
+             chat_prompt([("user", ["hi"])], m.config.prompts).text]
+    before = [tok(t, add_special_tokens=False)["input_ids"] for t in probe]
+    pieces = tok.tokenize(word)
+    assert len(pieces) > 2
+    emb = bb.model.get_input_embeddings().weight.detach().clone()
+    added = bb.keep_words_whole([word])
+    assert len(added) == len(pieces) - 1 and added[-1] == "".join(pieces)  # one merge per join
+    assert tok.tokenize(word) == ["".join(pieces)] and tok.decode(tok(" a" + word)["input_ids"],
+                                                                     skip_special_tokens=True) == " a" + word
+    assert [tok(t, add_special_tokens=False)["input_ids"] for t in probe] == before
+    table = bb.model.get_input_embeddings().weight
+    whole = tok.convert_tokens_to_ids(added[-1])
+    assert table.shape[0] >= len(tok) and torch.equal(table[:emb.shape[0]], emb)
+    assert torch.allclose(table[whole], emb[tok.convert_tokens_to_ids(pieces)].mean(0))
+    assert bb.keep_words_whole([word]) == []  # already whole: nothing added
+    # "move": the whole piece takes its first piece's rows, the first piece the table's mean
+    other = " quixotry"
+    parts = tok.convert_tokens_to_ids(tok.tokenize(other))
+    tables = [t.weight.detach().clone() for t in (bb.model.get_input_embeddings(), bb.model.get_output_embeddings())]
+    assert bb.keep_words_whole([other], init="move")
+    moved = tok.convert_tokens_to_ids(tok.tokenize(other))
+    assert len(moved) == 1
+    for before_, after in zip(tables, (bb.model.get_input_embeddings().weight, bb.model.get_output_embeddings().weight),
+                              strict=True):
+        assert torch.equal(after[moved[0]], before_[parts[0]])
+        assert torch.allclose(after[parts[0]], before_.mean(0))
+    with pytest.raises(ValueError, match="init must be mean or move, got 'copy'"):
+        bb.keep_words_whole([" other"], init="copy")
+    with pytest.raises(ValueError, match="'a b' is not one word to the tokenizer"):
+        bb.keep_words_whole(["a b"])
+    m.save_pretrained(tmp_path / "ck")
+    again = SugarModel.from_pretrained(tmp_path / "ck")
+    assert again.backbone.tokenizer.tokenize(word) == tok.tokenize(word)
+    p = chat_prompt([("user", ["what is a" + word, make_image(7, SIZES[0])])], m.config.prompts)
+    assert again.backbone.generate([p], max_new_tokens=4) == bb.generate([p], max_new_tokens=4)

@@ -30,6 +30,8 @@ def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
         model = SugarModel.from_pretrained(cfg.init)
         if cfg.context_order:
             model.config.prompts.context_order = cfg.context_order
+        if cfg.tokenizer_words:
+            model.backbone.keep_words_whole(cfg.tokenizer_words, cfg.tokenizer_words_init)
         if cfg.lora_rank > 0:
             apply_lora(model, cfg)
         return model
@@ -48,6 +50,8 @@ def build_model(cfg: TrainConfig, corpus: list[str]) -> SugarModel:
                     sum(p.numel() for p in backbone.parameters()) / 1e6)
         sugar_cfg = with_family_prompts(sugar_cfg, backbone.family)
         backbone.set_chat_template(chat_template(sugar_cfg.prompts, backbone.eos_token))
+    if cfg.tokenizer_words:
+        backbone.keep_words_whole(cfg.tokenizer_words, cfg.tokenizer_words_init)
     torch.manual_seed(cfg.seed)
     model = SugarModel(backbone, sugar_cfg)
     if cfg.lora_rank > 0:

@@ -112,6 +112,18 @@ class TrainConfig:
     # the abstention examples: real text 3 in 10, an unanswerable question about a present house
     # this share, the rest about a house that is absent (served, the evidence rule catches those)
     abstain_unknown_share: float = 0.3
+    # the probability that such an unanswerable question about a present house has real-text
+    # passages among its distractor documents, as `rag_text_distractors` gives answerable ones: with
+    # those alone the model learned "a house beside real text -> answer" (docs/EXPERIMENTS.md §12.9)
+    unknown_text_distractors: float = 0.0
+    # words the tokenizer keeps as one piece, with their leading space (" or"): merges appended to
+    # the BPE tokenizer of the model the run starts from, the embeddings grown by the new pieces
+    # (Backbone.keep_words_whole); the shipped tokenizer splits " or" into the first piece of
+    # " old" and "r", so "How old is ..." read as a choice question (docs/EXPERIMENTS.md §12.8)
+    tokenizer_words: tuple[str, ...] = ()
+    # the new pieces' embedding rows: "mean" (of the pieces each joins) or "move" (a word's piece
+    # takes its first piece's rows, which become the table's mean: Backbone.keep_words_whole)
+    tokenizer_words_init: str = "mean"
     gen_kinds: dict[str, float] = field(
         default_factory=lambda: {"caption": 0.15, "vqa": 0.55, "rag": 0.2, "fashion": 0.1})
     pair_kinds: dict[str, float] = field(
@@ -154,6 +166,8 @@ class TrainConfig:
             raise ValueError("rag_text_distractors must be a probability (0..1)")
         if not 0.0 <= self.abstain_unknown_share <= 0.7:
             raise ValueError("abstain_unknown_share must be in 0..0.7 (real text takes 0.3 of the abstention examples)")
+        if not 0.0 <= self.unknown_text_distractors <= 1.0:
+            raise ValueError("unknown_text_distractors must be a probability (0..1)")
         if not 0.0 <= self.knowledge_text_negatives <= 1.0:
             raise ValueError("knowledge_text_negatives must be a probability (0..1)")
         if self.context_order is not None and self.context_order not in CONTEXT_ORDERS:
@@ -162,6 +176,8 @@ class TrainConfig:
         unknown = sorted(set(self.phrasings) - set(FAMILIES + TRAIN_ONLY))
         if unknown or not self.phrasings:
             raise ValueError(f"phrasings must be a non-empty list of {FAMILIES + TRAIN_ONLY}, got unknown {unknown}")
+        if self.tokenizer_words_init not in ("mean", "move"):
+            raise ValueError(f"tokenizer_words_init must be mean or move, got {self.tokenizer_words_init!r}")
         if self.unknown_questions not in ("base", "wide", "swapped", "words"):
             raise ValueError(f"unknown_questions must be base, wide, swapped or words, got {self.unknown_questions!r}")
         if self.vision_lr_scale < 0:
@@ -169,6 +185,11 @@ class TrainConfig:
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         self.lora_targets = tuple(self.lora_targets)
+        if isinstance(self.tokenizer_words, str):
+            raise ValueError(f"tokenizer_words must be a list of words, got the string {self.tokenizer_words!r}")
+        self.tokenizer_words = tuple(self.tokenizer_words)
+        if not all(isinstance(w, str) and w.strip() for w in self.tokenizer_words):
+            raise ValueError(f"tokenizer_words must be non-empty words, got {list(self.tokenizer_words)}")
         self.teacher_weights = tuple(self.teacher_weights)  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,6 +341,14 @@ PRESETS["shipped_world_tune"] = {**PRESETS["shipped_world"], "steps": 1500, "lr"
 # had to sit above those answerable questions' margins and let most unanswerable ones through.
 # A warm start: `sugar train --preset shipped_world_mixed --set init=model/default_checkpoint`
 PRESETS["shipped_world_mixed"] = {**PRESETS["shipped_world_tune"], "steps": 1200, "rag_text_distractors": 0.3}
+
+# "How old is House X?" was answered "striped" or "solid" (issue #30, docs/EXPERIMENTS.md §12.9): the
+# shipped tokenizer splits " or" into " o" + "r", and the model had learned " o" as the "or" of the
+# choice questions. No training step: " or" becomes one piece that takes " o"'s embedding rows, and
+# " o" (now the first piece of "old", "our", "other" ...) the table's mean; then `sugar eval
+# --calibrate`. A warm start: `sugar train --preset shipped_world_or --set init=model/default_checkpoint`
+PRESETS["shipped_world_or"] = {**PRESETS["shipped_world_mixed"], "steps": 0, "tokenizer_words": [" or"],
+                               "tokenizer_words_init": "move"}
 
 # the claims on the recipe that ships (issue #30, goal 5; docs/EXPERIMENTS.md §12.5): `claims_staged`'s
 # budget and pools (500 generative steps, then 300 joint ones, one thread) with the shipped

@@ -259,6 +259,8 @@ class SyntheticPools:
         self.text_distractors = 0.0
         # the share of the abstention examples about a present house (TrainConfig.abstain_unknown_share)
         self.unknown_share = 0.3
+        # the same for those unanswerable questions about a present house (TrainConfig.unknown_text_distractors)
+        self.unknown_text_distractors = 0.0
         self.fashion: tuple[np.ndarray, np.ndarray] | None = None
         if n_fashion and fashion_available():
             imgs, labels = load_fashion("train" if split == "train" else "test")
@@ -381,22 +383,27 @@ class SyntheticPools:
         house = rng.choice(self.houses)
         distractors = rng.sample([h for h in self.houses if h is not house], k - 1)
         pos = (0 if rng.random() < self.gold_first else rng.randrange(k)) if position is None else position
-        ctx = [h.document() for h in distractors]
-        if self.text_distractors and k > 1 and self.licences and rng.random() < self.text_distractors:
-            # real text among the documents, as an index holding uploads beside the houses retrieves it
-            n = rng.randint(1, k - 1)
-            ctx[:n] = [text(t) for t in rng.sample(self.licences, n)]
-            rng.shuffle(ctx)
+        ctx = self.with_text([h.document() for h in distractors], rng, self.text_distractors)
         ctx.insert(pos, house.document())
         _, q, a = house.question(rng, pick_family(rng, self.families))
         return GenExample(text(q), a, "rag", documents=ctx)
+
+    def with_text(self, ctx: list[Sample], rng: random.Random, p: float) -> list[Sample]:
+        """The k-1 distractor documents `ctx` with, at probability `p`, 1..k-1 of them real-text
+        passages instead (as an index holding uploads beside the houses retrieves them), shuffled;
+        `p` 0 draws nothing."""
+        if p and ctx and self.licences and rng.random() < p:
+            n = rng.randint(1, len(ctx))
+            ctx[:n] = [text(t) for t in rng.sample(self.licences, n)]
+            rng.shuffle(ctx)
+        return ctx
 
     def abstain_example(self, rng: random.Random) -> GenExample:
         """A question the documents cannot answer, answered `ABSTAIN`: they are real text outside
         the world — licence passages asked about, or asked a banner question (3 in 10; Debian's
         licences but the two the evaluation asks about) —, they do not show the asked thing (a
         motto, a founder: `unknown_share`, 3 in 10 by default), or the asked house is not among
-        them (the rest)."""
+        them (the rest); with `unknown_text_distractors`, real text beside the present house too."""
         r = rng.random()
         house = rng.choice(self.houses)
         if r < 0.3 and self.licences:
@@ -407,7 +414,7 @@ class SyntheticPools:
         k = rng.choice([1, 2, 3, 4, 5])
         others = rng.sample([h for h in self.houses if h is not house], k)
         if r < 0.3 + self.unknown_share:
-            ctx = [h.document() for h in others[: k - 1]]
+            ctx = self.with_text([h.document() for h in others[: k - 1]], rng, self.unknown_text_distractors)
             ctx.insert(0 if rng.random() < self.gold_first else rng.randrange(k), house.document())
             if self.unknown_questions == "wide":
                 q = wide_unknown_question(house.name, rng, self.families)

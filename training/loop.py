@@ -79,6 +79,7 @@ class Trainer:
             self.pools.unknown_questions = c.unknown_questions
             self.pools.text_distractors = c.rag_text_distractors
             self.pools.unknown_share = c.abstain_unknown_share
+            self.pools.unknown_text_distractors = c.unknown_text_distractors
         self.model = build_model(c, self.pools.tokenizer_corpus())
         if isinstance(self.pools, SyntheticPools):
             self.pools.tokenize = self.model.backbone.tokenizer.tokenize

@@ -14,9 +14,8 @@ BASE_LORA_RANK = 16  # `sugar train --base DIR`: LoRA on the base's decoder unle
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a Sugar checkpoint (joint generative + discriminative)")
     p.add_argument("--preset", default="tiny", help="shipped (the recipe of the checkpoint in the package; then "
-                   "shipped_rag, shipped_houses, shipped_world, shipped_world_tune and shipped_world_mixed, each with "
-                   "--set init=DIR, "
-                   "continue it), tiny "
+                   "shipped_rag, shipped_houses, shipped_world, shipped_world_tune, shipped_world_mixed and "
+                   "shipped_world_or, each with --set init=DIR, continue it), tiny "
                    "(300 steps, the default), claims, claims_staged, claims_world or smoke (training/config.py)")
     p.add_argument("--config", type=Path, help="a JSON recipe (training/recipes/); overrides the preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
