@@ -73,3 +73,17 @@ def test_readme_first_session_answers_the_banner_colour(shipped_client):
     r = shipped_client.post("/generate", json=generate)
     assert r.status_code == 200, r.text
     assert r.json()["text"].strip().strip(".").lower() == banners[asked_house(generate)].color
+
+
+def test_an_unanswerable_question_about_the_readme_house_is_not_in_the_documents(shipped_client):
+    """Issue #30 (docs/EXPERIMENTS.md §12.9): "How old is House Vyd?" — the house is retrieved, its
+    document cannot answer. The checkpoint before `shipped_world_or` read " o" of "old" as the "or"
+    of its choice questions and answered "striped" or "solid"; the shipped one abstains."""
+    _, (_, generate) = first_session_requests()
+    house = asked_house(generate)
+    body = {**generate, "query": {"slices": [{"type": "text", "text": f"How old is House {house}?"}]}}
+    r = shipped_client.post("/generate", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["documents"][0]["id"] == f"house-{house.lower()}"
+    assert (out["text"], out["finish_reason"], out["abstained"]) == ("not in the documents", "abstained", True)

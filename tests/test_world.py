@@ -7,6 +7,7 @@ import re
 from collections import Counter
 
 import pytest
+import torch
 
 from training.data import SyntheticPools
 from training.world import (
@@ -386,14 +387,19 @@ def test_or_lookalikes_are_the_words_a_tokenizer_begins_as_it_begins_or():
     words = ("old", "other", "or", "open", "banner", "ox")
     assert or_lookalikes(words, two_pieces) == ("old", "other", "open", "ox")
     assert or_lookalikes(words, lambda s: [s]) == ()  # " or" one piece: nothing looks like it
-    # the shipped checkpoint's tokenizer splits " or" as " o" + "r", as it splits " old"
+    # the shipped checkpoint's tokenizer keeps " or" whole since §12.9 (it split it as " o" + "r",
+    # as it splits " old"): no askable word looks like "or" to it any more
     tok = AutoTokenizer.from_pretrained(DEFAULT_CHECKPOINT / "backbone")
     pools = SyntheticPools("train", 0, 10, 2, 12)
     pools.unknown_questions, pools.tokenize = "words", tok.tokenize
     if not pools.licences:
         pytest.skip("no licence texts")
-    assert tok.tokenize(" or")[0] == tok.tokenize(" old")[0] and 10 < len(pools.lookalikes) < len(pools.askable) / 10
+    assert tok.tokenize(" or") == ["Ġor"] and tok.tokenize(" old")[0] == "Ġo" and pools.lookalikes == ()
+    pools = SyntheticPools("train", 0, 10, 2, 12)
+    pools.unknown_questions, pools.tokenize = "words", two_pieces  # the earlier split's kind
+    assert 10 < len(pools.lookalikes) < len(pools.askable) / 10
     assert set(pools.lookalikes) <= set(pools.askable) and "old" not in pools.lookalikes
+    assert all(w.startswith("o") for w in pools.lookalikes)
     rng = random.Random(0)
     asked = [ex.query.slices[0].text for ex in (pools.gen_example(rng, {"abstain": 1.0}) for _ in range(600))
              if ex.kind == "abstain-unknown"]
@@ -416,3 +422,61 @@ def test_abstain_unknown_share_moves_the_abstention_examples_from_absent_houses_
     assert more["abstain-absent"] < base["abstain-absent"] / 2 and abs(more["abstain-text"] - base["abstain-text"]) < 30
     with pytest.raises(ValueError, match="abstain_unknown_share must be in 0..0.7"):
         TrainConfig(abstain_unknown_share=0.8)
+
+
+def test_the_shipped_tokenizer_keeps_or_whole_and_old_apart():
+    """The shipped checkpoint is `shipped_world_or` (docs/EXPERIMENTS.md §12.9): " or" one piece,
+    " old" still begins with " o" — which no longer reads as "or"; the preset rebuilds it as is."""
+    from model.sugar import DEFAULT_CHECKPOINT, SugarModel
+    from training.build import build_model
+    from training.config import TrainConfig, preset
+
+    shipped = SugarModel.from_pretrained(DEFAULT_CHECKPOINT)
+    tok = shipped.backbone.tokenizer
+    assert tok.tokenize(" or") == ["Ġor"] and tok.tokenize(" old") == ["Ġo", "l", "d"]
+    assert len(tok) == shipped.backbone.model.get_input_embeddings().weight.shape[0] == 2049
+    text = "What colour is the banner of House Vyd? Is it striped or solid? How old is it?"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    cfg = preset("shipped_world_or").with_overrides([f"init={DEFAULT_CHECKPOINT}"])
+    assert cfg.steps == 0 and cfg.tokenizer_words == (" or",) and cfg.tokenizer_words_init == "move"
+    again = build_model(cfg, [])  # already whole: nothing is added or moved
+    for name, t in shipped.vlm.state_dict().items():
+        assert torch.equal(again.vlm.state_dict()[name], t), name
+    for bad, message in (([" "], "tokenizer_words must be non-empty words"),
+                         (" or", "tokenizer_words must be a list of words, got the string ' or'")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            TrainConfig(tokenizer_words=bad)
+    with pytest.raises(ValueError, match="tokenizer_words_init must be mean or move, got 'copy'"):
+        TrainConfig(tokenizer_words_init="copy")
+
+
+def test_unknown_questions_take_real_text_distractors_beside_the_present_house():
+    from training.config import TrainConfig
+    from training.data import licence_passages
+
+    held_out = set(licence_passages(held_out=True))
+
+    def draw(p: float) -> list:
+        pools = SyntheticPools("train", 0, 10, 2, 12)
+        pools.unknown_share, pools.unknown_text_distractors = 0.7, p
+        rng = random.Random(0)
+        return [ex for ex in (pools.gen_example(rng, {"abstain": 1.0}) for _ in range(300))
+                if ex.kind == "abstain-unknown"]
+
+    plain, mixed = draw(0.0), draw(1.0)
+    assert [ex.query.slices[0].text for ex in plain] == [ex.query.slices[0].text for ex in draw(
+        TrainConfig().unknown_text_distractors)]  # the default keeps the earlier stream
+    for examples, share in ((plain, 0), (mixed, 1)):
+        with_text = 0
+        for ex in examples:
+            houses = [d.metadata["house"] for d in ex.documents if d.metadata]
+            texts = [d.text() for d in ex.documents if not d.metadata]
+            assert ex.answer == "not in the documents" and len(houses) >= 1
+            assert any(f"house {h.lower()}" in ex.query.slices[0].text.lower() for h in houses)
+            assert not set(texts) & held_out  # never the evaluation's licences
+            with_text += bool(texts)
+        if SyntheticPools("train", 0, 10, 2, 12).licences:
+            # one-document contexts (k = 1) have no distractor to replace
+            assert with_text == 0 if share == 0 else with_text == sum(len(ex.documents) > 1 for ex in examples) > 50
+    with pytest.raises(ValueError, match=r"unknown_text_distractors must be a probability \(0..1\)"):
+        TrainConfig(unknown_text_distractors=1.5)
