@@ -118,8 +118,8 @@ class TrainConfig:
     unknown_text_distractors: float = 0.0
     # words the tokenizer keeps as one piece, with their leading space (" or"): merges appended to
     # the BPE tokenizer of the model the run starts from, the embeddings grown by the new pieces
-    # (Backbone.keep_words_whole); the shipped tokenizer splits " or" into the first piece of
-    # " old" and "r", so "How old is ..." read as a choice question (docs/EXPERIMENTS.md §12.8)
+    # (Backbone.keep_words_whole); the tokenizer before `shipped_world_or` split " or" into the first
+    # piece of " old" and "r", so "How old is ..." read as a choice question (docs/EXPERIMENTS.md §12.9)
     tokenizer_words: tuple[str, ...] = ()
     # the new pieces' embedding rows: "mean" (of the pieces each joins) or "move" (a word's piece
     # takes its first piece's rows, which become the table's mean: Backbone.keep_words_whole)

@@ -259,7 +259,8 @@ class SyntheticPools:
         self.text_distractors = 0.0
         # the share of the abstention examples about a present house (TrainConfig.abstain_unknown_share)
         self.unknown_share = 0.3
-        # the same for those unanswerable questions about a present house (TrainConfig.unknown_text_distractors)
+        # the probability of real-text distractors beside an unanswerable question's present house
+        # (TrainConfig.unknown_text_distractors); 0 draws nothing
         self.unknown_text_distractors = 0.0
         self.fashion: tuple[np.ndarray, np.ndarray] | None = None
         if n_fashion and fashion_available():

@@ -174,9 +174,10 @@ NOT_SHOWN = ("castle", "shield", "cloak", "ship", "sword", "gate", "tower", "hel
 _WORD_FORMS = ("What {w} is the banner of House {n}?", "What {w} is on the banner of House {n}?",
                "What is the {w} of House {n}?", "Which {w} does House {n} have?", "Tell me the {w} of House {n}.",
                "What is the {w} of the banner of House {n}?", "House {n}'s {w}: what is it?")
-# "How" began only answerable questions (how many shapes, how big), and the shipped model abstained
-# on 0 of 60 "How old is House X?" (93-100 % for the other unanswerable questions; it answered
-# "striped" or "solid": `or_lookalikes`): "How" with anything else abstains
+# "How" began only answerable questions (how many shapes, how big), and the checkpoint shipped
+# before `shipped_world_or` abstained on 0 of 60 "How old is House X?" (93-100 % for the other
+# unanswerable questions; it answered "striped" or "solid": `or_lookalikes`): "How" with anything
+# else abstains
 _HOW_FORMS = ("How {w} is House {n}?", "How {w} is the banner of House {n}?", "How many {w} does House {n} have?",
               "How much {w} does House {n} have?", "How {w} are the people of House {n}?")
 
@@ -251,8 +252,9 @@ def swapped_unknown_question(name: str, rng: random.Random, families: tuple[str,
 def or_lookalikes(words: tuple[str, ...], tokenize: Callable[[str], list[str]]) -> tuple[str, ...]:
     """The words of `words` that `tokenize` (the model's tokenizer) begins with the first piece of
     " or" where it splits " or" into more: the word a choice question ("striped or solid?") is
-    recognised by. The shipped model read such a word as "or" and answered "How old is House X?"
-    (" o", "l", "d") with "striped" or "solid"."""
+    recognised by. The checkpoint shipped before `shipped_world_or` (docs/EXPERIMENTS.md §12.9) read
+    such a word as "or" and answered "How old is House X?" (" o", "l", "d") with "striped" or
+    "solid"; the shipped tokenizer keeps " or" whole, so none does."""
     pieces = tokenize(" or")
     if len(pieces) < 2:
         return ()
