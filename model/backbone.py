@@ -20,6 +20,7 @@ attributes; a family that passes tests/test_families.py is supported.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -243,8 +244,6 @@ class Backbone(ABC):
         was one piece)."""
         if init not in ("mean", "move"):
             raise ValueError(f"keep_words_whole: init must be mean or move, got {init!r}")
-        import json
-
         from tokenizers import Tokenizer
 
         with self.lock:

@@ -48,11 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.kernels import set_threads  # noqa: E402
 from model.sample import Sample, Slice  # noqa: E402
 from model.sugar import SugarModel, abstain_margin, abstain_token  # noqa: E402
+from training.build import build_model  # noqa: E402
 from training.collate import encode_gen  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 from training.data import GenExample, SyntheticPools, builtin_houses, licence_passages  # noqa: E402
 from training.evaluate import calibrate_threshold  # noqa: E402
 from training.losses import GenerativeLoss  # noqa: E402
-from training.phrasing import ABSTAIN, FAMILIES, TEXT_HELD_OUT, unknown_question  # noqa: E402
+from training.phrasing import ABSTAIN, FAMILIES, TEXT_HELD_OUT, TRAINED, unknown_question  # noqa: E402
 from training.schedule import warmup_cosine  # noqa: E402
 from training.vision import set_vision_trainable, vision_parameters  # noqa: E402
 from training.world import ATTRIBUTES, answer_of  # noqa: E402
@@ -250,11 +252,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = parse(argv)
     set_threads(a.threads)
     torch.manual_seed(a.seed)
-    model = SugarModel.from_pretrained(a.init)
-    if a.context_order:
-        model.config.prompts.context_order = a.context_order
-    if a.tokenizer_words:
-        model.backbone.keep_words_whole(json.loads(a.tokenizer_words), a.tokenizer_words_init)
+    # the probe's recipe as a training config: the warm start and the data knobs as the trainer takes them
+    cfg = TrainConfig(init=a.init, context_order=a.context_order, rag_gold_first=a.gold_first,
+                      unknown_questions=a.unknown_questions, rag_text_distractors=a.text_distractors,
+                      abstain_unknown_share=a.abstain_unknown_share,
+                      unknown_text_distractors=a.unknown_text_distractors,
+                      tokenizer_words=json.loads(a.tokenizer_words or "[]"),
+                      tokenizer_words_init=a.tokenizer_words_init,
+                      phrasings=tuple(json.loads(a.families)) if a.families else TRAINED)
+    model = build_model(cfg, [])
     items = (world_set if a.suite == "world" else lambda n, s: eval_set(n, s, a.question))(a.eval_houses, a.seed + 99)
     if a.linear_readout:
         print(linear_readout(model, a.houses, a.seed), flush=True)
@@ -265,14 +271,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return rows
     kinds = json.loads(a.kinds)
     pools = SyntheticPools("train", a.seed, 1500, 0, a.houses)
-    pools.gold_first = a.gold_first
-    pools.unknown_questions = a.unknown_questions
+    pools.follow(cfg)
     pools.tokenize = model.backbone.tokenizer.tokenize
-    pools.text_distractors = a.text_distractors
-    pools.unknown_share = a.abstain_unknown_share
-    pools.unknown_text_distractors = a.unknown_text_distractors
-    if a.families:
-        pools.families = tuple(json.loads(a.families))
     rng = random.Random(a.seed + 1)
     vlm = model.vlm
     set_vision_trainable(model.backbone, a.train_vision)

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
@@ -60,6 +60,9 @@ from .world import (
     knowledge_base,
     vqa_for,
 )
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -388,6 +391,16 @@ class SyntheticPools:
         ctx.insert(pos, house.document())
         _, q, a = house.question(rng, pick_family(rng, self.families))
         return GenExample(text(q), a, "rag", documents=ctx)
+
+    def follow(self, cfg: TrainConfig) -> None:
+        """Take the data knobs of a training recipe (the trainer and scripts/rag_probe.py)."""
+        self.gold_first = cfg.rag_gold_first
+        self.text_negatives = cfg.knowledge_text_negatives
+        self.families = cfg.phrasings
+        self.unknown_questions = cfg.unknown_questions
+        self.text_distractors = cfg.rag_text_distractors
+        self.unknown_share = cfg.abstain_unknown_share
+        self.unknown_text_distractors = cfg.unknown_text_distractors
 
     def with_text(self, ctx: list[Sample], rng: random.Random, p: float) -> list[Sample]:
         """The k-1 distractor documents `ctx` with, at probability `p`, 1..k-1 of them real-text

@@ -73,13 +73,7 @@ class Trainer:
         self.pools: Pools = JsonlPools(c.data) if c.data else SyntheticPools(
             "train", c.seed, c.n_scenes, c.n_pages, c.n_houses, c.n_fashion, c.image_size)
         if isinstance(self.pools, SyntheticPools):
-            self.pools.gold_first = c.rag_gold_first
-            self.pools.text_negatives = c.knowledge_text_negatives
-            self.pools.families = c.phrasings
-            self.pools.unknown_questions = c.unknown_questions
-            self.pools.text_distractors = c.rag_text_distractors
-            self.pools.unknown_share = c.abstain_unknown_share
-            self.pools.unknown_text_distractors = c.unknown_text_distractors
+            self.pools.follow(c)
         self.model = build_model(c, self.pools.tokenizer_corpus())
         if isinstance(self.pools, SyntheticPools):
             self.pools.tokenize = self.model.backbone.tokenizer.tokenize
